@@ -27,6 +27,7 @@ class GATConfig:
     width: int
     heads: int
     patch: int
+    proj_dim: int = 2048  # D's projection-conditioning and REPA hidden width
 
 
 _SIZES = {
@@ -42,10 +43,13 @@ _SIZES = {
     "T3": (6, 96, 3),
     "T4": (8, 128, 4),
 }
+# The paper's 2048-wide D heads would dwarf the CPU ladder's trunks (and their cost): the
+# tiny presets use 8x their width there instead.
+_TINY_PROJ = {"T1": 256, "T2": 512, "T3": 768, "T4": 1024}
 _PATCHES = (1, 2, 4, 8)
 
 GAT_MODELS: dict[str, GATConfig] = {
-    f"GAT-{size}/{p}": GATConfig(depth, width, heads, p)
+    f"GAT-{size}/{p}": GATConfig(depth, width, heads, p, _TINY_PROJ.get(size, 2048))
     for size, (depth, width, heads) in _SIZES.items()
     for p in _PATCHES
     if not (p == 1 and size in ("S", "B", "L", "XL"))
@@ -53,7 +57,6 @@ GAT_MODELS: dict[str, GATConfig] = {
 
 Z_DIM = 64
 CLASS_EMBED_DIM = 64
-PROJ_DIM = 2048  # D's projection-conditioning and REPA hidden width (paper: 2048)
 MNG_LEVELS = 4
 
 
@@ -353,10 +356,11 @@ class Discriminator(nn.Module):
         self.register_buffer("rope", rope_2d(cfg.width // cfg.heads, self.grid), persistent=False)
         self.blocks = nn.ModuleList(DBlock(cfg.width, cfg.heads) for _ in range(cfg.depth))
         self.norm = RMSNorm(cfg.width, affine=True)
-        self.head = nn.Linear(cfg.width, PROJ_DIM)
-        self.class_embed = nn.Embedding(num_classes, PROJ_DIM)
-        self.class_mlp = _mlp([PROJ_DIM, PROJ_DIM, PROJ_DIM])  # trained at lr x 0.01
-        self.repa = _mlp([cfg.width, PROJ_DIM, PROJ_DIM, teacher_dim])
+        proj = cfg.proj_dim
+        self.head = nn.Linear(cfg.width, proj)
+        self.class_embed = nn.Embedding(num_classes, proj)
+        self.class_mlp = _mlp([proj, proj, proj])  # trained at lr x 0.01
+        self.repa = _mlp([cfg.width, proj, proj, teacher_dim])
         self.grad_checkpointing = False
         self.apply(_init_linear)
         nn.init.normal_(self.cls_token, std=0.02)
@@ -367,8 +371,13 @@ class Discriminator(nn.Module):
         return list(self.class_mlp.parameters())
 
     def forward(
-        self, x: torch.Tensor, c: torch.Tensor, return_repa: bool = False
+        self, x: torch.Tensor, c: torch.Tensor, repa_first: int = 0
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits [B]; with ``repa_first=n`` also REPA tokens [n, 1+N, T] of the first n.
+
+        The REPA head runs only on the samples that need it (reals), so the trainer can
+        batch reals, fakes and their aGP-perturbed copies into one forward.
+        """
         h = self.patch_embed(patchify(x, self.cfg.patch))
         h = torch.cat([self.cls_token.to(h.dtype).expand(h.shape[0], -1, -1), h], dim=1)
         for block in self.blocks:
@@ -377,9 +386,9 @@ class Discriminator(nn.Module):
             else:
                 h = block(h, self.rope)
         logit = (self.head(self.norm(h[:, 0])) * self.class_mlp(self.class_embed(c))).sum(1)
-        logit = logit / math.sqrt(PROJ_DIM)  # keeps the initial logit O(1) at any width
-        if return_repa:
-            return logit, self.repa(h)
+        logit = logit / math.sqrt(self.cfg.proj_dim)  # keeps the initial logit O(1)
+        if repa_first:
+            return logit, self.repa(h[:repa_first])
         return logit
 
 

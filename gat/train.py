@@ -1,0 +1,289 @@
+"""One GAT training step (D step, then G step) as a library function.
+
+A single process can run it as is; the Ray Train stage runs one per worker and the
+gradients are averaged across workers by :func:`sync_gradients` (all-reduce), the same
+data-parallel scheme as DDP but compatible with the several D forwards per step and the
+frozen-D G step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from gat.augment import AugmentParams, align_tokens, apply_augment, sample_augment
+from gat.losses import (
+    approx_gradient_penalty,
+    d_relativistic,
+    g_relativistic,
+    repa_loss,
+    resize_token_grid,
+)
+from gat.mng import mng_alphas, nested_noise, perturb_levels
+from gat.models import MNG_LEVELS, Z_DIM, build_models
+from gat.optim import EMA, build_optimizers, width_aware_lr
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr_base: float = 4e-4
+    c_base: int = 384  # width at which lr_base was tuned (GAT-S)
+    mng: str = "exp"
+    ema_decay: float = 0.999
+    agp_weight: float = 0.1
+    agp_sigma: float = 0.01
+    repa_weight: float = 1.0
+    augment: bool = True
+    grad_checkpointing: bool = False
+    grad_accum: int = 1
+    w_avg_beta: float = 0.995
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or logit became NaN/inf: training diverged."""
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def sync_gradients(module: nn.Module) -> None:
+    """Average gradients over all workers (one flat all-reduce); no-op in one process."""
+    _, world = _world()
+    if world == 1:
+        return
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def broadcast_module(module: nn.Module) -> None:
+    """Make every worker start from rank 0's parameters and buffers."""
+    if _world()[1] == 1:
+        return
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        dist.broadcast(tensor.data, src=0)
+
+
+def grad_norm(module: nn.Module) -> float:
+    norms = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
+    return torch.stack(norms).norm().item() if norms else 0.0
+
+
+class GATTrainer:
+    """Holds G, D, EMA of G and both optimizers; :meth:`step` runs one training iteration.
+
+    Args:
+        name: model size, e.g. ``GAT-S/2``. channels/size: latent shape [channels, size, size].
+        num_classes: classes of the conditioning. teacher_dim: width of the REPA teacher.
+    """
+
+    def __init__(
+        self, name: str, channels: int, size: int, num_classes: int, teacher_dim: int,
+        cfg: TrainConfig = TrainConfig(), device: str | torch.device = "cpu", seed: int = 0,
+    ):
+        self.cfg, self.name, self.device = cfg, name, torch.device(device)
+        torch.manual_seed(seed)  # identical initialisation on every worker
+        self.G, self.D = build_models(name, channels, size, num_classes, teacher_dim)
+        self.G.to(self.device).train()
+        self.D.to(self.device).train()
+        self.G.grad_checkpointing = self.D.grad_checkpointing = cfg.grad_checkpointing
+        broadcast_module(self.G)
+        broadcast_module(self.D)
+        self.lr = width_aware_lr(cfg.lr_base, cfg.c_base, self.G.cfg.width)
+        self.opt_g, self.opt_d = build_optimizers(self.G, self.D, self.lr)
+        self.ema = EMA(self.G, cfg.ema_decay)
+        self.alphas = mng_alphas(cfg.mng, MNG_LEVELS)
+        self.step_count = 0
+        rank, _ = _world()
+        torch.manual_seed(seed + 1 + 7919 * rank)  # but different noise and z per worker
+
+    @property
+    def G_ema(self) -> nn.Module:
+        return self.ema.model
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ D inputs
+
+    def _augment_params(self, batch: int) -> AugmentParams | None:
+        if not self.cfg.augment:
+            return None
+        return sample_augment(batch, self.G.size, self.D.cfg.patch, self.device)
+
+    def _d_input(
+        self, levels: list[torch.Tensor], aug: AugmentParams | None,
+        eps: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Levels [B,C,H,W] x K -> D input [B, K*C, H, W]: augment (shared), then MNG noise."""
+        x = torch.cat(levels, dim=1)
+        if aug is not None:
+            x = apply_augment(x, aug, MNG_LEVELS)
+        return perturb_levels(list(x.chunk(MNG_LEVELS, dim=1)), self.cfg.mng, eps)
+
+    def _clean_and_perturbed(
+        self, levels: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, AugmentParams | None]:
+        """D inputs [2B, ...] of x and x + eps' (aGP), sharing augmentation and MNG noise."""
+        b = levels[0].shape[0]
+        eps_agp = torch.randn_like(levels[-1]) * self.cfg.agp_sigma
+        both = [torch.cat([x, x + eps_agp]) for x in levels]
+        aug = self._augment_params(b)
+        if aug is not None:
+            aug = _repeat_params(aug)
+        mng_eps = nested_noise(levels[-1].shape, self.alphas, None, self.device, levels[-1].dtype)
+        return self._d_input(both, aug, [torch.cat([e, e]) for e in mng_eps]), aug
+
+    # ------------------------------------------------------------------ the step
+
+    def step(
+        self, latents: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None = None
+    ) -> dict[str, float]:
+        """One D step then one G step on a batch.
+
+        latents [B, C, H, W] (scaled VAE latents), labels [B] (int64), teacher [B, 1+n, T]
+        teacher tokens of the same (unaugmented) images, or None to skip REPA.
+        Returns scalar metrics. Raises NonFiniteError naming the step on divergence.
+        """
+        latents, labels = latents.to(self.device), labels.to(self.device)
+        if teacher is not None:
+            teacher = resize_token_grid(teacher.to(self.device), self.D.grid)
+        accum = self.cfg.grad_accum
+        parts = list(zip(latents.chunk(accum), labels.chunk(accum),
+                         teacher.chunk(accum) if teacher is not None else [None] * accum))
+        metrics = self._d_step(parts)
+        metrics.update(self._g_step(parts))
+        self.ema.update(self.G)
+        self.step_count += 1
+        return metrics
+
+    def _d_step(self, parts: list) -> dict[str, float]:
+        cfg, sums = self.cfg, {}
+        self.opt_d.zero_grad(set_to_none=True)
+        for x, c, tokens in parts:
+            b = x.shape[0]
+            with torch.no_grad(), self._autocast():
+                fakes = [f.float() for f in self.G(torch.randn(b, Z_DIM, device=self.device), c)]
+            real_in, aug_real = self._clean_and_perturbed([x] * MNG_LEVELS)
+            fake_in, _ = self._clean_and_perturbed(fakes)
+            use_repa = tokens is not None and cfg.repa_weight > 0
+            with self._autocast():
+                out = self.D(torch.cat([real_in, fake_in]), c.repeat(4), b if use_repa else 0)
+            logits, projected = out if use_repa else (out, None)
+            logits = logits.float()
+            l_real, l_real_p, l_fake, l_fake_p = logits.chunk(4)
+            adv = d_relativistic(l_real, l_fake)
+            r1 = approx_gradient_penalty(l_real, l_real_p, cfg.agp_sigma)
+            r2 = approx_gradient_penalty(l_fake, l_fake_p, cfg.agp_sigma)
+            repa = torch.zeros((), device=self.device)
+            if use_repa:
+                target, mask = tokens, None
+                if aug_real is not None:
+                    target, mask = align_tokens(tokens, _first(aug_real, b), self.D.cfg.patch)
+                repa = repa_loss(projected, target, mask)
+            loss = adv + cfg.agp_weight * (r1 + r2) + cfg.repa_weight * repa
+            self._check_finite(step_part="D", loss=loss, logits=logits)
+            (loss / len(parts)).backward()
+            _accumulate(sums, loss_d=loss, d_adv=adv, r1=r1, r2=r2, repa=repa,
+                        logit_real=l_real.mean(), logit_fake=l_fake.mean())
+        sync_gradients(self.D)
+        out = {k: v / len(parts) for k, v in sums.items()}
+        out["logit_gap"] = out["logit_real"] - out["logit_fake"]
+        out["grad_norm_d"] = grad_norm(self.D)
+        self.opt_d.step()
+        return out
+
+    def _g_step(self, parts: list) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        self.D.requires_grad_(False)
+        self.opt_g.zero_grad(set_to_none=True)
+        try:
+            for x, c, _ in parts:
+                b = x.shape[0]
+                with self._autocast():
+                    w = self.G.mapping(torch.randn(b, Z_DIM, device=self.device), c)
+                    fakes = [f.float() for f in self.G.synthesize(w)]
+                    real_in = self._d_input([x] * MNG_LEVELS, self._augment_params(b))
+                    fake_in = self._d_input(fakes, self._augment_params(b))
+                    with torch.no_grad():
+                        l_real = self.D(real_in, c).float()
+                    l_fake = self.D(fake_in, c).float()
+                loss = g_relativistic(l_real, l_fake)
+                self._check_finite(step_part="G", loss=loss, logits=l_fake)
+                (loss / len(parts)).backward()
+                self.G.update_w_avg(w.detach(), c, self.cfg.w_avg_beta)
+                _accumulate(sums, loss_g=loss)
+        finally:
+            self.D.requires_grad_(True)
+        sync_gradients(self.G)
+        out = {k: v / len(parts) for k, v in sums.items()}
+        out["grad_norm_g"] = grad_norm(self.G)
+        self.opt_g.step()
+        return out
+
+    def _check_finite(self, step_part: str, loss: torch.Tensor, logits: torch.Tensor) -> None:
+        if not torch.isfinite(logits).all():
+            raise NonFiniteError(
+                f"non-finite D logit in the {step_part} step at step {self.step_count + 1}: "
+                "training diverged (lower train.lr_base, or resume from the last checkpoint)"
+            )
+        if not math.isfinite(loss.item()):
+            raise NonFiniteError(
+                f"non-finite {step_part} loss ({loss.item()}) at step {self.step_count + 1}: "
+                "training diverged (lower train.lr_base, or resume from the last checkpoint)"
+            )
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume; tensors only, so ``torch.load(weights_only=True)`` works."""
+        state = {
+            "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "step": torch.tensor(self.step_count), "rng_cpu": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["rng_cuda"] = torch.cuda.get_rng_state()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.G_ema.load_state_dict(state["G_ema"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.step_count = int(state["step"])
+        torch.set_rng_state(state["rng_cpu"])
+        if "rng_cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["rng_cuda"])
+
+
+def _accumulate(sums: dict[str, float], **values: torch.Tensor) -> None:
+    for key, value in values.items():
+        sums[key] = sums.get(key, 0.0) + float(value.detach())
+
+
+def _repeat_params(aug: AugmentParams) -> AugmentParams:
+    """The same per-sample parameters for the clean and the aGP-perturbed copy."""
+    fields = {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in vars(aug).items()}
+    return AugmentParams(**fields)
+
+
+def _first(aug: AugmentParams, n: int) -> AugmentParams:
+    fields = {k: v[:n] if torch.is_tensor(v) else v for k, v in vars(aug).items()}
+    return AugmentParams(**fields)

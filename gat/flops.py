@@ -13,7 +13,8 @@ def generator_gflops(gen: Generator) -> float:
     """GFLOPs of G for one sample, all K outputs, multiply-add counted once (DiT convention).
 
     torch counts a multiply-add as 2 FLOPs, so its total is halved. The math SDPA backend is
-    forced because FlopCounterMode sees no FLOPs inside fused CPU attention kernels.
+    forced because FlopCounterMode sees no FLOPs inside fused CPU attention kernels. G may
+    live on the meta device (build under ``torch.device("meta")``): only shapes matter.
     """
     device = next(gen.buffers()).device
     z = torch.zeros(1, Z_DIM, device=device)

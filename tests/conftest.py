@@ -17,9 +17,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A local 2-CPU Ray cluster bound to 127.0.0.1, shared by the whole session."""
-    from pipeline.ray_utils import init_ray
-
     import ray
+
+    from pipeline.ray_utils import init_ray
 
     init_ray(num_cpus=2)
     yield ray

@@ -37,15 +37,15 @@ _SIZES = {
     "L": (24, 1024, 16),
     "XL": (28, 1152, 16),
     # A CPU ladder for the embedded Fashion-MNIST study: width and depth both grow, so the
-    # compute ladder spans ~20x, enough points for a power law.
-    "T1": (4, 32, 2),
-    "T2": (4, 64, 2),
-    "T3": (6, 96, 3),
-    "T4": (8, 128, 4),
+    # compute ladder spans ~20x, enough points for a power law in minutes on 2 cores.
+    "T1": (2, 32, 2),
+    "T2": (3, 48, 2),
+    "T3": (4, 64, 2),
+    "T4": (6, 96, 3),
 }
 # The paper's 2048-wide D heads would dwarf the CPU ladder's trunks (and their cost): the
-# tiny presets use 8x their width there instead.
-_TINY_PROJ = {"T1": 256, "T2": 512, "T3": 768, "T4": 1024}
+# tiny presets use 4x their width there instead.
+_TINY_PROJ = {"T1": 128, "T2": 192, "T3": 256, "T4": 384}
 _PATCHES = (1, 2, 4, 8)
 
 GAT_MODELS: dict[str, GATConfig] = {
@@ -246,7 +246,10 @@ class Generator(nn.Module):
             OutputHead(cfg.width, cfg.patch, channels) for _ in range(MNG_LEVELS)
         )
         # Blocks after which an MNG head reads out: depth/4, depth/2, 3depth/4, depth (1-based).
-        self.head_after = [round(cfg.depth * (k + 1) / MNG_LEVELS) - 1 for k in range(MNG_LEVELS)]
+        # (ceil, so shallow CPU presets still get K heads; several may share a block)
+        self.head_after = [
+            math.ceil(cfg.depth * (k + 1) / MNG_LEVELS) - 1 for k in range(MNG_LEVELS)
+        ]
         # Per-class running mean of w, for truncation (beta 0.995).
         self.register_buffer("w_avg", torch.zeros(num_classes, cfg.width))
         self.grad_checkpointing = False

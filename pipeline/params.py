@@ -37,7 +37,7 @@ class ParamsError(ValueError):
 class StudyParams:
     name: str = "gat-study"
     seed: int = 0
-    sizes: list[str] = field(default_factory=lambda: ["GAT-T1/2"])
+    sizes: list[str] = field(default_factory=lambda: ["GAT-T1/4"])
 
     def check(self, where: str) -> None:
         from gat.models import GAT_MODELS  # the size table lives in one place: the library
@@ -177,8 +177,8 @@ class ScalingParams:
 @dataclass(frozen=True)
 class SweepParams:
     enabled: bool = False
-    size: str = "GAT-T1/2"
-    transfer_size: str = "GAT-T2/2"
+    size: str = "GAT-T1/4"
+    transfer_size: str = "GAT-T2/4"
     lr_min: float = 1e-4
     lr_max: float = 3e-3
     num_trials: int = 3

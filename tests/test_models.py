@@ -76,8 +76,11 @@ def test_shapes_of_outputs_and_logits():
     assert logit.shape == (3,) and tokens.shape == (2, 1 + 8 * 8, 24)
 
 
-def test_mng_heads_accumulate():
-    gen, _ = build_models("GAT-T1/2", 4, 16, 10, 8)
+@pytest.mark.parametrize("name", ["GAT-T1/2", "GAT-T3/2", "GAT-S/8"])
+def test_mng_heads_accumulate(name):
+    gen, _ = build_models(name, 4, 16, 10, 8)
+    assert len(set(gen.head_after)) == min(4, gen.cfg.depth) and gen.head_after[-1] == len(
+        gen.blocks) - 1
     for head in gen.heads:  # make every head's contribution visible
         torch.nn.init.normal_(head.linear.weight)
     z, c = torch.randn(2, 64), torch.tensor([1, 2])
@@ -89,8 +92,7 @@ def test_mng_heads_accumulate():
     singles = []
     for i, block in enumerate(gen.blocks):
         x = block(x, w, gen.rope)
-        if i in gen.head_after:
-            singles.append(gen.heads[gen.head_after.index(i)](x, w))
+        singles += [head(x, w) for head, after in zip(gen.heads, gen.head_after) if after == i]
     torch.testing.assert_close(outs[-1], sum(singles), rtol=1e-4, atol=1e-5)
 
 

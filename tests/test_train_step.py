@@ -111,3 +111,17 @@ def test_generator_save_load_roundtrip(tmp_path):
     assert meta["num_classes"] == 4 and meta["size"] == 8
     with pytest.raises(FileNotFoundError, match=r"generator\.safetensors"):
         load_generator(tmp_path)
+
+
+def test_gradient_checkpointing_gives_same_gradients():
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        trainer = GATTrainer(**TINY, cfg=TrainConfig(c_base=32, grad_checkpointing=ckpt))
+        torch.manual_seed(1)
+        out = torch.cat(trainer.G(torch.randn(4, 64), torch.arange(4)), 1)
+        logit = trainer.D(out, torch.arange(4))
+        logit.sum().backward()
+        grads.append([p.grad.clone() for p in trainer.G.parameters() if p.grad is not None])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

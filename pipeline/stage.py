@@ -1,0 +1,66 @@
+"""The command line every stage shares: ``python -m stages.NAME [--params F] [--dry-run]``.
+
+A stage module defines ``run(params, args)`` and ends with ``stage_main(__doc__, run)``;
+stages that work per model size declare ``size=True`` and get a positional SIZE argument.
+``--dry-run`` prints the resolved, validated config and exits before any work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+
+from pipeline.params import DEFAULT_PARAMS, Params, ParamsError, load_params
+
+
+def stage_parser(doc: str | None, size: bool = False) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    if size:
+        parser.add_argument("size", metavar="SIZE",
+                            help="model size from study.sizes, e.g. GAT-T1/4")
+    parser.add_argument("--params", default=str(DEFAULT_PARAMS),
+                        help="params file (default: params.yaml at the repo root)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the resolved, validated config and exit")
+    return parser
+
+
+def stage_main(
+    doc: str | None,
+    run: Callable[[Params, argparse.Namespace], Any],
+    size: bool = False,
+    extra: Callable[[Params, argparse.Namespace], dict] | None = None,
+    configure: Callable[[argparse.ArgumentParser], None] | None = None,
+    argv: list[str] | None = None,
+) -> None:
+    """Parse arguments, validate params (refusing bad input before any work), then run.
+
+    ``extra`` adds derived values (e.g. the width-adapted learning rate) to the dry-run
+    print-out; ``configure`` adds stage-specific arguments.
+    """
+    parser = stage_parser(doc, size)
+    if configure:
+        configure(parser)
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params)
+        if size and args.size not in params.study.sizes:
+            raise ParamsError(
+                f"SIZE {args.size!r} is not in study.sizes ({', '.join(params.study.sizes)})"
+            )
+    except ParamsError as err:
+        sys.exit(f"error: {err}")
+    if args.dry_run:
+        resolved: dict[str, Any] = params.to_dict()
+        if extra:
+            resolved["derived"] = extra(params, args)
+        print(yaml.safe_dump(json.loads(json.dumps(resolved)), sort_keys=False))
+        return
+    run(params, args)

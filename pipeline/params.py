@@ -316,3 +316,23 @@ def _positive(obj: Any, where: str, *names: str) -> None:
 
 def _join(where: str, key: Any) -> str:
     return f"{where}.{key}" if where else str(key)
+
+
+def with_overrides(params: Params, overrides: dict[str, Any], check_paths: bool = True) -> Params:
+    """A copy of ``params`` with dotted keys replaced (``{"train.lr_base": 1e-3}``), re-validated.
+
+    Used by the sweep (one value per trial) and by tests; unknown keys are refused as in
+    params.yaml.
+    """
+    raw = params.to_dict()
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            if not isinstance(node.get(key), dict):
+                raise ParamsError(f"{dotted}: unknown section {key!r}")
+            node = node[key]
+        if leaf not in node:
+            raise ParamsError(f"{dotted}: unknown key. Allowed keys: {', '.join(node)}")
+        node[leaf] = value
+    return parse_params(raw, check_paths=check_paths)

@@ -73,6 +73,18 @@ class DataParams:
     encode_batch: int = 256
 
     def check(self, where: str) -> None:
+        _positive(self, where, "resolution", "shard_size", "encode_batch")
+        for key in ("train_limit", "eval_limit"):
+            if getattr(self, key) < 0:
+                raise ParamsError(f"{where}.{key}: {getattr(self, key)} must be 0 (every "
+                                  "image) or a positive number of images")
+        if self.source == "imagefolder" and not self.eval_path:
+            raise ParamsError(f"{where}.eval_path: empty; with source imagefolder set it to "
+                              "the evaluation split's folder (ImageNet val, one sub-folder "
+                              "per class)")
+
+    def check_paths(self, where: str) -> None:
+        """Checks that need this machine: the dataset folders exist."""
         if not Path(self.path).exists():
             hint = (
                 "install it with `sudo apt-get install dataset-fashion-mnist`"
@@ -80,7 +92,9 @@ class DataParams:
                 else "point it at an ImageNet-style train folder (one sub-folder per class)"
             )
             raise ParamsError(f"{where}.path: {self.path!r} does not exist; {hint}")
-        _positive(self, where, "resolution", "shard_size", "encode_batch")
+        if self.source == "imagefolder" and not Path(self.eval_path).exists():
+            raise ParamsError(f"{where}.eval_path: {self.eval_path!r} does not exist; point "
+                              "it at the evaluation split's folder (one sub-folder per class)")
 
 
 @dataclass(frozen=True)
@@ -93,6 +107,15 @@ class TokenizerParams:
     batch: int = 64
     lr: float = 1e-3
 
+    def check(self, where: str) -> None:
+        _positive(self, where, "latent_channels", "steps", "batch", "lr")
+        if self.scale_factor < 0:
+            raise ParamsError(f"{where}.scale_factor: {self.scale_factor} must be 0 (from the "
+                              "model config or measured) or a positive number")
+        if not self.block_out_channels or min(self.block_out_channels) <= 0:
+            raise ParamsError(f"{where}.block_out_channels: {self.block_out_channels} must "
+                              "list positive widths, e.g. [32, 64]")
+
 
 @dataclass(frozen=True)
 class TeacherParams:
@@ -104,13 +127,19 @@ class TeacherParams:
     batch: int = 128
     lr: float = 1e-3
 
+    def check(self, where: str) -> None:
+        _positive(self, where, "hidden_size", "layers", "patch_size", "steps", "batch", "lr")
+
 
 @dataclass(frozen=True)
 class EvaluatorParams:
-    source: str = "train"  # "train" (FD-classifier) or "inception" (standard FID)
+    source: Literal["train", "inception"] = "train"  # FD-classifier or standard FID
     steps: int = 600
     batch: int = 128
     lr: float = 2e-3
+
+    def check(self, where: str) -> None:
+        _positive(self, where, "steps", "batch", "lr")
 
 
 @dataclass(frozen=True)
@@ -261,9 +290,12 @@ def _build(cls: type, raw: Any, where: str, check_paths: bool) -> Any:
         if name in raw:
             kwargs[name] = _coerce(raw[name], hints[name], _join(where, name), check_paths)
     obj = cls(**kwargs)
+    section = where.lstrip(".") or cls.__name__
     check = getattr(obj, "check", None)
-    if check is not None and (check_paths or cls is not DataParams):
-        check(where.lstrip(".") or cls.__name__)
+    if check is not None:
+        check(section)
+    if check_paths and hasattr(obj, "check_paths"):  # needs this machine (dataset folders)
+        obj.check_paths(section)
     return obj
 
 
@@ -310,7 +342,7 @@ def _coerce(value: Any, typ: Any, key: str, check_paths: bool) -> Any:
 def _positive(obj: Any, where: str, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
-        if value <= 0:
+        if not value > 0:  # also refuses NaN
             raise ParamsError(f"{where}.{name}: {value} must be greater than 0")
 
 

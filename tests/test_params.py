@@ -1,0 +1,263 @@
+"""Params validation refuses bad input before any work, naming the key and what is allowed;
+the shipped profiles validate; ``python -m pipeline.profile`` selects one atomically."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline import profile
+from pipeline.params import DEFAULT_PARAMS, REPO_ROOT, ParamsError, load_params, parse_params
+
+PROFILES = REPO_ROOT / "profiles"
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _raw(**sections: dict[str, Any]) -> dict[str, Any]:
+    """The embedded profile as a mapping, with some keys of some sections replaced."""
+    raw = yaml.safe_load((PROFILES / "embedded.yaml").read_text())
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return raw
+
+
+def _refused(raw: dict[str, Any], *fragments: str, check_paths: bool = False) -> str:
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw, check_paths=check_paths)
+    message = str(err.value)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    return message
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+def test_unknown_model_size_lists_allowed_sizes():
+    _refused(_raw(study={"sizes": ["GAT-T1/4", "GAT-XXL/2"]}),
+             "study.sizes", "'GAT-XXL/2'", "Allowed:", "GAT-S/2", "GAT-XL/2")
+
+
+def test_sweep_size_is_checked_too():
+    _refused(_raw(sweep={"transfer_size": "GAT-Q/4"}), "sweep.transfer_size", "Allowed:")
+
+
+@pytest.mark.parametrize("value", [0, -4e-4, 0.0, ".nan"])
+def test_non_positive_learning_rate(value):
+    value = float("nan") if value == ".nan" else value
+    _refused(_raw(train={"lr_base": value}), "train.lr_base", "must be greater than 0")
+
+
+@pytest.mark.parametrize("section", ["tokenizer", "teacher", "evaluator"])
+def test_stand_in_learning_rates_must_be_positive(section):
+    _refused(_raw(**{section: {"lr": -1e-3}}), f"{section}.lr", "greater than 0")
+
+
+def test_batch_not_divisible_by_workers():
+    message = _refused(_raw(train={"batch": 30, "workers": 4}),
+                       "train.batch", "30", "train.workers")
+    assert "multiple of 4" in message
+
+
+def test_batch_not_divisible_by_workers_times_accumulation():
+    _refused(_raw(train={"batch": 48, "workers": 4, "grad_accum": 8}), "multiple of 32")
+
+
+def test_missing_dataset_path(tmp_path):
+    missing = str(tmp_path / "nowhere")
+    _refused(_raw(data={"path": missing}), "data.path", missing, "does not exist",
+             "dataset-fashion-mnist", check_paths=True)
+    # The same file is accepted when validated for another machine.
+    parse_params(_raw(data={"path": missing}), check_paths=False)
+
+
+def test_missing_imagefolder_eval_path(tmp_path):
+    train = tmp_path / "train"
+    train.mkdir()
+    _refused(_raw(data={"source": "imagefolder", "path": str(train), "eval_path": ""}),
+             "data.eval_path", "empty")
+    _refused(_raw(data={"source": "imagefolder", "path": str(train),
+                        "eval_path": str(tmp_path / "val")}),
+             "data.eval_path", "does not exist", check_paths=True)
+
+
+def test_unknown_dataset_source_lists_allowed():
+    _refused(_raw(data={"source": "imagenet"}), "data.source", "'imagenet'",
+             "Allowed: fashion-mnist, imagefolder")
+
+
+def test_unknown_evaluator_lists_allowed():
+    _refused(_raw(evaluator={"source": "fid"}), "evaluator.source", "train, inception")
+
+
+def test_unknown_mng_variant_lists_allowed():
+    _refused(_raw(train={"mng": "cosine"}), "train.mng", "none, lin, exp, msg")
+
+
+@pytest.mark.parametrize(("section", "typo", "right"), [
+    ("train", "lr_bsae", "lr_base"),
+    ("train", "itertions", "iterations"),
+    ("evaluate", "num_sample", "num_samples"),
+])
+def test_typo_in_key_suggests_the_right_one(section, typo, right):
+    raw = _raw()
+    raw[section][typo] = raw[section].pop(right)
+    _refused(raw, f"{section}.{typo}", f"did you mean {right!r}", "Allowed keys:")
+
+
+def test_typo_in_section_suggests_the_right_one():
+    raw = _raw()
+    raw["trian"] = raw.pop("train")
+    _refused(raw, "trian", "did you mean 'train'")
+
+
+@pytest.mark.parametrize(("section", "key", "value", "expected"), [
+    ("train", "batch", "512", "expected an integer"),
+    ("train", "batch", 32.5, "expected an integer"),
+    ("train", "iterations", True, "expected an integer"),
+    ("train", "use_gpu", "yes", "expected true or false"),
+    ("train", "lr_base", "fast", "expected a number"),
+    ("study", "sizes", "GAT-T1/4", "expected a list"),
+    ("study", "name", 7, "expected a string"),
+    ("data", "resolution", [32], "expected an integer"),
+])
+def test_wrong_types(section, key, value, expected):
+    _refused(_raw(**{section: {key: value}}), f"{section}.{key}", expected)
+
+
+def test_section_must_be_a_mapping():
+    raw = _raw()
+    raw["train"] = 5
+    _refused(raw, "train", "expected a mapping")
+
+
+def test_yaml_float_without_dot_is_a_number():
+    # YAML 1.1 reads 4e-4 as a string; the schema takes it as the number it means.
+    params = parse_params(_raw(train={"lr_base": "4e-4"}), check_paths=False)
+    assert params.train.lr_base == pytest.approx(4e-4)
+
+
+def test_load_params_names_the_file(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(_raw(train={"workers": 0})))
+    with pytest.raises(ParamsError, match=r"params\.yaml: train\.workers: 0 must be"):
+        load_params(bad, check_paths=False)
+    with pytest.raises(ParamsError, match="no such params file"):
+        load_params(tmp_path / "absent.yaml")
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_stage_refuses_before_any_work(tmp_path):
+    """A stage's CLI exits with the message, without running anything."""
+    from pipeline.stage import stage_main
+
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(_raw(study={"sizes": ["GAT-Z/2"]})))
+    ran = []
+    with pytest.raises(SystemExit) as exit_:
+        stage_main("doc", lambda params, args: ran.append(1), argv=["--params", str(bad)])
+    assert "study.sizes" in str(exit_.value.code) and "Allowed" in str(exit_.value.code)
+    assert not ran
+
+
+# ----------------------------------------------------------------------------- profiles
+
+
+def test_paper_profile_is_the_papers_study():
+    params = load_params(PROFILES / "paper.yaml", check_paths=False)
+    assert params.study.sizes == ["GAT-S/2", "GAT-B/2", "GAT-L/2", "GAT-XL/2"]
+    assert params.data.source == "imagefolder" and params.data.eval_path
+    assert params.data.resolution == 256
+    assert params.tokenizer.source == "stabilityai/sd-vae-ft-ema"
+    assert params.tokenizer.scale_factor == pytest.approx(0.18215)
+    assert params.teacher.source == "facebook/dinov2-base"
+    assert params.evaluator.source == "inception" and params.evaluate.num_samples == 50_000
+    t = params.train
+    assert (t.batch, t.iterations, t.lr_base, t.c_base) == (512, 50_000, 4e-4, 384)
+    assert (t.ema_decay, t.mng, t.use_gpu, t.grad_checkpointing) == (0.999, "exp", True, True)
+    assert t.workers > 1 and t.batch % (t.workers * t.grad_accum) == 0
+    # The width-aware rule reproduces the paper's lr column.
+    lrs = {name: s["lr"] for name, s in profile.derived(params)["sizes"].items()}
+    assert lrs == pytest.approx({"GAT-S/2": 4e-4, "GAT-B/2": 2e-4, "GAT-L/2": 1.5e-4,
+                                 "GAT-XL/2": 1.333e-4}, rel=1e-3)
+
+
+def test_paper_profile_needs_its_dataset_on_the_machine_that_runs_it():
+    if Path("/data/imagenet/train").exists():
+        pytest.skip("ImageNet is present here")
+    with pytest.raises(ParamsError, match=r"data\.path"):
+        load_params(PROFILES / "paper.yaml")
+
+
+@pytest.mark.skipif(not FASHION.exists(), reason="needs dataset-fashion-mnist")
+@pytest.mark.parametrize("name", ["tiny", "embedded"])
+def test_local_profiles_validate_here(name):
+    params = load_params(PROFILES / f"{name}.yaml")
+    assert params.data.source == "fashion-mnist"
+
+
+def test_tiny_profile_is_small():
+    params = load_params(PROFILES / "tiny.yaml", check_paths=False)
+    assert len(params.study.sizes) >= 3
+    assert 0 < params.data.train_limit <= 2048 and 0 < params.data.eval_limit <= 1024
+    assert params.train.iterations <= 50 and params.evaluate.num_samples <= 1024
+    assert not params.train.use_gpu and not params.sweep.enabled
+
+
+def test_embedded_profile_equals_params_yaml():
+    current = profile.selected()
+    if current not in (None, "embedded"):
+        pytest.skip(f"params.yaml is the {current!r} profile, selected on purpose")
+    assert (PROFILES / "embedded.yaml").read_text() == DEFAULT_PARAMS.read_text(), (
+        "params.yaml and profiles/embedded.yaml differ: edit both (the default is the "
+        "embedded profile), e.g. `cp params.yaml profiles/embedded.yaml`"
+    )
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.profile", *args], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_profile_dry_run_prints_the_resolved_config():
+    result = _cli("paper", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    printed = yaml.safe_load(result.stdout)
+    assert printed["study"]["sizes"][-1] == "GAT-XL/2"
+    assert printed["derived"]["sizes"]["GAT-B/2"]["lr"] == pytest.approx(2e-4)
+    assert printed["derived"]["metric"] == "FID (Inception)"
+
+
+def test_profile_help_and_unknown_name():
+    assert "--dry-run" in _cli("--help").stdout
+    result = _cli("papr")
+    assert result.returncode == 2
+    assert "'papr'" in result.stderr and "embedded, paper, tiny" in result.stderr
+
+
+def test_select_copies_atomically_and_refuses_bad_profiles(tmp_path):
+    target = tmp_path / "params.yaml"
+    target.write_text("untouched\n")
+    # A bad profile leaves params.yaml as it was.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(_raw(train={"lr_base": -1.0})))
+    assert profile.main([str(bad), "--params", str(target)]) == 2
+    assert target.read_text() == "untouched\n"
+    # The paper profile: refused here unless its paths are not checked.
+    if not Path("/data/imagenet/train").exists():
+        assert profile.main(["paper", "--params", str(target)]) == 2
+        assert target.read_text() == "untouched\n"
+    assert profile.main(["paper", "--no-check-paths", "--params", str(target)]) == 0
+    assert target.read_bytes() == (PROFILES / "paper.yaml").read_bytes()
+    assert profile.selected(target) == "paper"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]

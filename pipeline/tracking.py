@@ -81,3 +81,15 @@ def active_run(params: Params, size: str | None = None) -> Iterator[mlflow.Activ
     run_id = size_run_id(params, size) if size else study_run_id(params)
     with mlflow.start_run(run_id=run_id) as run:
         yield run
+
+
+def record_metrics(params: Params, path: Path, metrics: dict, prefix: str,
+                   size: str | None = None) -> None:
+    """Write a stage's metrics JSON (atomically) and log them to the study's or a size's run."""
+    from pipeline.files import write_json
+
+    write_json(path, metrics)
+    numeric = {f"{prefix}.{k}": float(v) for k, v in metrics.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    with active_run(params, size):
+        mlflow.log_metrics(numeric)

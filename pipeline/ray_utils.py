@@ -21,6 +21,7 @@ def init_ray(num_cpus: int | None = None) -> None:
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
         return
     ray.init(
+        address="local",  # never join a stale cluster recorded in /tmp/ray by `ray start`
         num_cpus=num_cpus,
         include_dashboard=True,
         dashboard_host="127.0.0.1",

@@ -1,0 +1,323 @@
+"""Training one model size with Ray Train: the code behind the `train` stage and the sweep.
+
+Each Ray worker builds a :class:`gat.train.GATTrainer` (which averages gradients across
+workers), reads its own share of the shards, and runs the library's step. Rank 0 writes
+checkpoints through Ray Train, logs to MLflow and writes the outputs. Checkpoints live in
+``outputs/checkpoints/<run name>``, outside DVC's outputs (DVC deletes those before a
+stage runs): the run name hashes every input that shapes training, so rerunning the same
+command after a kill resumes, while a changed param starts afresh.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gat.io import save_generator
+from gat.models import model_config
+from gat.optim import width_aware_lr
+from gat.train import GATTrainer, NonFiniteError, TrainConfig
+from pipeline.files import atomic_path, write_json
+from pipeline.params import REPO_ROOT, Params, parse_params
+from pipeline.shards import read_manifest
+
+SHARDS = REPO_ROOT / "data" / "shards" / "train"
+TEACHER = REPO_ROOT / "data" / "teacher"
+CHECKPOINTS = REPO_ROOT / "outputs" / "checkpoints"
+STATE_FILE = "state.pt"
+LOG_FIELDS = ["step", "kimg", "loss_d", "loss_g", "d_adv", "r1", "r2", "repa", "logit_real",
+              "logit_fake", "logit_gap", "grad_norm_d", "grad_norm_g", "images_per_s",
+              "step_time_s", "fd"]
+
+
+def size_slug(size: str) -> str:
+    """File-system name of a model size: ``GAT-T1/4`` -> ``GAT-T1_4``."""
+    return size.replace("/", "_")
+
+
+def total_steps(params: Params) -> int:
+    """Training length in steps: train.kimg (thousands of images) if set, else iterations."""
+    if params.train.kimg > 0:
+        return math.ceil(params.train.kimg * 1000 / params.train.batch)
+    return params.train.iterations
+
+
+def adapted_lr(params: Params, size: str) -> float:
+    return width_aware_lr(params.train.lr_base, params.train.c_base, model_config(size).width)
+
+
+def train_config(params: Params, use_teacher: bool) -> TrainConfig:
+    t = params.train
+    return TrainConfig(lr_base=t.lr_base, c_base=t.c_base, mng=t.mng, ema_decay=t.ema_decay,
+                       agp_weight=t.agp_weight, agp_sigma=t.agp_sigma,
+                       repa_weight=t.repa_weight if use_teacher else 0.0, augment=t.augment,
+                       grad_checkpointing=t.grad_checkpointing, grad_accum=t.grad_accum)
+
+
+def run_name(params: Params, size: str) -> str:
+    """``<slug>-<hash>``: the hash covers the train params, the seed and the shards."""
+    manifest = read_manifest(SHARDS)
+    key = json.dumps({"train": params.to_dict()["train"], "seed": params.study.seed,
+                      "size": size, "shards": [s["sha256"] for s in manifest["shards"]]},
+                     sort_keys=True)
+    return f"{size_slug(size)}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def run_training(params: Params, size: str, out_dir: Path, callbacks: list | None = None,
+                 track: bool = True) -> dict[str, Any]:
+    """Train ``size`` with a Ray TorchTrainer; write generator/, metrics.json, log.csv.
+
+    Returns the final metrics. Raises ``NonFiniteError`` if training diverged (the last
+    good checkpoint is kept).
+    """
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipeline import tracking
+    from pipeline.ray_utils import init_ray
+
+    init_ray()
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "diverged.json").unlink(missing_ok=True)
+    use_teacher = params.train.repa_weight > 0 and (TEACHER / "manifest.json").exists()
+    config = {
+        "params": params.to_dict(), "size": size, "out_dir": str(out_dir),
+        "shards": str(SHARDS), "teacher": str(TEACHER) if use_teacher else None,
+        "run_id": tracking.size_run_id(params, size) if track else None,
+        "tracking_uri": tracking.tracking_uri(params) if track else None,
+    }
+    name = run_name(params, size)
+    print(f"training {size} (lr {adapted_lr(params, size):.4g}) for {total_steps(params)} steps;"
+          f" checkpoints in {CHECKPOINTS / name}. To resume after a kill, run the same "
+          "command again.")
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=params.train.workers, use_gpu=params.train.use_gpu,
+            resources_per_worker={"CPU": params.train.cpus_per_worker}),
+        run_config=RunConfig(
+            name=name, storage_path=str(CHECKPOINTS), callbacks=callbacks or [],
+            failure_config=FailureConfig(max_failures=params.train.max_failures)),
+    )
+    trainer.fit()
+    diverged = out_dir / "diverged.json"
+    if diverged.exists():
+        raise NonFiniteError(json.loads(diverged.read_text())["message"] +
+                             f"; last good checkpoint kept in {CHECKPOINTS / name}")
+    return json.loads((out_dir / "metrics.json").read_text())
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def _train_loop(config: dict[str, Any]) -> None:
+    import ray.train
+
+    params = parse_params(config["params"], check_paths=False)
+    size, out_dir = config["size"], Path(config["out_dir"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device() if params.train.use_gpu else torch.device("cpu")
+    manifest = read_manifest(config["shards"])
+    channels, latent_size = manifest["latent_shape"][0], manifest["latent_shape"][-1]
+    teacher_dim = 1
+    if config["teacher"]:
+        teacher_dim = read_manifest(config["teacher"])["token_shape"][-1]
+    trainer = GATTrainer(size, channels, latent_size, manifest["num_classes"], teacher_dim,
+                         train_config(params, config["teacher"] is not None), device,
+                         seed=params.study.seed)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as ckpt_dir:
+            state = torch.load(Path(ckpt_dir) / STATE_FILE, map_location=device,
+                               weights_only=True)
+        trainer.load_state_dict(state)
+    # Distinct, reproducible noise per worker and per resume point.
+    torch.manual_seed(params.study.seed + 7919 * rank + 104729 * trainer.step_count)
+    logger = _Rank0Logger(config, params, trainer, manifest) if rank == 0 else None
+    steps = total_steps(params)
+    loader = _batches(config, params, rank, world, seed=trainer.step_count)
+    t_start, images = time.perf_counter(), 0
+    for step in range(trainer.step_count + 1, steps + 1):
+        batch = next(loader)
+        t0 = time.perf_counter()
+        try:
+            metrics = trainer.step(batch["latents"], batch["labels"], batch["teacher"])
+        except NonFiniteError as err:
+            if rank == 0:
+                write_json(out_dir / "diverged.json", {"message": str(err), "step": step})
+            print(f"[rank {rank}] {err}")
+            return
+        dt = time.perf_counter() - t0
+        images += batch["latents"].shape[0]
+        metrics.update(step=step, kimg=step * params.train.batch / 1000, step_time_s=dt,
+                       images_per_s=batch["latents"].shape[0] / dt)
+        report_now = step % params.train.log_every == 0 or step == steps
+        save_now = step % params.train.checkpoint_every == 0 or step == steps
+        if params.train.fd_every and step % params.train.fd_every == 0 and logger:
+            metrics["fd"] = logger.fd()
+        if logger:
+            logger.log(step, metrics, report_now, steps)
+        if report_now or save_now:
+            _report(trainer, metrics, rank, save_now)
+    if logger:
+        logger.finish(images / (time.perf_counter() - t_start), steps)
+
+
+def _batches(config: dict, params: Params, rank: int, world: int, seed: int):
+    from pipeline.shards import make_train_loader
+
+    per_worker = params.train.batch // world
+    loader = make_train_loader(config["shards"], per_worker, rank, world,
+                               params.train.loader_workers, params.study.seed + seed,
+                               params.train.shuffle_buffer, config["teacher"])
+    return iter(loader)
+
+
+def _report(trainer: GATTrainer, metrics: dict, rank: int, save: bool) -> None:
+    import ray.train
+
+    scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    if not (save and rank == 0):
+        ray.train.report(scalars)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(trainer.state_dict(), Path(tmp) / STATE_FILE)
+        ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+class _Rank0Logger:
+    """MLflow, per-step CSV, sample grids, FD proxy and final outputs: rank 0 only."""
+
+    def __init__(self, config: dict, params: Params, trainer: GATTrainer, manifest: dict):
+        self.params, self.trainer, self.manifest = params, trainer, manifest
+        self.out_dir, self.size = Path(config["out_dir"]), config["size"]
+        self.run_id, self.uri = config["run_id"], config["tracking_uri"]
+        self.log_path = self.out_dir / "log.csv"
+        self._keep_log_until(trainer.step_count)
+        self._tokenizer = None
+        self._fd_eval = None
+        if self.run_id:
+            import mlflow
+
+            mlflow.set_tracking_uri(self.uri)
+            with mlflow.start_run(run_id=self.run_id):
+                if trainer.step_count == 0:
+                    flat = _flatten({"train": params.to_dict()["train"], "size": self.size,
+                                     "lr": trainer.lr, "steps": total_steps(params),
+                                     "workers": params.train.workers})
+                    mlflow.log_params(flat)
+
+    def _keep_log_until(self, step: int) -> None:
+        """On resume, drop log rows written after the checkpoint we resumed from."""
+        if not self.log_path.exists():
+            return
+        with open(self.log_path) as f:
+            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+        with atomic_path(self.log_path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def log(self, step: int, metrics: dict, report: bool, steps: int) -> None:
+        if not report:
+            return
+        new = not self.log_path.exists()
+        with open(self.log_path, "a", newline="") as f:
+            writer = csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow({k: metrics.get(k, "") for k in LOG_FIELDS})
+        print(f"[{self.size}] step {step}/{steps} " + " ".join(
+            f"{k} {metrics[k]:.4g}" for k in ("loss_d", "loss_g", "logit_gap", "repa",
+                                               "images_per_s") if k in metrics), flush=True)
+        if self.run_id:
+            import mlflow
+
+            with mlflow.start_run(run_id=self.run_id):
+                mlflow.log_metrics({k: float(v) for k, v in metrics.items()
+                                    if isinstance(v, (int, float)) and k != "step"}, step=step)
+                every = self.params.train.sample_every
+                if every and (step % every == 0 or step == steps):
+                    mlflow.log_image(self.sample_grid(), f"samples/step_{step:07d}.png")
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from pipeline.pretrained import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.params.tokenizer.source,
+                                             scale_factor=self.manifest["scale_factor"])
+        return self._tokenizer
+
+    def sample_grid(self, per_class: int = 8) -> Any:
+        """uint8 HWC grid: one row per class (up to 10 classes), fixed seeds."""
+        from torchvision.utils import make_grid
+
+        classes = min(10, self.manifest["num_classes"])
+        gen = torch.Generator().manual_seed(0)
+        z = torch.randn(classes * per_class, 64, generator=gen)
+        c = torch.arange(classes).repeat_interleave(per_class)
+        g = self.trainer.G_ema
+        device = next(g.parameters()).device
+        latents = g.sample(z.to(device), c.to(device)).float().cpu()
+        images = self.tokenizer().decode(latents)
+        return make_grid(images, nrow=per_class, padding=1).permute(1, 2, 0).numpy()
+
+    def fd(self) -> float:
+        """FD proxy of the EMA generator: FD-classifier offline, FID with Inception."""
+        from pipeline.fidelity import generator_fd
+
+        return generator_fd(self.params, self.trainer.G_ema, self.tokenizer(),
+                            self.params.train.fd_samples)
+
+    def finish(self, images_per_s: float, steps: int) -> None:
+        meta = {"name": self.size, "lr": self.trainer.lr, "steps": steps,
+                "teacher_dim": self.trainer.D.repa[-1].out_features,
+                "scale_factor": self.manifest["scale_factor"],
+                "tokenizer": self.params.tokenizer.source}
+        with atomic_path(self.out_dir / "generator") as tmp:
+            save_generator(tmp, self.trainer.G_ema, meta)
+        final = {"size": self.size, "steps": steps, "lr": self.trainer.lr,
+                 "images_per_s": images_per_s,
+                 "images_per_s_per_worker": images_per_s,
+                 "workers": self.params.train.workers,
+                 "kimg": steps * self.params.train.batch / 1000}
+        with open(self.log_path) as f:
+            last = list(csv.DictReader(f))[-1]
+        final.update({k: float(v) for k, v in last.items() if v not in ("", None)
+                      and k not in ("step", "kimg")})
+        write_json(self.out_dir / "metrics.json", final)
+        if self.run_id:
+            import mlflow
+
+            with mlflow.start_run(run_id=self.run_id):
+                mlflow.log_metric("train_images_per_s", images_per_s)
+                mlflow.log_artifacts(str(self.out_dir / "generator"), "generator")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")

@@ -24,6 +24,12 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PARAMS = REPO_ROOT / "params.yaml"
+OUTPUTS = REPO_ROOT / "outputs"
+
+
+def size_dir(stage: str, size: str) -> Path:
+    """outputs/<stage>/<size>: ``GAT-T1/4`` nests as GAT-T1/4, as dvc.yaml's ${item} does."""
+    return OUTPUTS / stage / size
 
 
 class ParamsError(ValueError):

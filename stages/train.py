@@ -14,13 +14,13 @@ import argparse
 import sys
 
 from gat.train import NonFiniteError
-from pipeline.params import REPO_ROOT, Params
+from pipeline.params import Params, size_dir
 from pipeline.stage import stage_main
-from pipeline.training import adapted_lr, run_training, size_slug, total_steps
+from pipeline.training import adapted_lr, run_training, total_steps
 
 
 def out_dir(size: str):
-    return REPO_ROOT / "outputs" / "train" / size_slug(size)
+    return size_dir("train", size)
 
 
 def run(params: Params, args: argparse.Namespace) -> None:

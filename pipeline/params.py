@@ -22,7 +22,9 @@ from typing import Any, Literal
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# Where data/, outputs/ and params.yaml live: the checkout, or $GAT_ROOT (tests run whole
+# stages in a temporary root this way).
+REPO_ROOT = Path(os.environ.get("GAT_ROOT") or Path(__file__).resolve().parent.parent)
 DEFAULT_PARAMS = REPO_ROOT / "params.yaml"
 OUTPUTS = REPO_ROOT / "outputs"
 

@@ -30,9 +30,7 @@ from pipeline.files import atomic_path, write_json
 from pipeline.params import REPO_ROOT, Params, parse_params
 from pipeline.shards import read_manifest
 
-SHARDS = REPO_ROOT / "data" / "shards" / "train"
-TEACHER = REPO_ROOT / "data" / "teacher"
-CHECKPOINTS = REPO_ROOT / "outputs" / "checkpoints"
+SHARDS, TEACHER, CHECKPOINTS = "data/shards/train", "data/teacher", "outputs/checkpoints"
 STATE_FILE = "state.pt"
 LOG_FIELDS = ["step", "kimg", "loss_d", "loss_g", "d_adv", "r1", "r2", "repa", "logit_real",
               "logit_fake", "logit_gap", "grad_norm_d", "grad_norm_g", "images_per_s",
@@ -63,9 +61,9 @@ def train_config(params: Params, use_teacher: bool) -> TrainConfig:
                        grad_checkpointing=t.grad_checkpointing, grad_accum=t.grad_accum)
 
 
-def run_name(params: Params, size: str) -> str:
+def run_name(params: Params, size: str, root: Path = REPO_ROOT) -> str:
     """``<slug>-<hash>``: the hash covers the train params, the seed and the shards."""
-    manifest = read_manifest(SHARDS)
+    manifest = read_manifest(root / SHARDS)
     key = json.dumps({"train": params.to_dict()["train"], "seed": params.study.seed,
                       "size": size, "shards": [s["sha256"] for s in manifest["shards"]]},
                      sort_keys=True)
@@ -76,11 +74,15 @@ def run_name(params: Params, size: str) -> str:
 
 
 def run_training(params: Params, size: str, out_dir: Path, callbacks: list | None = None,
-                 track: bool = True) -> dict[str, Any]:
+                 track: bool = True, debug: dict[str, Any] | None = None,
+                 root: Path = REPO_ROOT) -> dict[str, Any]:
     """Train ``size`` with a Ray TorchTrainer; write generator/, metrics.json, log.csv.
 
     Returns the final metrics. Raises ``NonFiniteError`` if training diverged (the last
-    good checkpoint is kept).
+    good checkpoint is kept). ``debug`` is for tests: ``{"record_dir": path}`` makes every
+    worker write the sample keys it consumed and a checksum of its G and D;
+    ``{"nan_at_step": n}`` makes D output NaN from step n (fault injection). ``root`` holds
+    data/ (shards, teacher tokens) and outputs/checkpoints/.
     """
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -92,16 +94,18 @@ def run_training(params: Params, size: str, out_dir: Path, callbacks: list | Non
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "diverged.json").unlink(missing_ok=True)
-    use_teacher = params.train.repa_weight > 0 and (TEACHER / "manifest.json").exists()
+    teacher = root / TEACHER
+    use_teacher = params.train.repa_weight > 0 and (teacher / "manifest.json").exists()
     config = {
         "params": params.to_dict(), "size": size, "out_dir": str(out_dir),
-        "shards": str(SHARDS), "teacher": str(TEACHER) if use_teacher else None,
+        "shards": str(root / SHARDS), "teacher": str(teacher) if use_teacher else None,
         "run_id": tracking.size_run_id(params, size) if track else None,
         "tracking_uri": tracking.tracking_uri(params) if track else None,
+        "debug": debug or {},
     }
-    name = run_name(params, size)
+    name, checkpoints = run_name(params, size, root), root / CHECKPOINTS
     print(f"training {size} (lr {adapted_lr(params, size):.4g}) for {total_steps(params)} steps;"
-          f" checkpoints in {CHECKPOINTS / name}. To resume after a kill, run the same "
+          f" checkpoints in {checkpoints / name}. To resume after a kill, run the same "
           "command again.")
     trainer = TorchTrainer(
         _train_loop,
@@ -110,14 +114,14 @@ def run_training(params: Params, size: str, out_dir: Path, callbacks: list | Non
             num_workers=params.train.workers, use_gpu=params.train.use_gpu,
             resources_per_worker={"CPU": params.train.cpus_per_worker}),
         run_config=RunConfig(
-            name=name, storage_path=str(CHECKPOINTS), callbacks=callbacks or [],
+            name=name, storage_path=str(checkpoints), callbacks=callbacks or [],
             failure_config=FailureConfig(max_failures=params.train.max_failures)),
     )
     trainer.fit()
     diverged = out_dir / "diverged.json"
     if diverged.exists():
         raise NonFiniteError(json.loads(diverged.read_text())["message"] +
-                             f"; last good checkpoint kept in {CHECKPOINTS / name}")
+                             f"; last good checkpoint kept in {checkpoints / name}")
     return json.loads((out_dir / "metrics.json").read_text())
 
 
@@ -146,14 +150,19 @@ def _train_loop(config: dict[str, Any]) -> None:
             state = torch.load(Path(ckpt_dir) / STATE_FILE, map_location=device,
                                weights_only=True)
         trainer.load_state_dict(state)
+        if rank == 0:
+            print(f"[{size}] resumed from checkpoint at step {trainer.step_count}", flush=True)
     # Distinct, reproducible noise per worker and per resume point.
     torch.manual_seed(params.study.seed + 7919 * rank + 104729 * trainer.step_count)
     logger = _Rank0Logger(config, params, trainer, manifest) if rank == 0 else None
     steps = total_steps(params)
-    loader = _batches(config, params, rank, world, seed=trainer.step_count)
+    debug = config["debug"]
+    loader = _batches(config, params, rank, world, trainer.step_count, "record_dir" in debug)
     t_start, images = time.perf_counter(), 0
     for step in range(trainer.step_count + 1, steps + 1):
         batch = next(loader)
+        if debug:
+            _debug_hooks(debug, trainer, batch, rank, step)
         t0 = time.perf_counter()
         try:
             metrics = trainer.step(batch["latents"], batch["labels"], batch["teacher"])
@@ -174,17 +183,33 @@ def _train_loop(config: dict[str, Any]) -> None:
             logger.log(step, metrics, report_now, steps)
         if report_now or save_now:
             _report(trainer, metrics, rank, save_now)
+    if "record_dir" in debug:
+        checksum = sum(p.double().sum().item() for p in
+                       [*trainer.G.parameters(), *trainer.D.parameters()])
+        (Path(debug["record_dir"]) / f"params_rank{rank}.txt").write_text(repr(checksum))
     if logger:
         logger.finish(images / (time.perf_counter() - t_start), steps)
 
 
-def _batches(config: dict, params: Params, rank: int, world: int, seed: int):
+def _debug_hooks(debug: dict, trainer: GATTrainer, batch: dict, rank: int, step: int) -> None:
+    if "record_dir" in debug:
+        with open(Path(debug["record_dir"]) / f"keys_rank{rank}.txt", "a") as f:
+            f.write("".join(f"{step} {key}\n" for key in batch["keys"]))
+    if debug.get("nan_at_step") == step:
+        trainer.D.register_forward_hook(
+            lambda m, i, out: (out[0] * float("nan"), out[1]) if isinstance(out, tuple)
+            else out * float("nan"))
+
+
+def _batches(config: dict, params: Params, rank: int, world: int, seed: int,
+             with_keys: bool = False):
     from pipeline.shards import make_train_loader
 
     per_worker = params.train.batch // world
     loader = make_train_loader(config["shards"], per_worker, rank, world,
                                params.train.loader_workers, params.study.seed + seed,
-                               params.train.shuffle_buffer, config["teacher"])
+                               params.train.shuffle_buffer, config["teacher"],
+                               with_keys=with_keys)
     return iter(loader)
 
 

@@ -1,0 +1,56 @@
+"""Test helpers: tiny but real shard directories and params files."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from pipeline.params import Params, load_params
+from pipeline.shards import (
+    latent_fields,
+    token_fields,
+    write_manifest,
+    write_shards,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_synthetic_shards(root: Path, samples: int = 256, shard_size: int = 32,
+                          classes: int = 4, latent=(4, 8, 8), tokens=(1 + 4, 8)) -> None:
+    """data/shards/train and data/teacher under ``root`` with Gaussian latents per class."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(samples) % classes
+
+    def latents(idx: np.ndarray) -> list[dict[str, bytes]]:
+        return [latent_fields(rng.normal(labels[j] / classes, 1.0, latent),
+                              np.full(latent, 0.1), labels[j]) for j in idx]
+
+    def teacher(idx: np.ndarray) -> list[dict[str, bytes]]:
+        return [token_fields(rng.normal(0, 1, tokens)) for _ in idx]
+
+    shard_dir, teacher_dir = root / "data" / "shards" / "train", root / "data" / "teacher"
+    shards = write_shards(shard_dir, samples, shard_size, latents, "synthetic")
+    write_manifest(shard_dir, {"samples": samples, "shards": shards, "num_classes": classes,
+                               "latent_shape": list(latent), "scale_factor": 1.0,
+                               "classes": [str(c) for c in range(classes)]})
+    tshards = write_shards(teacher_dir, samples, shard_size, teacher, "synthetic")
+    write_manifest(teacher_dir, {"samples": samples, "shards": tshards,
+                                 "token_shape": list(tokens)})
+
+
+def tiny_params(tmp: Path, mlflow_uri: str, **train: object) -> Params:
+    """The tiny profile with a test's MLflow store and train overrides."""
+    params = load_params(REPO / "profiles" / "tiny.yaml")
+    params = dataclasses.replace(
+        params, tracking=dataclasses.replace(params.tracking, uri=mlflow_uri),
+        train=dataclasses.replace(params.train, **train))
+    return params
+
+
+def write_params(params: Params, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(params.to_dict(), sort_keys=False))
+    return path

@@ -1,0 +1,108 @@
+"""The train stage on a real Ray cluster: 2 workers, resume after SIGKILL, divergence."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+
+from gat.train import NonFiniteError
+from pipeline import tracking
+from pipeline.training import run_training
+from tests.helpers import REPO, make_synthetic_shards, tiny_params, write_params
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("root")
+    make_synthetic_shards(root)
+    return root
+
+
+def test_two_workers_disjoint_data_identical_weights_mlflow(ray_cluster, root, tmp_path,
+                                                             mlflow_uri):
+    params = tiny_params(tmp_path, mlflow_uri, workers=2, batch=16, iterations=16,
+                         cpus_per_worker=0.9, log_every=4, checkpoint_every=8,
+                         sample_every=8, fd_every=0, loader_workers=0, shuffle_buffer=8)
+    record = tmp_path / "record"
+    record.mkdir()
+    out = tmp_path / "out"
+    metrics = run_training(params, "GAT-T1/4", out, debug={"record_dir": str(record)},
+                           root=root)
+    assert metrics["steps"] == 16
+    keys = {r: [line.split()[1] for line in (record / f"keys_rank{r}.txt").read_text().split("\n")
+                if line] for r in (0, 1)}
+    # 16 steps x 8 samples per worker = one epoch of 256 samples: each seen exactly once
+    assert len(keys[0]) == len(keys[1]) == 128
+    assert not set(keys[0]) & set(keys[1])
+    assert sorted(keys[0] + keys[1]) == [f"{j:09d}" for j in range(256)]
+    checksums = {(record / f"params_rank{r}.txt").read_text() for r in (0, 1)}
+    assert len(checksums) == 1, "G and D differ across workers"
+    assert (out / "generator" / "generator.safetensors").exists()
+    log = pd.read_csv(out / "log.csv")
+    assert list(log["step"]) == [4, 8, 12, 16]
+    client = MlflowClient(mlflow_uri)
+    run = client.get_run(tracking.size_run_id(params, "GAT-T1/4"))
+    assert {"loss_d", "loss_g", "logit_gap", "r1", "r2", "repa", "grad_norm_g",
+            "images_per_s"} <= set(run.data.metrics)
+    assert float(run.data.params["lr"]) == pytest.approx(params.train.lr_base)
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
+    assert any(p.endswith(".png") for p in artifacts)
+
+
+def test_divergence_guard_stops_with_the_step(ray_cluster, root, tmp_path, mlflow_uri):
+    params = tiny_params(tmp_path, mlflow_uri, workers=1, batch=8, iterations=12,
+                         checkpoint_every=4, log_every=4, fd_every=0, loader_workers=0,
+                         shuffle_buffer=8, sample_every=0)
+    with pytest.raises(NonFiniteError, match="at step 6") as err:
+        run_training(params, "GAT-T1/4", tmp_path / "out", debug={"nan_at_step": 6},
+                     root=root, track=False)
+    assert "last good checkpoint kept" in str(err.value)
+    assert not (tmp_path / "out" / "generator").exists()
+
+
+def test_sigkill_then_same_command_resumes(root, tmp_path, mlflow_uri):
+    params = tiny_params(tmp_path, mlflow_uri, workers=1, batch=8, iterations=40,
+                         checkpoint_every=10, log_every=5, fd_every=0, loader_workers=0,
+                         shuffle_buffer=8, sample_every=0)
+    write_params(params, root / "params.yaml")
+    env = {**os.environ, "GAT_ROOT": str(root), "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "stages.train", "GAT-T2/4"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpts = root / "outputs" / "checkpoints"
+    deadline = time.time() + 180
+    while time.time() < deadline and not list(ckpts.glob("GAT-T2_4-*/checkpoint_*")):
+        time.sleep(0.5)
+    assert list(ckpts.glob("GAT-T2_4-*/checkpoint_*")), "no checkpoint within 180 s"
+    # SIGKILL the stage and everything it started (Ray's GCS, raylet and train workers).
+    family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    for pid in family:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    out = root / "outputs" / "train" / "GAT-T2" / "4"
+    assert not (out / "metrics.json").exists()
+    killed_at = pd.read_csv(out / "log.csv")["step"].max()
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = pd.read_csv(out / "log.csv")
+    steps = list(log["step"])
+    assert steps == sorted(set(steps)) and steps[-1] == 40  # no step twice, none missing
+    assert steps == list(range(5, 45, 5))
+    assert killed_at >= 10
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 40 and (out / "generator" / "config.json").exists()
+    resumed = re.search(r"resumed from checkpoint at step (\d+)", done.stdout + done.stderr)
+    assert resumed and 10 <= int(resumed.group(1)) <= killed_at
+    assert log["loss_d"].notna().all()

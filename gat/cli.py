@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -64,6 +65,32 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resolve_generator(ref: str) -> Path:
+    """A generator directory, or an MLflow artifact URI (runs:/RUN_ID/generator)."""
+    if "://" in ref or ref.startswith("runs:/"):
+        import mlflow  # only for MLflow references
+
+        return Path(mlflow.artifacts.download_artifacts(ref))
+    return Path(ref)
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from gat.io import load_generator
+    from gat.sample import decode, parse_seeds, sample_latents, save_images
+
+    device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
+    gen, meta = load_generator(_resolve_generator(args.generator), device)
+    classes = (list(range(gen.num_classes)) if args.classes == "all"
+               else [int(c) for c in args.classes.split(",")])
+    seeds = parse_seeds(args.seeds)
+    latents, pairs = sample_latents(gen, classes, seeds, args.psi, args.guidance)
+    scale = args.scale_factor or meta.get("scale_factor", 1.0)
+    images = decode(latents, args.decoder, scale)
+    paths = save_images(images, args.out, pairs, nrow=len(seeds))
+    print(f"wrote {len(paths)} file(s): {paths[0]}{' ...' if len(paths) > 1 else ''}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gat", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,6 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--lr-base", type=float, default=DEFAULT_LR_BASE)
     info.add_argument("--c-base", type=int, default=DEFAULT_C_BASE)
     info.set_defaults(func=_cmd_info)
+
+    sample = sub.add_parser("sample", help="images from a trained generator")
+    sample.add_argument("--generator", required=True,
+                        help="generator dir (outputs/train/SIZE/generator) or runs:/ID/generator")
+    sample.add_argument("--decoder", required=True,
+                        help="tokenizer (AutoencoderKL) dir, e.g. data/tokenizer")
+    sample.add_argument("--classes", default="all", help="comma list, or all (default)")
+    sample.add_argument("--seeds", default="0-7", help="e.g. 0-7 or 1,5,9 (default 0-7)")
+    sample.add_argument("--psi", type=float, default=1.0, help="truncation in w (1: none)")
+    sample.add_argument("--guidance", type=float, default=1.0, help="w-space guidance scale")
+    sample.add_argument("--scale-factor", type=float, default=0.0,
+                        help="latent scale (default: the generator's metadata)")
+    sample.add_argument("--out", required=True,
+                        help="grid.png (rows: classes, columns: seeds) or a folder")
+    sample.add_argument("--cpu", action="store_true", help="stay on the CPU")
+    sample.set_defaults(func=_cmd_sample)
     return parser
 
 

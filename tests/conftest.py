@@ -30,3 +30,22 @@ def ray_cluster():
 def mlflow_uri(tmp_path) -> str:
     """A fresh MLflow sqlite store for one test."""
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory):
+    """A copy of the repo where `dvc repro` of profiles/tiny.yaml has run (once a session)."""
+    import shutil
+    import subprocess
+
+    from tests.helpers import FASHION, copy_repo, dvc_env
+
+    if not FASHION.exists():
+        pytest.skip("needs dataset-fashion-mnist (bash scripts/setup.sh installs it)")
+    work = tmp_path_factory.mktemp("study")
+    copy_repo(work)
+    shutil.copy(work / "profiles" / "tiny.yaml", work / "params.yaml")
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q", "-f"], ["dvc", "repro"]):
+        result = subprocess.run(cmd, cwd=work, env=dvc_env(), capture_output=True, text=True)
+        assert result.returncode == 0, f"{cmd}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
+    return work

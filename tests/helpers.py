@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +21,27 @@ from pipeline.shards import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def dvc_env() -> dict[str, str]:
+    """Environment for running the pipeline's commands in a copy of the repo."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "GAT_ROOT"):
+        env.pop(key, None)
+    return env
+
+
+def copy_repo(dst: Path) -> None:
+    """The checkout's tracked and untracked-but-not-ignored files, as a fresh clone has."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                           cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for rel in files:
+        src = REPO / rel
+        if src.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
 
 
 def make_synthetic_shards(root: Path, samples: int = 256, shard_size: int = 32,

@@ -1,60 +1,76 @@
 """The whole study end to end: `dvc repro` in a temporary copy of the repo, tiny profile.
 
 Real DVC, real Ray, real MLflow: the same commands a user runs, at a size that fits CI.
+The finished copy is shared (session fixture) by the evaluate, sample and sweep tests.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from mlflow.tracking import MlflowClient
 
-REPO = Path(__file__).resolve().parent.parent
-FASHION = Path("/usr/share/datasets/fashion-mnist")
+from tests.helpers import FASHION, dvc_env
 
-
-def _copy_repo(dst: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                           cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for rel in files:
-        src = REPO / rel
-        if src.is_file():
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
+pytestmark = pytest.mark.skipif(not FASHION.exists(), reason="needs dataset-fashion-mnist")
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not FASHION.exists(), reason="needs dataset-fashion-mnist (scripts/setup.sh)")
-def test_dvc_repro_tiny_profile(tmp_path):
-    work = tmp_path / "repo"
-    _copy_repo(work)
-    shutil.copy(work / "profiles" / "tiny.yaml", work / "params.yaml")
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "MLFLOW_TRACKING_URI": "",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("RAY_ADDRESS", None)
-
-    def run(*cmd: str) -> subprocess.CompletedProcess:
-        return subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
-
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q", "-f"]):
-        assert run(*cmd).returncode == 0
-    result = run("dvc", "repro")
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-
+def test_dvc_repro_tiny_profile(tiny_study):
+    work = tiny_study
     table = pd.read_csv(work / "outputs" / "scaling" / "scaling.csv")
-    assert len(table) >= 3
+    assert len(table) == 3
     assert (table["g_gflops"] > 0).all() and table["g_gflops"].is_monotonic_increasing
+    assert (table["fd"] > 0).all() and (table["metric"] == "FD-classifier").all()
     metrics = json.loads((work / "outputs" / "scaling" / "metrics.json").read_text())
-    assert -1.0 <= metrics["pearson_r"] <= 1.0
+    assert -1.0 <= metrics["pearson_r"] <= 1.0 and metrics["sizes"] == 3
     assert (work / "outputs" / "scaling" / "scaling.png").stat().st_size > 1000
-    assert (work / "mlflow.db").exists()
+    for stand_in in ("tokenizer", "teacher", "classifier"):
+        assert (work / "data" / "metrics" / f"{stand_in}.json").exists()
 
-    # Nothing changed: a second repro runs no stage.
-    again = run("dvc", "repro")
-    assert again.returncode == 0 and "Running stage" not in again.stdout
+
+def test_evaluate_outputs_and_mlflow(tiny_study):
+    work = tiny_study
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("gat-tiny")
+    runs = client.search_runs([exp.experiment_id], "tags.`gat.role` = 'size'")
+    assert {r.data.tags["gat.size"] for r in runs} == {"GAT-T1/4", "GAT-T2/4", "GAT-T3/4"}
+    for run in runs:
+        size = run.data.tags["gat.size"]
+        ev = json.loads((work / "outputs" / "eval" / size / "metrics.json").read_text())
+        assert run.data.metrics["FD-classifier"] == pytest.approx(ev["fd"])
+        assert {"eval.precision", "eval.recall", "eval.class_accuracy"} <= set(run.data.metrics)
+        assert "loss_d" in run.data.metrics  # training logged to the same run
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "eval")] == [
+            "eval/samples.png"]
+        assert (work / "outputs" / "eval" / size / "samples.png").stat().st_size > 500
+
+
+def test_gat_sample_writes_requested_images(tiny_study, tmp_path):
+    work = tiny_study
+    gen = work / "outputs" / "train" / "GAT-T1" / "4" / "generator"
+    base = [sys.executable, "-m", "gat.cli", "sample", "--generator", str(gen),
+            "--decoder", str(work / "data" / "tokenizer"), "--cpu"]
+    one = [*base, "--classes", "0,3", "--seeds", "1-3", "--out", str(tmp_path / "one")]
+    out = subprocess.run(one, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert names == [f"class{c:04d}_seed{s:06d}.png" for c in (0, 3) for s in (1, 2, 3)]
+    many = [*base, "--seeds", "0-4", "--psi", "0.7", "--guidance", "1.5",
+            "--out", str(tmp_path / "grid.png")]
+    grid = subprocess.run(many, capture_output=True, text=True)
+    assert grid.returncode == 0, grid.stderr
+    from PIL import Image
+
+    with Image.open(tmp_path / "grid.png") as img:  # 10 classes x 5 seeds of 32 px
+        assert img.size == (5 * 33 + 1, 10 * 33 + 1)
+
+
+def test_second_repro_is_a_noop(tiny_study):
+    again = subprocess.run(["dvc", "repro"], cwd=tiny_study, env=dvc_env(),
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "Running stage" not in again.stdout

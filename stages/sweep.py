@@ -1,0 +1,120 @@
+"""Ray Tune sweep of train.lr_base, and the width-aware transfer check (paper Fig. 5b).
+
+Off unless ``sweep.enabled: true`` (then it trains 2 sweeps and 2 extra runs). Outputs in
+outputs/sweep/: best.json (the best lr_base, also logged to MLflow), trials.csv and
+lr_vs_fd.png (the sweep at sweep.size), transfer.csv and transfer.png (sweep.transfer_size
+trained with the rule-adapted lr, with lr_base unchanged, and with its own sweep's best).
+To resume after a kill, run the same command again: Tune restores unfinished trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import mlflow
+import pandas as pd
+
+from gat.models import model_config
+from pipeline import tracking
+from pipeline.files import atomic_path, write_json
+from pipeline.params import REPO_ROOT, Params
+from pipeline.stage import stage_main
+from pipeline.sweep import best_lr, lr_grid, run_sweep
+
+OUT = REPO_ROOT / "outputs" / "sweep"
+
+
+def metric_label(params: Params) -> str:
+    """What the proxy is: FID-5K with Inception, else the offline FD-classifier (not FID)."""
+    return "FID-5K" if params.evaluator.source == "inception" else "FD-classifier"
+
+
+def transfer_check(params: Params, best_base: float) -> pd.DataFrame:
+    """Train sweep.transfer_size three ways and compare the final proxies."""
+    size = params.sweep.transfer_size
+    width = model_config(size).width
+    own = run_sweep(params, size, OUT / "transfer_own")
+    both = run_sweep(params, size, OUT / "transfer_rule", lrs=[best_base],
+                     c_bases=[params.train.c_base, width], scheduler=False)
+    rule = both[both["c_base"] == params.train.c_base].head(1)
+    unchanged = both[both["c_base"] == width].head(1)
+    own_best = own[own["lr_base"] == best_lr(own)]
+    rows = []
+    for how, frame in (("width-aware rule", rule), ("base lr unchanged", unchanged),
+                       ("own sweep's best", own_best)):
+        row = frame.iloc[0] if len(frame) else None
+        rows.append({"size": size, "how": how,
+                     "lr": float(row["lr"]) if row is not None else float("nan"),
+                     "fd": float(row["fd"]) if row is not None else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def plot_sweep(table: pd.DataFrame, label: str, size: str, path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    done = table[~table["stopped_early"]]
+    stopped = table[table["stopped_early"]]
+    ax.plot(done["lr_base"], done["fd"], "o-", label="ran to the end")
+    ax.plot(stopped["lr_base"], stopped["fd"], "x", color="C3", label="stopped by ASHA")
+    ax.set_xscale("log")
+    ax.set_xlabel("lr_base")
+    ax.set_ylabel(f"{label} (last report)")
+    ax.set_title(f"lr sweep at {size}")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def plot_transfer(table: pd.DataFrame, label: str, path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.bar(table["how"], table["fd"], color=["C0", "C3", "C2"])
+    for i, lr in enumerate(table["lr"]):
+        ax.text(i, 0, f"lr {lr:.2g}", ha="center", va="bottom", color="white")
+    ax.set_ylabel(label)
+    ax.set_title(f"lr transfer to {table['size'].iloc[0]}")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def run(params: Params, args: argparse.Namespace) -> None:
+    if not params.sweep.enabled:
+        print("sweep.enabled is false: nothing to do (set it true in params.yaml to sweep)")
+        write_json(OUT / "best.json", {"enabled": False})
+        return
+    label, size = metric_label(params), params.sweep.size
+    table = run_sweep(params, size, OUT / "base")
+    best = best_lr(table)
+    with atomic_path(OUT / "trials.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    plot_sweep(table, label, size, OUT / "lr_vs_fd.png")
+    transfer = transfer_check(params, best) if args.transfer else pd.DataFrame()
+    if not transfer.empty:
+        with atomic_path(OUT / "transfer.csv") as tmp:
+            transfer.to_csv(tmp, index=False)
+        plot_transfer(transfer, label, OUT / "transfer.png")
+    result = {"enabled": True, "size": size, "best_lr_base": best, "metric": label,
+              "trials": len(table), "stopped_early": int(table["stopped_early"].sum())}
+    write_json(OUT / "best.json", result)
+    with mlflow.start_run(run_id=tracking.size_run_id(params, size, role="sweep")):
+        mlflow.log_params({"sweep.lrs": ",".join(f"{x:.3g}" for x in lr_grid(params))})
+        mlflow.log_metric("best_lr_base", best)
+        for name in ("trials.csv", "lr_vs_fd.png", "transfer.csv", "transfer.png"):
+            if (OUT / name).exists():
+                mlflow.log_artifact(str(OUT / name))
+    print(f"best lr_base at {size}: {best:.4g} ({label}); written to {OUT / 'best.json'}")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-transfer", dest="transfer", action="store_false",
+                        help="only the sweep at sweep.size, no transfer check")
+
+
+if __name__ == "__main__":
+    stage_main(__doc__, run, configure=configure)

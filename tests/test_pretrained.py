@@ -1,0 +1,60 @@
+"""Pretrained-part loaders: real architectures saved locally load offline through them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.pretrained import (
+    Classifier,
+    load_classifier,
+    load_teacher,
+    load_tokenizer,
+    save_classifier,
+)
+
+
+def test_sd_vae_architecture_loads_offline_with_its_scale_factor(tmp_path, monkeypatch):
+    from diffusers import AutoencoderKL
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # SD-VAE's architecture (stabilityai/sd-vae-ft-ema config), random weights.
+    sd_vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+        sample_size=256, scaling_factor=0.18215)
+    assert sum(p.numel() for p in sd_vae.parameters()) == pytest.approx(83.65e6, rel=0.01)
+    sd_vae.save_pretrained(tmp_path / "sd-vae")
+    tok = load_tokenizer(str(tmp_path / "sd-vae"))
+    assert tok.scale_factor == pytest.approx(0.18215)
+    mean, std = tok.encode(torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8))
+    assert mean.shape == std.shape == (1, 4, 8, 8)  # f8, as for 256px -> 32x32
+    assert tok.decode(mean * tok.scale_factor).shape == (1, 3, 64, 64)
+
+
+def test_dinov2_loads_offline_and_gives_cls_and_patch_tokens(tmp_path, monkeypatch):
+    from transformers import Dinov2Config, Dinov2Model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    Dinov2Model(Dinov2Config(hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
+                             intermediate_size=96, patch_size=14, image_size=56)
+                ).save_pretrained(tmp_path / "dino")
+    teacher = load_teacher(str(tmp_path / "dino"))
+    tokens = teacher.tokens(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
+    assert tokens.shape == (2, 1 + 4 * 4, 48)  # resized to 56 px: a 4x4 grid of 14 px
+
+
+def test_hub_id_offline_fails_with_what_to_do(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="Offline, give a local directory"):
+        load_tokenizer("stabilityai/sd-vae-ft-ema")
+
+
+def test_classifier_roundtrip(tmp_path):
+    model = Classifier(num_classes=5).eval()
+    save_classifier(model, tmp_path / "clf")
+    loaded = load_classifier(str(tmp_path / "clf"))
+    x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    feats, logits = loaded(x)
+    assert feats.shape == (3, 128) and logits.shape == (3, 5)
+    torch.testing.assert_close(logits, model(x)[1])

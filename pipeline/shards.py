@@ -31,6 +31,8 @@ from tqdm import tqdm
 from pipeline.files import atomic_path, write_json
 
 MANIFEST = "manifest.json"
+# Where the pipeline keeps them, relative to the repo root (pipeline.params.REPO_ROOT).
+TRAIN_SHARDS, TEACHER_TOKENS = "data/shards/train", "data/teacher"
 
 
 class ShardError(ValueError):

@@ -28,9 +28,9 @@ from gat.optim import width_aware_lr
 from gat.train import GATTrainer, NonFiniteError, TrainConfig
 from pipeline.files import atomic_path, write_json
 from pipeline.params import REPO_ROOT, Params, parse_params
-from pipeline.shards import read_manifest
+from pipeline.shards import TEACHER_TOKENS, TRAIN_SHARDS, read_manifest
 
-SHARDS, TEACHER, CHECKPOINTS = "data/shards/train", "data/teacher", "outputs/checkpoints"
+CHECKPOINTS = "outputs/checkpoints"
 STATE_FILE = "state.pt"
 LOG_FIELDS = ["step", "kimg", "loss_d", "loss_g", "d_adv", "r1", "r2", "repa", "logit_real",
               "logit_fake", "logit_gap", "grad_norm_d", "grad_norm_g", "images_per_s",
@@ -63,7 +63,7 @@ def train_config(params: Params, use_teacher: bool) -> TrainConfig:
 
 def run_name(params: Params, size: str, root: Path = REPO_ROOT) -> str:
     """``<slug>-<hash>``: the hash covers the train params, the seed and the shards."""
-    manifest = read_manifest(root / SHARDS)
+    manifest = read_manifest(root / TRAIN_SHARDS)
     key = json.dumps({"train": params.to_dict()["train"], "seed": params.study.seed,
                       "size": size, "shards": [s["sha256"] for s in manifest["shards"]]},
                      sort_keys=True)
@@ -94,11 +94,11 @@ def run_training(params: Params, size: str, out_dir: Path, callbacks: list | Non
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "diverged.json").unlink(missing_ok=True)
-    teacher = root / TEACHER
+    teacher = root / TEACHER_TOKENS
     use_teacher = params.train.repa_weight > 0 and (teacher / "manifest.json").exists()
     config = {
         "params": params.to_dict(), "size": size, "out_dir": str(out_dir),
-        "shards": str(root / SHARDS), "teacher": str(teacher) if use_teacher else None,
+        "shards": str(root / TRAIN_SHARDS), "teacher": str(teacher) if use_teacher else None,
         "run_id": tracking.size_run_id(params, size) if track else None,
         "tracking_uri": tracking.tracking_uri(params) if track else None,
         "debug": debug or {},

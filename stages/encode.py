@@ -19,11 +19,17 @@ import torch
 from pipeline import pretrained
 from pipeline.data import open_split
 from pipeline.params import REPO_ROOT, Params
-from pipeline.shards import latent_fields, sample_plan, write_manifest, write_shards
+from pipeline.shards import (
+    TRAIN_SHARDS,
+    latent_fields,
+    sample_plan,
+    write_manifest,
+    write_shards,
+)
 from pipeline.stage import stage_main
 from pipeline.tracking import record_metrics
 
-SHARDS = REPO_ROOT / "data" / "shards" / "train"
+SHARDS = REPO_ROOT / TRAIN_SHARDS
 
 
 def tokenizer_fingerprint(params: Params) -> str:

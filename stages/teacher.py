@@ -15,11 +15,18 @@ import torch
 from pipeline import pretrained
 from pipeline.data import open_split
 from pipeline.params import REPO_ROOT, Params
-from pipeline.shards import read_manifest, sample_plan, token_fields, write_manifest, write_shards
+from pipeline.shards import (
+    TEACHER_TOKENS,
+    read_manifest,
+    sample_plan,
+    token_fields,
+    write_manifest,
+    write_shards,
+)
 from pipeline.stage import stage_main
 from stages.encode import SHARDS, tokenizer_fingerprint
 
-TOKENS = REPO_ROOT / "data" / "teacher"
+TOKENS = REPO_ROOT / TEACHER_TOKENS
 
 
 def run(params: Params, args: argparse.Namespace) -> None:

@@ -316,14 +316,15 @@ class _Rank0Logger:
                 "tokenizer": self.params.tokenizer.source}
         with atomic_path(self.out_dir / "generator") as tmp:
             save_generator(tmp, self.trainer.G_ema, meta)
+        workers = self.params.train.workers
         final = {"size": self.size, "steps": steps, "lr": self.trainer.lr,
-                 "images_per_s": images_per_s,
-                 "images_per_s_per_worker": images_per_s,
-                 "workers": self.params.train.workers,
+                 "images_per_s_per_worker": images_per_s,  # this run, start to end, rank 0
+                 "images_per_s": images_per_s * workers,
+                 "workers": workers,
                  "kimg": steps * self.params.train.batch / 1000}
         with open(self.log_path) as f:
             last = list(csv.DictReader(f))[-1]
-        final.update({k: float(v) for k, v in last.items() if v not in ("", None)
+        final.update({f"final_{k}": float(v) for k, v in last.items() if v not in ("", None)
                       and k not in ("step", "kimg")})
         write_json(self.out_dir / "metrics.json", final)
         if self.run_id:

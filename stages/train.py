@@ -28,8 +28,9 @@ def run(params: Params, args: argparse.Namespace) -> None:
         metrics = run_training(params, args.size, out_dir(args.size))
     except NonFiniteError as err:
         sys.exit(f"error: training {args.size} diverged: {err}")
-    print(f"{args.size}: {metrics['steps']} steps, {metrics['images_per_s_per_worker']:.1f} images/s "
-          f"per worker -> {out_dir(args.size)}")
+    rate = metrics["images_per_s_per_worker"]
+    print(f"{args.size}: {metrics['steps']} steps, {rate:.1f} images/s per worker "
+          f"-> {out_dir(args.size)}")
 
 
 def derived(params: Params, args: argparse.Namespace) -> dict:

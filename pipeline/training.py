@@ -11,6 +11,7 @@ command after a kill resumes, while a changed param starts afresh.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import math
@@ -54,11 +55,12 @@ def adapted_lr(params: Params, size: str) -> float:
 
 
 def train_config(params: Params, use_teacher: bool) -> TrainConfig:
-    t = params.train
-    return TrainConfig(lr_base=t.lr_base, c_base=t.c_base, mng=t.mng, ema_decay=t.ema_decay,
-                       agp_weight=t.agp_weight, agp_sigma=t.agp_sigma,
-                       repa_weight=t.repa_weight if use_teacher else 0.0, augment=t.augment,
-                       grad_checkpointing=t.grad_checkpointing, grad_accum=t.grad_accum)
+    """The library's TrainConfig from the train params (same names; REPA off without teacher)."""
+    shared = {f.name: getattr(params.train, f.name) for f in dataclasses.fields(TrainConfig)
+              if hasattr(params.train, f.name)}
+    if not use_teacher:
+        shared["repa_weight"] = 0.0
+    return TrainConfig(**shared)
 
 
 def run_name(params: Params, size: str, root: Path = REPO_ROOT) -> str:

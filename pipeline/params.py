@@ -131,12 +131,16 @@ class TeacherParams:
     hidden_size: int = 96
     layers: int = 4
     patch_size: int = 4
+    input_size: int = 0  # px fed to the teacher; 0: its own size, at most 224 (DINOv2: 16x16)
     steps: int = 600
     batch: int = 128
     lr: float = 1e-3
 
     def check(self, where: str) -> None:
         _positive(self, where, "hidden_size", "layers", "patch_size", "steps", "batch", "lr")
+        if self.input_size < 0:
+            raise ParamsError(f"{where}.input_size: {self.input_size} must be 0 (the model's "
+                              "own size, at most 224) or a size in pixels")
 
 
 @dataclass(frozen=True)

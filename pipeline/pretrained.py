@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -150,38 +151,53 @@ def train_tokenizer(params: TokenizerParams, sample: Callable[[int], torch.Tenso
     return vae.eval()
 
 
-def measure_scale_factor(vae, images: torch.Tensor) -> float:
-    """1 / std of posterior means over ``images``: scaled latents get unit variance."""
+def measure_scale_factor(vae, images: torch.Tensor, seed: int = 0) -> float:
+    """1 / std of latents sampled from the posterior of uint8 ``images`` [B, 3, H, W].
+
+    Sampled (mean + std * eps) as the training loader draws them, so the latents G is
+    trained to match have unit variance after scaling, as SD-VAE's 0.18215 intends.
+    """
+    torch.manual_seed(seed)
     with torch.no_grad():
-        mean = vae.encode(to_unit(images)).latent_dist.mean
-    return float(1.0 / mean.std())
+        latents = vae.encode(to_unit(images)).latent_dist.sample()
+    return float(1.0 / latents.std())
 
 
 # ----------------------------------------------------------------------------- teacher
 
 
 class Teacher:
-    """A frozen Dinov2Model giving [cls] + patch tokens for uint8 images."""
+    """A frozen Dinov2Model giving [cls] + patch tokens for uint8 images.
 
-    def __init__(self, model, source: str):
+    Images are resized to ``input_size`` (0: the model's configured size, at most 224:
+    DINOv2's config says 518, but REPA feeds 224 px, a 16x16 grid of 14 px patches).
+    """
+
+    def __init__(self, model, source: str, input_size: int = 0):
         self.model, self.source = model.eval().requires_grad_(False), source
         cfg = model.config
-        self.dim, self.image_size, self.patch = cfg.hidden_size, cfg.image_size, cfg.patch_size
+        self.dim, self.patch = cfg.hidden_size, cfg.patch_size
+        self.image_size = input_size or min(cfg.image_size, 224)
+        self.grid = self.image_size // self.patch
+
+    @property
+    def num_tokens(self) -> int:
+        """1 + grid * grid: [cls] and patch tokens (register tokens are dropped)."""
+        return 1 + self.grid**2
 
     @torch.no_grad()
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 [B, 3, H, W] -> [B, 1 + n*n, dim] at the model's native image size."""
-        x = images.float().to(next(self.model.parameters()).device) / 255.0
+        """uint8 [B, 3, H, W] -> [B, 1 + g*g, dim], g = input size / patch size."""
+        x = _imagenet_normalize(images.to(next(self.model.parameters()).device))
         if x.shape[-1] != self.image_size:
             x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False)
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        out = self.model(pixel_values=(x - mean) / std).last_hidden_state
-        n = (self.image_size // self.patch) ** 2
-        return out[:, : 1 + n]  # drop register tokens if the model has any
+        out = self.model(pixel_values=x).last_hidden_state
+        # [cls], then registers (if any), then patches: keep [cls] and the patch grid.
+        return torch.cat([out[:, :1], out[:, out.shape[1] - self.grid**2 :]], dim=1)
 
 
-def load_teacher(source: str, device: str | torch.device = "cpu") -> Teacher:
+def load_teacher(source: str, device: str | torch.device = "cpu",
+                 input_size: int = 0) -> Teacher:
     """Dinov2Model from ``train`` (data/teacher_model), a hub id or a local path."""
     from transformers import Dinov2Model
 
@@ -191,7 +207,7 @@ def load_teacher(source: str, device: str | torch.device = "cpu") -> Teacher:
     except OSError as err:
         raise OSError(f"teacher {path!r}: cannot load ({err}). Offline, give a local "
                       "directory written by save_pretrained, or `train`") from err
-    return Teacher(model.to(device), source)
+    return Teacher(model.to(device), source, input_size)
 
 
 def small_dinov2(params: TeacherParams, image_size: int):
@@ -218,11 +234,9 @@ def train_teacher(params: TeacherParams, image_size: int, num_classes: int,
                             weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, params.lr, total_steps=params.steps,
                                                 pct_start=0.1)
-    teacher = Teacher(model, "train")
     for _ in tqdm(range(params.steps), desc="teacher", mininterval=5):
         images, labels = sample(params.batch)
-        images = _random_flip(images)
-        tokens = _teacher_forward(teacher, images)
+        tokens = model(pixel_values=_imagenet_normalize(_random_flip(images))).last_hidden_state
         logits = head(torch.cat([tokens[:, 0], tokens[:, 1:].mean(1)], dim=1))
         loss = F.cross_entropy(logits, labels)
         opt.zero_grad(set_to_none=True)
@@ -232,12 +246,12 @@ def train_teacher(params: TeacherParams, image_size: int, num_classes: int,
     return model.eval(), head.eval()
 
 
-def _teacher_forward(teacher: Teacher, images: torch.Tensor) -> torch.Tensor:
-    with torch.enable_grad():
-        x = images.float() / 255.0
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        return teacher.model(pixel_values=(x - mean) / std).last_hidden_state
+def _imagenet_normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> float normalised as DINOv2 expects."""
+    x = images.float().to(images.device) / 255.0
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
 
 
 def _random_flip(images: torch.Tensor) -> torch.Tensor:
@@ -270,9 +284,14 @@ class Classifier(nn.Module):
         self.head = nn.Linear(feature_dim, num_classes)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = images.float() / 127.5 - 1.0
+        """uint8 [B, 3, H, W] -> (penultimate features [B, F], logits [B, K])."""
+        x = images.to(self.head.weight.device).float() / 127.5 - 1.0
         feats = self.features(x)
         return feats, self.head(feats)
+
+    def features_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Same as calling the model: (features [B, F], logits [B, K]) of uint8 images."""
+        return self(images)
 
 
 def train_classifier(params: EvaluatorParams, num_classes: int,
@@ -310,13 +329,19 @@ def load_classifier(source: str = "train", device: str | torch.device = "cpu") -
 
 
 @torch.no_grad()
-def accuracy(predict: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
-             labels: torch.Tensor, batch: int = 500) -> float:
-    """Top-1 accuracy of ``predict(uint8 images) -> logits`` on a labelled set."""
+def accuracy(predict: Callable[[torch.Tensor], torch.Tensor], dataset, limit: int = 0,
+             batch: int = 500) -> float:
+    """Top-1 accuracy of ``predict(uint8 [B,3,R,R]) -> logits [B,K]`` on a Dataset split.
+
+    ``dataset`` is a pipeline.data.Dataset; ``limit`` > 0 uses its first ``limit`` samples.
+    Loaded in batches, so an ImageNet-sized split never sits in memory at once.
+    """
+    n = min(limit or len(dataset), len(dataset))
     correct = 0
-    for i in range(0, len(labels), batch):
-        correct += (predict(images[i : i + batch]).argmax(1) == labels[i : i + batch]).sum().item()
-    return correct / len(labels)
+    for idx, images in dataset.batches(batch, np.arange(n)):
+        pred = predict(images).argmax(1).cpu().numpy()
+        correct += int((pred == dataset.labels[idx]).sum())
+    return correct / n
 
 
 def dataset_sampler(dataset, seed: int = 0):

@@ -1,13 +1,16 @@
 """Teacher tokens: [cls] + patch tokens (fp16) of every training sample, for REPA.
 
-Shards in data/teacher/ mirror data/shards/train/ (same names, same keys, same order);
-flipped samples get the tokens of the flipped image. To resume after a kill, run the same
-command again: finished shards are kept.
+Shards in data/teacher/ mirror data/shards/train/ (same names, same keys, same order), so
+the training loader reads latent, label and tokens aligned by key; flipped samples get the
+tokens of the flipped image. manifest.json gives token_shape [1 + g*g, dim]. To resume
+after a kill, run the same command again: finished shards are checked and kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 
 import numpy as np
 import torch
@@ -17,6 +20,7 @@ from pipeline.data import open_split
 from pipeline.params import REPO_ROOT, Params
 from pipeline.shards import (
     TEACHER_TOKENS,
+    TOKEN_FIELDS,
     read_manifest,
     sample_plan,
     token_fields,
@@ -24,15 +28,26 @@ from pipeline.shards import (
     write_shards,
 )
 from pipeline.stage import stage_main
-from stages.encode import SHARDS, tokenizer_fingerprint
+from stages.encode import SHARDS, flipped_images
 
 TOKENS = REPO_ROOT / TEACHER_TOKENS
+
+
+def teacher_fingerprint(params: Params, latents: dict) -> str:
+    """What the tokens depend on: the latent shards (their order), the teacher and weights."""
+    digest = hashlib.sha256(json.dumps(
+        {"shards": [s["sha256"] for s in latents["shards"]], "source": params.teacher.source,
+         "input_size": params.teacher.input_size}, sort_keys=True).encode())
+    for file in sorted(pretrained.TEACHER_DIR.glob("*")):
+        if file.is_file():
+            digest.update(file.name.encode() + file.read_bytes())
+    return digest.hexdigest()
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     latents = read_manifest(SHARDS)
-    teacher = pretrained.load_teacher(params.teacher.source, device)
+    teacher = pretrained.load_teacher(params.teacher.source, device, params.teacher.input_size)
     train = open_split(params.data, "train")
     source, flipped = sample_plan(len(train), params.data.hflip)
     if len(source) != latents["samples"]:
@@ -40,19 +55,17 @@ def run(params: Params, args: argparse.Namespace) -> None:
                            f"{len(source)}; rerun `dvc repro encode`")
 
     def encode(idx: np.ndarray) -> list[dict[str, bytes]]:
-        images = train.load(source[idx])
-        flip = torch.from_numpy(flipped[idx]).view(-1, 1, 1, 1)
-        tokens = teacher.tokens(torch.where(flip, images.flip(-1), images))
+        tokens = teacher.tokens(flipped_images(train, source, flipped, idx))
         return [token_fields(t) for t in tokens.float().cpu().numpy()]
 
-    fingerprint = tokenizer_fingerprint(params) + params.teacher.source
-    shards = write_shards(TOKENS, len(source), params.data.shard_size, encode, fingerprint,
-                          params.data.encode_batch, "teacher")
-    n = (teacher.image_size // teacher.patch) ** 2
+    shards = write_shards(TOKENS, len(source), params.data.shard_size, encode,
+                          teacher_fingerprint(params, latents), params.data.encode_batch,
+                          "teacher", TOKEN_FIELDS)
     write_manifest(TOKENS, {"samples": len(source), "shards": shards,
-                            "token_shape": [1 + n, teacher.dim],
-                            "teacher": params.teacher.source})
-    print(f"teacher: {len(source)} samples x {1 + n} tokens x {teacher.dim} in {TOKENS}")
+                            "token_shape": [teacher.num_tokens, teacher.dim],
+                            "grid": teacher.grid, "teacher": params.teacher.source})
+    print(f"teacher: {len(source)} samples x {teacher.num_tokens} tokens x {teacher.dim} "
+          f"in {TOKENS}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Tokenizer: train the offline AutoencoderKL stand-in, or check the real one loads.
 
 tokenizer.source `train`: trains a small AutoencoderKL on the train split, measures the
-latent scale factor (1/std) and saves it with save_pretrained to data/tokenizer/.
-A hub id or path (stabilityai/sd-vae-ft-ema): loads it (offline with HF_HUB_OFFLINE=1).
+latent scale factor (1 / std of sampled latents) and saves both with save_pretrained to
+data/tokenizer/. A hub id or path (stabilityai/sd-vae-ft-ema): loaded (offline with
+HF_HUB_OFFLINE=1); data/tokenizer/ then only records the source.
 Either way: reconstruction PSNR on the eval split -> data/metrics/tokenizer.json + MLflow.
 """
 
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 import numpy as np
+import torch
 
 from pipeline import pretrained
 from pipeline.data import open_split
@@ -21,35 +24,55 @@ from pipeline.stage import stage_main
 from pipeline.tracking import record_metrics
 
 METRICS = REPO_ROOT / "data" / "metrics" / "tokenizer.json"
-PSNR_IMAGES = 2000
+PSNR_IMAGES = 2000  # eval images for the reconstruction PSNR
+SCALE_IMAGES = 2000  # train images for the measured scale factor
+
+
+def train_stand_in(params: Params) -> float:
+    """Train, measure the scale factor, save to data/tokenizer; return seconds spent."""
+    start = time.perf_counter()
+    train = open_split(params.data, "train")
+    sample = pretrained.dataset_sampler(train, params.study.seed)
+    vae = pretrained.train_tokenizer(params.tokenizer, lambda b: sample(b)[0],
+                                     params.study.seed)
+    scale = params.tokenizer.scale_factor or pretrained.measure_scale_factor(
+        vae, train.load(np.arange(min(SCALE_IMAGES, len(train)))), params.study.seed)
+    with atomic_path(pretrained.TOKENIZER_DIR) as tmp:
+        vae.save_pretrained(tmp)
+        (tmp / pretrained.SCALE_FILE).write_text(json.dumps({"scale_factor": scale}))
+    return time.perf_counter() - start
+
+
+def reconstruction_psnr(tok: pretrained.Tokenizer, params: Params) -> tuple[float, tuple]:
+    """PSNR (dB) of decode(encode mean) on the first eval images; and the latent shape."""
+    evaluation = open_split(params.data, "eval")
+    n = min(PSNR_IMAGES, len(evaluation))
+    originals, recons, shape = [], [], ()
+    for _, images in evaluation.batches(250, np.arange(n)):
+        mean, _ = tok.encode(images)
+        shape = tuple(mean.shape[1:])
+        originals.append(images)
+        recons.append(tok.decode(mean * tok.scale_factor))
+    return pretrained.psnr(torch.cat(recons), torch.cat(originals)), shape
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
-    train = open_split(params.data, "train")
     metrics: dict = {"source": params.tokenizer.source}
     if params.tokenizer.source == "train":
-        sample = pretrained.dataset_sampler(train, params.study.seed)
-        vae = pretrained.train_tokenizer(params.tokenizer, lambda b: sample(b)[0],
-                                         params.study.seed)
-        scale = params.tokenizer.scale_factor or pretrained.measure_scale_factor(
-            vae, train.load(np.arange(min(2000, len(train)))))
-        with atomic_path(pretrained.TOKENIZER_DIR) as tmp:
-            vae.save_pretrained(tmp)
-            (tmp / pretrained.SCALE_FILE).write_text(json.dumps({"scale_factor": scale}))
+        metrics["train_seconds"] = train_stand_in(params)
     else:
-        pretrained.TOKENIZER_DIR.mkdir(parents=True, exist_ok=True)
-        (pretrained.TOKENIZER_DIR / "source.txt").write_text(params.tokenizer.source + "\n")
-    tok = pretrained.load_tokenizer(params.tokenizer.source,
-                                    scale_factor=params.tokenizer.scale_factor)
-    evaluation = open_split(params.data, "eval")
-    images = evaluation.load(np.arange(min(PSNR_IMAGES, len(evaluation))))
-    mean, _ = tok.encode(images)
-    metrics.update(psnr_db=pretrained.psnr(tok.decode(mean * tok.scale_factor), images),
-                   scale_factor=tok.scale_factor, latent_channels=int(mean.shape[1]),
-                   latent_size=int(mean.shape[-1]))
+        with atomic_path(pretrained.TOKENIZER_DIR) as tmp:
+            tmp.mkdir()
+            (tmp / "source.txt").write_text(params.tokenizer.source + "\n")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tok = pretrained.load_tokenizer(params.tokenizer.source, device,
+                                    params.tokenizer.scale_factor)
+    psnr, shape = reconstruction_psnr(tok, params)
+    metrics.update(psnr_db=psnr, scale_factor=tok.scale_factor, latent_channels=shape[0],
+                   latent_size=shape[-1])
     record_metrics(params, METRICS, metrics, "tokenizer")
-    print(f"tokenizer: PSNR {metrics['psnr_db']:.2f} dB on {len(images)} eval images, "
-          f"latent {mean.shape[1]}x{mean.shape[2]}x{mean.shape[3]}, scale {tok.scale_factor:.4f}")
+    print(f"tokenizer: PSNR {psnr:.2f} dB on eval images, latent {'x'.join(map(str, shape))}, "
+          f"scale {tok.scale_factor:.4f}")
 
 
 if __name__ == "__main__":

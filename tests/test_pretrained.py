@@ -5,12 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pipeline.params import TokenizerParams
 from pipeline.pretrained import (
     Classifier,
     load_classifier,
     load_teacher,
     load_tokenizer,
+    measure_scale_factor,
+    resolve_source,
     save_classifier,
+    small_autoencoder,
 )
 
 
@@ -42,6 +46,15 @@ def test_dinov2_loads_offline_and_gives_cls_and_patch_tokens(tmp_path, monkeypat
     teacher = load_teacher(str(tmp_path / "dino"))
     tokens = teacher.tokens(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
     assert tokens.shape == (2, 1 + 4 * 4, 48)  # resized to 56 px: a 4x4 grid of 14 px
+    # DINOv2's own config says 518 px; REPA feeds 224 px: a 16x16 grid, 257 tokens.
+    Dinov2Model(Dinov2Config(hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=48, patch_size=14, image_size=518)
+                ).save_pretrained(tmp_path / "dino518")
+    teacher = load_teacher(str(tmp_path / "dino518"))
+    assert teacher.image_size == 224 and teacher.num_tokens == 257
+    tokens = teacher.tokens(torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8))
+    assert tokens.shape == (1, 257, 24)
+    assert load_teacher(str(tmp_path / "dino518"), input_size=112).num_tokens == 1 + 8 * 8
 
 
 def test_hub_id_offline_fails_with_what_to_do(monkeypatch):
@@ -55,6 +68,22 @@ def test_classifier_roundtrip(tmp_path):
     save_classifier(model, tmp_path / "clf")
     loaded = load_classifier(str(tmp_path / "clf"))
     x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
-    feats, logits = loaded(x)
+    feats, logits = loaded.features_and_logits(x)
     assert feats.shape == (3, 128) and logits.shape == (3, 5)
     torch.testing.assert_close(logits, model(x)[1])
+
+
+def test_missing_stand_in_says_which_stage_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run its DVC stage first"):
+        resolve_source("train", tmp_path / "nothing")
+    assert resolve_source("stabilityai/sd-vae-ft-ema", tmp_path) == "stabilityai/sd-vae-ft-ema"
+
+
+def test_measured_scale_factor_gives_unit_variance():
+    torch.manual_seed(0)
+    vae = small_autoencoder(TokenizerParams(block_out_channels=[8, 16])).eval()
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    scale = measure_scale_factor(vae, images)
+    with torch.no_grad():
+        latents = vae.encode(images.float() / 127.5 - 1).latent_dist.sample() * scale
+    assert latents.std().item() == pytest.approx(1.0, abs=0.05)

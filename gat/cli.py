@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import torch
 
@@ -65,29 +64,30 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve_generator(ref: str) -> Path:
-    """A generator directory, or an MLflow artifact URI (runs:/RUN_ID/generator)."""
-    if "://" in ref or ref.startswith("runs:/"):
-        import mlflow  # only for MLflow references
-
-        return Path(mlflow.artifacts.download_artifacts(ref))
-    return Path(ref)
-
-
 def _cmd_sample(args: argparse.Namespace) -> int:
+    from gat import sample as gs
     from gat.io import load_generator
-    from gat.sample import decode, parse_seeds, sample_latents, save_images
 
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
-    gen, meta = load_generator(_resolve_generator(args.generator), device)
-    classes = (list(range(gen.num_classes)) if args.classes == "all"
-               else [int(c) for c in args.classes.split(",")])
-    seeds = parse_seeds(args.seeds)
-    latents, pairs = sample_latents(gen, classes, seeds, args.psi, args.guidance)
-    scale = args.scale_factor or meta.get("scale_factor", 1.0)
-    images = decode(latents, args.decoder, scale)
-    paths = save_images(images, args.out, pairs, nrow=len(seeds))
-    print(f"wrote {len(paths)} file(s): {paths[0]}{' ...' if len(paths) > 1 else ''}")
+    try:
+        gs.check_out(args.out)
+        gen, meta = load_generator(gs.resolve_generator(args.generator, args.tracking_uri),
+                                   device)
+        classes = gs.parse_classes(args.classes, gen.num_classes)
+        seeds = gs.parse_seeds(args.seeds)
+        vae = gs.load_decoder(args.decoder, device)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"gat sample: error: {err}", file=sys.stderr)
+        return 2
+    # The scale G was trained with is in its metadata; the decoder's own is a fallback.
+    scale = (args.scale_factor or meta.get("scale_factor")
+             or gs.decoder_scale_factor(args.decoder, vae))
+    latents, pairs = gs.sample_latents(gen, classes, seeds, args.psi, args.guidance)
+    images = gs.decode(latents, vae, scale)
+    paths = gs.save_images(images, args.out, pairs, nrow=len(seeds))
+    print(f"wrote {len(paths)} file(s) ({len(classes)} classes x {len(seeds)} seeds, psi "
+          f"{args.psi:g}, guidance {args.guidance:g}): {paths[0]}"
+          f"{' ...' if len(paths) > 1 else ''}")
     return 0
 
 
@@ -108,7 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = sub.add_parser("sample", help="images from a trained generator")
     sample.add_argument("--generator", required=True,
-                        help="generator dir (outputs/train/SIZE/generator) or runs:/ID/generator")
+                        help="generator dir (outputs/train/SIZE/generator), or an MLflow "
+                             "run: runs:/RUN_ID (its generator artifact) or runs:/RUN_ID/PATH")
+    sample.add_argument("--tracking-uri", default=None,
+                        help="MLflow store of a runs:/ reference (default: "
+                             "$MLFLOW_TRACKING_URI), e.g. sqlite:///mlflow.db")
     sample.add_argument("--decoder", required=True,
                         help="tokenizer (AutoencoderKL) dir, e.g. data/tokenizer")
     sample.add_argument("--classes", default="all", help="comma list, or all (default)")
@@ -116,10 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--psi", type=float, default=1.0, help="truncation in w (1: none)")
     sample.add_argument("--guidance", type=float, default=1.0, help="w-space guidance scale")
     sample.add_argument("--scale-factor", type=float, default=0.0,
-                        help="latent scale (default: the generator's metadata)")
+                        help="latent scale (default: the generator's metadata, else the "
+                             "decoder's)")
     sample.add_argument("--out", required=True,
-                        help="grid.png (rows: classes, columns: seeds) or a folder")
-    sample.add_argument("--cpu", action="store_true", help="stay on the CPU")
+                        help="grid.png (rows: classes, columns: seeds) or a folder (one PNG "
+                             "per sample: classCCCC_seedSSSSSS.png)")
+    sample.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU")
     sample.set_defaults(func=_cmd_sample)
     return parser
 

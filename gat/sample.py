@@ -1,26 +1,74 @@
 """Sampling from a trained generator: chosen classes and seeds, truncation, w guidance.
 
+Two uses:
+- reproducible pictures (``gat sample``): :func:`sample_latents` gives one z per seed,
+  shared by every class, so a grid's row is a class and its column a seed;
+- evaluation: :func:`balanced_batches` streams N samples whose classes are balanced
+  (counts differ by at most one), from one seeded random stream.
+
 Decoding latents to pixels needs the tokenizer the latents came from: a diffusers
 AutoencoderKL directory (imported lazily, so the model library itself needs only torch).
+Nothing here imports ``pipeline``.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from gat.models import Z_DIM, Generator
 
+SCALE_FILE = "gat_scale_factor.json"  # written beside a tokenizer trained by the pipeline
+
+
+# ----------------------------------------------------------------------------- arguments
+
 
 def parse_seeds(text: str) -> list[int]:
-    """``"0-3,7"`` -> [0, 1, 2, 3, 7]."""
+    """``"0-3,7"`` -> [0, 1, 2, 3, 7]; ranges are inclusive, order is kept."""
     seeds: list[int] = []
     for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        seeds += list(range(int(lo), int(hi or lo) + 1))
+        lo, dash, hi = part.strip().partition("-")
+        try:
+            first, last = int(lo), int(hi) if dash else int(lo)
+        except ValueError:
+            raise ValueError(f"seeds {text!r}: {part!r} is not N or N-M (e.g. 0-7,11)") from None
+        if last < first:
+            raise ValueError(f"seeds {text!r}: range {part!r} runs backwards; write {last}-{first}")
+        seeds += range(first, last + 1)
     return seeds
+
+
+def parse_classes(text: str, num_classes: int) -> list[int]:
+    """``"all"`` or ``"0,3,7"`` -> class indices, each checked against ``num_classes``."""
+    if text.strip() == "all":
+        return list(range(num_classes))
+    try:
+        classes = [int(c) for c in text.split(",")]
+    except ValueError:
+        raise ValueError(f"classes {text!r}: expected 'all' or integers like 0,3,7") from None
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad:
+        raise ValueError(f"classes {bad} out of range: the generator has classes "
+                         f"0..{num_classes - 1}")
+    return classes
+
+
+# ----------------------------------------------------------------------------- latents
+
+
+def seed_z(seed: int) -> torch.Tensor:
+    """The z [Z_DIM] of one seed: the same on every machine and device (drawn on CPU)."""
+    return torch.randn(Z_DIM, generator=torch.Generator().manual_seed(seed))
+
+
+def _device(gen: Generator) -> torch.device:
+    return next(gen.parameters()).device
 
 
 @torch.no_grad()
@@ -28,18 +76,15 @@ def sample_latents(
     gen: Generator, classes: list[int], seeds: list[int], psi: float = 1.0,
     guidance: float = 1.0, batch: int = 64,
 ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-    """Latents [len(classes)*len(seeds), C, H, W], class-major; z of each seed is fixed.
+    """Latents [len(classes) * len(seeds), C, H, W], class-major, on the CPU.
 
     Returns the latents and the (class, seed) of each. The same seed gives the same z for
     every class, so a row of a grid shows one class and a column one z.
     """
-    bad = [c for c in classes if not 0 <= c < gen.num_classes]
-    if bad:
-        raise ValueError(f"classes {bad} out of range: the generator has {gen.num_classes}")
-    device = next(gen.parameters()).device
-    z_of = {s: torch.randn(Z_DIM, generator=torch.Generator().manual_seed(s)) for s in seeds}
+    parse_classes(",".join(map(str, classes)), gen.num_classes)  # range check
     pairs = [(c, s) for c in classes for s in seeds]
-    out = []
+    z_of = {s: seed_z(s) for s in seeds}
+    device, out = _device(gen), []
     for i in range(0, len(pairs), batch):
         chunk = pairs[i : i + batch]
         z = torch.stack([z_of[s] for _, s in chunk]).to(device)
@@ -48,26 +93,82 @@ def sample_latents(
     return torch.cat(out), pairs
 
 
+def balanced_labels(num: int, num_classes: int) -> torch.Tensor:
+    """Labels [num]: 0, 1, ..., K-1, 0, 1, ...: every class count is num // K or one more."""
+    return torch.arange(num) % num_classes
+
+
 @torch.no_grad()
-def decode(latents: torch.Tensor, decoder: str | os.PathLike, scale_factor: float,
-           batch: int = 64) -> torch.Tensor:
-    """Scaled latents [N, C, h, w] -> uint8 images [N, 3, H, W] with an AutoencoderKL."""
+def balanced_batches(
+    gen: Generator, num: int, batch: int, psi: float = 1.0, guidance: float = 1.0,
+    seed: int = 0,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (latents [B, C, H, W] float32 on G's device, labels [B] on the CPU).
+
+    ``num`` samples in all, classes balanced; z comes from one CPU stream seeded by
+    ``seed``, so the same (num, batch, seed) gives the same set on any device.
+    """
+    labels = balanced_labels(num, gen.num_classes)
+    rng = torch.Generator().manual_seed(seed)
+    device = _device(gen)
+    for start in range(0, num, batch):
+        c = labels[start : start + batch]
+        z = torch.randn(len(c), Z_DIM, generator=rng)
+        yield gen.sample(z.to(device), c.to(device), psi=psi, guidance=guidance).float(), c
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def load_decoder(path: str | os.PathLike, device: str | torch.device = "cpu") -> Any:
+    """A diffusers AutoencoderKL from a directory written by ``save_pretrained``."""
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(str(decoder)).eval()
+    if not (Path(path) / "config.json").exists():
+        raise FileNotFoundError(f"--decoder {path}: no config.json there; give the tokenizer "
+                                "directory (AutoencoderKL.save_pretrained), e.g. data/tokenizer")
+    return AutoencoderKL.from_pretrained(str(path)).to(device).eval().requires_grad_(False)
+
+
+def decoder_scale_factor(path: str | os.PathLike, vae: Any) -> float:
+    """The latent scale: measured by the pipeline (SCALE_FILE) if there, else the config's."""
+    measured = Path(path) / SCALE_FILE
+    if measured.exists():
+        return float(json.loads(measured.read_text())["scale_factor"])
+    return float(vae.config.scaling_factor)
+
+
+@torch.no_grad()
+def decode(latents: torch.Tensor, vae: Any, scale_factor: float, batch: int = 64
+           ) -> torch.Tensor:
+    """Scaled latents [N, C, h, w] -> uint8 images [N, 3, H, W] on the CPU."""
+    param = next(vae.parameters())
     images = []
     for i in range(0, len(latents), batch):
-        x = vae.decode(latents[i : i + batch] / scale_factor).sample
-        images.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
+        z = latents[i : i + batch].to(param.device, param.dtype) / scale_factor
+        x = vae.decode(z).sample.float().clamp(-1, 1)
+        images.append(((x + 1) * 127.5).round().to(torch.uint8).cpu())
     return torch.cat(images)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def check_out(out: str | os.PathLike) -> Path:
+    """``out`` as a Path: a grid file ending in .png, or a folder (no suffix)."""
+    out = Path(out)
+    if out.suffix and out.suffix.lower() != ".png":
+        raise ValueError(f"--out {out}: a grid must end in .png; a folder has no suffix")
+    return out
 
 
 def save_images(images: torch.Tensor, out: str | os.PathLike, pairs: list[tuple[int, int]],
                 nrow: int) -> list[Path]:
-    """A grid PNG when ``out`` ends in .png, else one PNG per sample in the folder ``out``."""
+    """uint8 [N, 3, H, W] -> a grid PNG when ``out`` ends in .png (``nrow`` per row), else
+    one PNG per sample, ``class{c:04d}_seed{s:06d}.png``, in the folder ``out``."""
     from torchvision.utils import save_image
 
-    out = Path(out)
+    out = check_out(out)
     if out.suffix.lower() == ".png":
         out.parent.mkdir(parents=True, exist_ok=True)
         save_image(images.float() / 255, out, nrow=nrow, padding=1)
@@ -79,3 +180,18 @@ def save_images(images: torch.Tensor, out: str | os.PathLike, pairs: list[tuple[
         save_image(image.float() / 255, path)
         paths.append(path)
     return paths
+
+
+def resolve_generator(ref: str, tracking_uri: str | None = None) -> Path:
+    """A generator directory, or an MLflow reference: ``runs:/RUN_ID`` (its ``generator``
+    artifact folder), ``runs:/RUN_ID/PATH`` or any artifact URI MLflow can download.
+
+    ``tracking_uri``: the MLflow store holding the run (default: $MLFLOW_TRACKING_URI).
+    """
+    if ref.startswith("runs:/") and ref.rstrip("/").count("/") == 1:
+        ref = ref.rstrip("/") + "/generator"  # where the training stage logs it
+    if "://" not in ref and not ref.startswith("runs:/"):
+        return Path(ref)
+    import mlflow  # only for MLflow references
+
+    return Path(mlflow.artifacts.download_artifacts(ref, tracking_uri=tracking_uri))

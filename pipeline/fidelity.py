@@ -1,47 +1,69 @@
-"""FID and its offline stand-in, through torch-fidelity.
+"""FID and its offline stand-in, computed with torch-fidelity's extractors and metrics.
 
-evaluator.source `inception`: torch-fidelity's Inception-v3 (standard FID, comparable with
-papers; needs its weights). `train`: the pipeline's own classifier, registered with
-torch-fidelity as a feature extractor; the Frechet distance in its feature space is
-reported as "FD-classifier" and is NOT FID.
+``evaluator.source``:
+- ``inception``: torch-fidelity's Inception-v3 (``inception-v3-compat``), standard FID,
+  comparable with papers. Its weights download from GitHub on first use; offline, put the
+  file's path in ``$GAT_INCEPTION_WEIGHTS``.
+- ``train``: the pipeline's own classifier (data/classifier), registered with
+  torch-fidelity as the feature extractor ``gat-classifier``. The Frechet distance in its
+  feature space is reported as "FD-classifier" and is NOT FID: its values are not
+  comparable with any paper, only between runs of this pipeline.
+
+Precision and recall (torch-fidelity's k-NN manifolds, k=3) are measured in the same
+feature space as the distance. Features are extracted batch by batch, so neither the
+reference split nor the generated samples ever sit in memory as images.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.metric_prc import prc_features_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
-from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
+from torch_fidelity.utils import create_feature_extractor
+from tqdm import tqdm
 
+from gat.sample import balanced_batches, balanced_labels
+from pipeline.files import atomic_path
 from pipeline.params import REPO_ROOT, Params
 
-CLASSIFIER_EXTRACTOR = "gat-fd-classifier"
+CLASSIFIER_EXTRACTOR = "gat-classifier"
+INCEPTION_EXTRACTOR = "inception-v3-compat"
+INCEPTION_WEIGHTS_ENV = "GAT_INCEPTION_WEIGHTS"
 REFERENCE = REPO_ROOT / "data" / "reference" / "stats.npz"
-PRC_REFERENCE = 5000  # real features kept for precision/recall
+PRC_MAX = 10_000  # features per side for precision/recall: its k-NN search is O(N^2)
 
 
-def metric_name(params: Params) -> str:
+def metric_name(source: str | Params) -> str:
     """What the number is: "FID" with Inception, else "FD-classifier" (a stand-in)."""
-    return "FID" if params.evaluator.source == "inception" else "FD-classifier"
+    if isinstance(source, Params):
+        source = source.evaluator.source
+    return "FID" if source == "inception" else "FD-classifier"
 
 
 class ClassifierFeatures(FeatureExtractorBase):
-    """torch-fidelity adapter for :class:`pipeline.pretrained.Classifier` (uint8 input)."""
+    """torch-fidelity adapter for :class:`pipeline.pretrained.Classifier`.
 
-    source = "train"
+    ``feature_extractor_weights_path``: a classifier directory (save_classifier), or None
+    for the pipeline's trained one (data/classifier). Input: uint8 [B, 3, H, W] at the
+    resolution the classifier was trained on; output: (features [B, F], logits [B, K]) in
+    the order of ``features_list``.
+    """
 
-    def __init__(self, name: str, features_list: list[str], **kwargs: Any):
+    def __init__(self, name: str, features_list: list[str],
+                 feature_extractor_weights_path: str | None = None, **kwargs):
         super().__init__(name, features_list)
         from pipeline.pretrained import load_classifier
 
-        self.model = load_classifier(ClassifierFeatures.source)
+        self.model = load_classifier(feature_extractor_weights_path or "train")
 
     @staticmethod
     def get_provided_features_list() -> tuple[str, ...]:
@@ -60,102 +82,184 @@ class ClassifierFeatures(FeatureExtractorBase):
         return torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"{self.name}: expected uint8 [B, 3, H, W], got {x.dtype} "
+                             f"{list(x.shape)}")
         feats, logits = self.model(x)
-        return tuple({"features": feats, "logits": logits}[f] for f in self.features_list)
+        out = {"features": feats, "logits": logits}
+        return tuple(out[f] for f in self.features_list)
 
 
-class _Images(Dataset):
-    def __init__(self, images: torch.Tensor):
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.images[i]
+if CLASSIFIER_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
+    register_feature_extractor(CLASSIFIER_EXTRACTOR, ClassifierFeatures)
 
 
-def _extractor(params: Params, features: list[str] | None = None) -> FeatureExtractorBase:
+@dataclass(frozen=True)
+class Evaluator:
+    """A torch-fidelity feature extractor and what its outputs mean."""
+
+    extractor: FeatureExtractorBase
+    metric: str  # "FID" or "FD-classifier"
+    outputs: tuple[str, str | None]  # (feature layer, logits layer or None)
+    device: torch.device
+
+    @property
+    def name(self) -> str:
+        return self.extractor.get_name()
+
+
+@functools.lru_cache(maxsize=4)
+def evaluator(source: str = "train", classifier: str | None = None) -> Evaluator:
+    """The feature extractor for ``evaluator.source`` (cached: training calls it often).
+
+    ``classifier``: a classifier directory instead of data/classifier (source ``train``).
+    Inception's logits index ImageNet's 1008 classes, not the dataset's: it gives no
+    class accuracy.
+    """
     cuda = torch.cuda.is_available()
-    if params.evaluator.source == "inception":
-        return create_feature_extractor("inception-v3-compat",
-                                        features or ["2048", "logits_unbiased"], cuda=cuda,
-                                        verbose=False)
-    if CLASSIFIER_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
-        register_feature_extractor(CLASSIFIER_EXTRACTOR, ClassifierFeatures)
-    return create_feature_extractor(CLASSIFIER_EXTRACTOR, features or ["features", "logits"],
-                                    cuda=cuda, verbose=False)
-
-
-def extract(params: Params, images: torch.Tensor, batch: int = 500) -> dict[str, torch.Tensor]:
-    """Features of uint8 images [N, 3, H, W]: {"features": [N, F], "logits": [N, K]}."""
-    ext = _extractor(params)
-    out = get_featuresdict_from_dataset(_Images(images), ext, batch, torch.cuda.is_available(),
-                                        save_cpu_ram=True, verbose=False)
-    names = list(out)
-    return {"features": out[names[0]].double(), "logits": out[names[1]].float()}
-
-
-def reference_statistics(params: Params, images: torch.Tensor) -> dict[str, np.ndarray]:
-    """mu [F], sigma [F, F] and a subset of features for precision/recall."""
-    feats = extract(params, images)["features"]
-    stats = fid_features_to_statistics(feats)
-    keep = torch.randperm(len(feats), generator=torch.Generator().manual_seed(0))[:PRC_REFERENCE]
-    return {"mu": stats["mu"], "sigma": stats["sigma"], "features": feats[keep].numpy()}
-
-
-def save_reference(stats: dict[str, np.ndarray], path: Path = REFERENCE) -> None:
-    from pipeline.files import atomic_path
-
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **stats)
-
-
-def load_reference(path: Path = REFERENCE) -> dict[str, np.ndarray]:
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{path}: missing; run the `reference` stage (dvc repro reference)")
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
-
-
-def frechet_distance(features: torch.Tensor, reference: dict[str, np.ndarray]) -> float:
-    """Frechet distance of features [N, F] against reference statistics (torch-fidelity)."""
-    stats = fid_features_to_statistics(features.double().cpu())
-    ref = {"mu": reference["mu"].astype(np.float64), "sigma": reference["sigma"].astype(np.float64)}
-    return float(fid_statistics_to_metric(stats, ref, verbose=False)[
-        "frechet_inception_distance"])
-
-
-def precision_recall(
-    features: torch.Tensor, reference: dict[str, np.ndarray]
-) -> tuple[float, float]:
-    """Improved precision and recall (k=3) of generated vs reference features."""
-    real = torch.from_numpy(reference["features"]).float()
-    out = prc_features_to_metric(features.float(), real, save_cpu_ram=True, verbose=False)
-    return out["precision"], out["recall"]
+    if source == "inception":
+        name, outputs = INCEPTION_EXTRACTOR, ("2048", None)
+        weights = os.environ.get(INCEPTION_WEIGHTS_ENV) or None
+    elif source == "train":
+        name, outputs, weights = CLASSIFIER_EXTRACTOR, ("features", "logits"), classifier
+    else:
+        raise ValueError(f"evaluator.source {source!r}: expected 'train' or 'inception'")
+    layers = [o for o in outputs if o]
+    ext = create_feature_extractor(name, layers, cuda=cuda, verbose=False,
+                                   feature_extractor_weights_path=weights)
+    return Evaluator(ext, metric_name(source), outputs, torch.device("cuda" if cuda else "cpu"))
 
 
 @torch.no_grad()
+def extract(ev: Evaluator, batches: Iterable[torch.Tensor], total: int | None = None,
+            desc: str = "features") -> dict[str, torch.Tensor]:
+    """Features of uint8 image batches [B, 3, H, W] -> {"features": [N, F] float64 CPU,
+    and "logits": [N, K] float32 CPU when the extractor has class logits}."""
+    has_logits = ev.outputs[1] is not None
+    chunks: dict[str, list[torch.Tensor]] = {"features": [], "logits": []}
+    with tqdm(total=total, desc=desc, unit="img", mininterval=5) as bar:
+        for images in batches:
+            out = ev.extractor(images.to(ev.device))
+            chunks["features"].append(out[0].double().cpu())
+            if has_logits:
+                chunks["logits"].append(out[1].float().cpu())
+            bar.update(len(images))
+    if not chunks["features"]:
+        raise ValueError(f"{desc}: no images to extract features from")
+    return {k: torch.cat(v) for k, v in chunks.items() if v}
+
+
+def statistics(features: torch.Tensor) -> dict[str, np.ndarray]:
+    """Features [N, F] -> {"mu": [F], "sigma": [F, F]} (float64), torch-fidelity's way."""
+    if len(features) < 2:
+        raise ValueError(f"statistics need at least 2 samples, got {len(features)}")
+    return fid_features_to_statistics(features.double().cpu())
+
+
+def _subset(features: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    if len(features) <= n:
+        return features
+    keep = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))[:n]
+    return features[keep]
+
+
+def reference_statistics(ev: Evaluator, batches: Iterable[torch.Tensor],
+                         total: int | None = None) -> dict[str, np.ndarray]:
+    """Reference of real image batches: mu [F], sigma [F, F], up to PRC_MAX features
+    [n, F] for precision/recall, the count, and which metric and extractor made them."""
+    feats = extract(ev, batches, total, desc="reference")["features"]
+    return {**statistics(feats), "features": _subset(feats, PRC_MAX).float().numpy(),
+            "count": np.array(len(feats)), "metric": np.array(ev.metric),
+            "extractor": np.array(ev.name)}
+
+
+def save_reference(stats: dict[str, np.ndarray], path: str | os.PathLike = REFERENCE) -> None:
+    """Write reference statistics as one .npz, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **stats)
+
+
+def load_reference(path: str | os.PathLike = REFERENCE, metric: str | None = None
+                   ) -> dict[str, np.ndarray]:
+    """Reference statistics; with ``metric``, refuse ones made by another extractor."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing; run the `reference` stage "
+                                "(dvc repro reference)")
+    with np.load(path) as data:
+        ref = {k: data[k] for k in data.files}
+    made_by = str(ref.get("metric", "?"))
+    if metric is not None and made_by != metric:
+        raise ValueError(f"{path}: statistics for {made_by}, but the evaluator gives {metric}; "
+                         "rerun the `reference` stage (dvc repro reference)")
+    return ref
+
+
+def frechet_distance(features: torch.Tensor, reference: dict[str, np.ndarray]) -> float:
+    """Frechet distance of features [N, F] to reference statistics (torch-fidelity)."""
+    ref = {"mu": reference["mu"].astype(np.float64), "sigma": reference["sigma"].astype(np.float64)}
+    if features.shape[1] != ref["mu"].shape[0]:
+        raise ValueError(f"features have {features.shape[1]} dims, the reference "
+                         f"{ref['mu'].shape[0]}: rerun the `reference` stage")
+    out = fid_statistics_to_metric(statistics(features), ref, verbose=False)
+    return float(out["frechet_inception_distance"])  # torch-fidelity's key, whatever the net
+
+
+def precision_recall(features: torch.Tensor, reference: dict[str, np.ndarray], seed: int = 0
+                     ) -> tuple[float, float]:
+    """Improved precision and recall (k=3) of generated features [N, F] vs the reference's
+    kept features; at most PRC_MAX of each side."""
+    fake = _subset(features, PRC_MAX, seed).float()
+    real = torch.from_numpy(reference["features"]).float()
+    out = prc_features_to_metric(fake, real, save_cpu_ram=True, verbose=False)
+    return float(out["precision"]), float(out["recall"])
+
+
+def class_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of samples [N] whose logits [N, K] pick their conditioning class."""
+    return (logits.argmax(1) == labels.to(logits.device)).float().mean().item()
+
+
+# ----------------------------------------------------------------------------- generators
+
+
 def sample_images(gen, tokenizer, num: int, batch: int = 250, psi: float = 1.0,
-                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``num`` uint8 images [N, 3, H, W] balanced over classes, and their labels [N]."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(num) % gen.num_classes
-    device = next(gen.parameters()).device
-    images = []
-    for i in range(0, num, batch):
-        c = labels[i : i + batch]
-        z = torch.randn(len(c), 64, generator=g)
-        latents = gen.sample(z.to(device), c.to(device), psi=psi).float().cpu()
-        images.append(tokenizer.decode(latents))
-    return torch.cat(images), labels
+                  seed: int = 0) -> Iterator[torch.Tensor]:
+    """uint8 image batches [B, 3, H, W] of ``num`` samples, classes balanced (labels:
+    :func:`gat.sample.balanced_labels`), decoded by ``tokenizer`` (pipeline Tokenizer)."""
+    for latents, _ in balanced_batches(gen, num, batch, psi=psi, seed=seed):
+        yield tokenizer.decode(latents)
+
+
+def generated_features(ev: Evaluator, gen, tokenizer, num: int, batch: int = 250,
+                       psi: float = 1.0, seed: int = 0, desc: str = "samples"
+                       ) -> dict[str, torch.Tensor]:
+    """:func:`extract` over ``num`` balanced samples of ``gen`` (in eval mode meanwhile)."""
+    was_training = gen.training
+    gen.eval()
+    try:
+        return extract(ev, sample_images(gen, tokenizer, num, batch, psi, seed), num, desc)
+    finally:
+        gen.train(was_training)
+
+
+def evaluate_generator(ev: Evaluator, gen, tokenizer, reference: dict[str, np.ndarray],
+                       num: int, batch: int = 250, psi: float = 1.0, seed: int = 0
+                       ) -> dict[str, float | int | str]:
+    """FD/FID, precision, recall and (classifier only) class accuracy of ``num`` samples."""
+    out = generated_features(ev, gen, tokenizer, num, batch, psi, seed)
+    precision, recall = precision_recall(out["features"], reference, seed)
+    metrics: dict[str, float | int | str] = {
+        "metric": ev.metric, "fd": frechet_distance(out["features"], reference),
+        "precision": precision, "recall": recall, "num_samples": num, "psi": psi}
+    if "logits" in out:
+        labels = balanced_labels(num, gen.num_classes)
+        metrics["class_accuracy"] = class_accuracy(out["logits"], labels)
+    return metrics
 
 
 def generator_fd(params: Params, gen, tokenizer, num: int) -> float:
-    """FD (or FID) of ``num`` samples of ``gen`` against the reference statistics."""
-    was_training = gen.training
-    gen.eval()
-    images, _ = sample_images(gen, tokenizer, num)
-    gen.train(was_training)
-    return frechet_distance(extract(params, images)["features"], load_reference())
+    """FD-classifier (or FID) of ``num`` samples of ``gen``: the training-time proxy."""
+    ev = evaluator(params.evaluator.source)
+    feats = generated_features(ev, gen, tokenizer, num, desc="fd proxy")["features"]
+    return frechet_distance(feats, load_reference(metric=ev.metric))

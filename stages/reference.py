@@ -1,27 +1,40 @@
-"""Reference statistics of the eval split for FID (Inception) or FD-classifier (stand-in).
+"""Reference statistics of the eval split, for FID (Inception) or FD-classifier (stand-in).
 
-Computed once through torch-fidelity and cached by DVC in data/reference/stats.npz.
+    python -m stages.reference
+
+Features of every eval image (data.eval_limit applies) through torch-fidelity's extractor,
+streamed in batches; writes data/reference/stats.npz (mu [F], sigma [F, F], up to 10k
+features for precision/recall) and data/reference/info.json. Computed once, cached by DVC:
+every evaluate@SIZE reuses it.
 """
 
 from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
 from pipeline.data import open_split
-from pipeline.fidelity import REFERENCE, metric_name, reference_statistics, save_reference
+from pipeline.fidelity import REFERENCE, evaluator, reference_statistics, save_reference
+from pipeline.files import atomic_path, write_json
 from pipeline.params import Params
 from pipeline.stage import stage_main
 
+BATCH = 250  # images per extractor call; the statistics do not depend on it
+
 
 def run(params: Params, args: argparse.Namespace) -> None:
-    evaluation = open_split(params.data, "eval")
-    images = evaluation.load(np.arange(len(evaluation)))
-    stats = reference_statistics(params, images)
-    save_reference(stats)
-    print(f"reference: {metric_name(params)} statistics of {len(images)} eval images, "
-          f"{stats['mu'].shape[0]} features -> {REFERENCE}")
+    split = open_split(params.data, "eval")
+    ev = evaluator(params.evaluator.source)
+    batches = (images for _, images in split.batches(BATCH))
+    stats = reference_statistics(ev, batches, total=len(split))
+    info = {"metric": ev.metric, "extractor": ev.name, "images": int(stats["count"]),
+            "features": int(stats["mu"].shape[0]), "data": params.data.source,
+            "resolution": params.data.resolution}
+    # The folder appears whole: a killed run never leaves stats without their info.
+    with atomic_path(REFERENCE.parent) as tmp:
+        save_reference(stats, tmp / REFERENCE.name)
+        write_json(tmp / "info.json", info)
+    print(f"reference: {ev.metric} statistics of {info['images']} eval images "
+          f"({info['features']} features, extractor {ev.name}) -> {REFERENCE}")
 
 
 if __name__ == "__main__":

@@ -1,47 +1,110 @@
-"""FD through torch-fidelity with the classifier stand-in: self ~ 0, shifted > 0."""
+"""FD through torch-fidelity with a classifier extractor: self ~ 0, shifted clearly > 0.
+
+The reference statistics and the tested sets go through the same functions the
+`reference` and `evaluate` stages use (extract -> statistics -> torch-fidelity's Frechet
+distance), with a small calibrated CNN saved as the classifier stage saves it.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+from torch_fidelity.utils import create_feature_extractor
 
 from pipeline import fidelity
-from pipeline.params import Params
-from pipeline.pretrained import Classifier, save_classifier
-from tests.helpers import FASHION
+from tests.eval_helpers import image_folder, save_classifier_dir, stage_params, synthetic_images
+from tests.helpers import REPO, dvc_env, write_params
 
 
-@pytest.fixture
-def classifier(tmp_path, monkeypatch):
-    torch.manual_seed(0)
-    save_classifier(Classifier(num_classes=10).eval(), tmp_path / "clf")
-    monkeypatch.setattr(fidelity.ClassifierFeatures, "source", str(tmp_path / "clf"))
+@pytest.fixture(scope="module")
+def clf_dir(tmp_path_factory) -> str:
+    return str(save_classifier_dir(tmp_path_factory.mktemp("clf") / "classifier"))
 
 
-@pytest.mark.skipif(not FASHION.exists(), reason="needs dataset-fashion-mnist")
-def test_fd_self_is_zero_and_shifted_is_positive(classifier, tmp_path):
-    from pipeline.data import open_split
-
-    params = dataclasses.replace(Params())
-    images = open_split(params.data, "eval").load(np.arange(600))
-    reference = fidelity.reference_statistics(params, images)
-    fidelity.save_reference(reference, tmp_path / "ref.npz")
-    reference = fidelity.load_reference(tmp_path / "ref.npz")
-    same = fidelity.frechet_distance(fidelity.extract(params, images)["features"], reference)
-    darker = (images.float() * 0.6).to(torch.uint8)
-    shifted = fidelity.frechet_distance(fidelity.extract(params, darker)["features"], reference)
-    assert abs(same) < 1e-6 * max(1.0, shifted)
-    assert shifted > 100 * max(abs(same), 1e-9) and shifted > 0.01
-    precision, recall = fidelity.precision_recall(
-        fidelity.extract(params, images)["features"], reference)
-    assert precision > 0.9 and recall > 0.9
-    assert fidelity.metric_name(params) == "FD-classifier"
+@pytest.fixture(scope="module")
+def ev(clf_dir) -> fidelity.Evaluator:
+    return fidelity.evaluator("train", clf_dir)
 
 
-def test_inception_is_called_fid():
-    params = dataclasses.replace(Params(), evaluator=dataclasses.replace(
-        Params().evaluator, source="inception"))
-    assert fidelity.metric_name(params) == "FID"
+def _features(ev: fidelity.Evaluator, images: torch.Tensor) -> torch.Tensor:
+    return fidelity.extract(ev, images.split(128), len(images))["features"]
+
+
+def test_fd_of_reference_to_itself_is_zero_and_to_a_shifted_set_is_not(ev, tmp_path):
+    real, _ = synthetic_images(512, seed=1)
+    stats = fidelity.reference_statistics(ev, real.split(128), len(real))
+    fidelity.save_reference(stats, tmp_path / "stats.npz")
+    reference = fidelity.load_reference(tmp_path / "stats.npz", metric="FD-classifier")
+    scale = float(np.trace(reference["sigma"]))  # FD's natural unit in this feature space
+
+    same = fidelity.frechet_distance(_features(ev, real), reference)
+    fresh = fidelity.frechet_distance(_features(ev, synthetic_images(512, seed=2)[0]), reference)
+    darker = (real.float() * 0.6).to(torch.uint8)
+    shifted = fidelity.frechet_distance(_features(ev, darker), reference)
+
+    assert abs(same) < 1e-8 * scale
+    assert shifted > 0.5 * scale  # a global change of brightness is far away...
+    assert shifted > 50 * fresh  # ...compared with a new draw of the same distribution
+    assert int(reference["count"]) == 512 and str(reference["extractor"]) == "gat-classifier"
+
+
+def test_precision_and_recall(ev):
+    real, _ = synthetic_images(256, seed=1)
+    reference = fidelity.reference_statistics(ev, [real])
+    p_same, r_same = fidelity.precision_recall(_features(ev, real), reference)
+    assert p_same == pytest.approx(1.0) and r_same == pytest.approx(1.0)
+    noise = torch.randint(0, 256, real.shape, dtype=torch.uint8)
+    p_noise, _ = fidelity.precision_recall(_features(ev, noise), reference)
+    assert p_noise < 0.5
+
+
+def test_class_accuracy_counts_matches():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0], [0.0, 5.0]])
+    assert fidelity.class_accuracy(logits, torch.tensor([0, 1, 1, 1])) == 0.75
+
+
+def test_extractor_is_registered_with_torch_fidelity(clf_dir):
+    assert fidelity.CLASSIFIER_EXTRACTOR in FEATURE_EXTRACTORS_REGISTRY
+    ext = create_feature_extractor(fidelity.CLASSIFIER_EXTRACTOR, ["logits"], cuda=False,
+                                   feature_extractor_weights_path=clf_dir)
+    (logits,) = ext(synthetic_images(3)[0])
+    assert logits.shape == (3, 4)
+    with pytest.raises(ValueError, match="uint8"):
+        ext(torch.zeros(1, 3, 32, 32))
+
+
+def test_names_fid_and_fd_classifier_apart():
+    assert fidelity.metric_name("inception") == "FID"
+    assert fidelity.metric_name("train") == "FD-classifier"
+    with pytest.raises(ValueError, match=r"evaluator\.source 'vgg'"):
+        fidelity.evaluator("vgg")
+
+
+def test_reference_refuses_missing_or_foreign_statistics(tmp_path):
+    with pytest.raises(FileNotFoundError, match="dvc repro reference"):
+        fidelity.load_reference(tmp_path / "none.npz")
+    fidelity.save_reference({"mu": np.zeros(2), "sigma": np.eye(2), "metric": np.array("FID")},
+                            tmp_path / "fid.npz")
+    with pytest.raises(ValueError, match=r"statistics for FID.*FD-classifier"):
+        fidelity.load_reference(tmp_path / "fid.npz", metric="FD-classifier")
+
+
+def test_reference_stage_writes_statistics(tmp_path, mlflow_uri):
+    image_folder(tmp_path / "images")
+    save_classifier_dir(tmp_path / "data" / "classifier")
+    write_params(stage_params(tmp_path, mlflow_uri), tmp_path / "params.yaml")
+    env = {**dvc_env(), "GAT_ROOT": str(tmp_path), "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "stages.reference"], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads((tmp_path / "data" / "reference" / "info.json").read_text())
+    assert info["metric"] == "FD-classifier" and info["images"] == 24 and info["features"] == 32
+    stats = fidelity.load_reference(tmp_path / "data" / "reference" / "stats.npz")
+    assert stats["mu"].shape == (32,) and stats["sigma"].shape == (32, 32)
+    assert stats["features"].shape == (24, 32)

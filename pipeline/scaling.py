@@ -1,63 +1,89 @@
-"""The compute-FID power law: FD = a * GFLOPs^b, fitted by least squares in log-log."""
+"""The compute-FID power law: FD = a * GFLOPs^b, least squares in log-log (plain numpy).
+
+log FD = log a + b log GFLOPs is a straight line, so the fit is ordinary least squares on
+the logs; its uncertainty comes from a bootstrap over sizes (resampled with replacement),
+which makes no assumption about the noise of each point.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+
+MIN_POINTS = 3  # two points always fit a line exactly: no evidence of a law
 
 
 @dataclass(frozen=True)
 class PowerLaw:
+    """FD = a * GFLOPs^b with 95% bootstrap intervals and the correlations."""
+
     a: float
     b: float
-    a_ci: tuple[float, float]  # 95% bootstrap interval
+    a_ci: tuple[float, float]
     b_ci: tuple[float, float]
-    pearson_r: float  # correlation of FD with GFLOPs (the paper: -0.95)
+    pearson_r: float  # of FD with GFLOPs, raw values (the paper reports -0.95)
+    pearson_r_log: float  # of log FD with log GFLOPs: how straight the log-log line is
     n: int
+    boot: np.ndarray = field(repr=False, compare=False)  # [M, 2] bootstrap (a, b)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.a * np.power(x, self.b)
+    def __call__(self, gflops: np.ndarray) -> np.ndarray:
+        return self.a * np.power(gflops, self.b)
+
+    def band(self, gflops: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+        """Pointwise bootstrap band [len(gflops)] (low, high) of the fitted curve."""
+        curves = self.boot[:, :1] * np.power(np.asarray(gflops)[None, :], self.boot[:, 1:])
+        tail = 100 * (1 - level) / 2
+        return np.percentile(curves, tail, axis=0), np.percentile(curves, 100 - tail, axis=0)
 
 
-def _fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    b, log_a = np.polyfit(np.log(x), np.log(y), 1)
+def fit_log_log(gflops: np.ndarray, fd: np.ndarray) -> tuple[float, float]:
+    """(a, b) of the least-squares line through (log gflops, log fd)."""
+    b, log_a = np.polyfit(np.log(gflops), np.log(fd), 1)
     return float(np.exp(log_a)), float(b)
 
 
-def fit_power_law(gflops, fd, bootstrap: int = 1000, seed: int = 0) -> PowerLaw:
-    """Fit FD = a * GFLOPs^b; bootstrap over points (resampling with replacement)."""
-    x, y = np.asarray(gflops, float), np.asarray(fd, float)
-    if len(x) < 3:
-        raise ValueError(f"a power law needs at least 3 sizes with results; got {len(x)}")
-    if (x <= 0).any() or (y <= 0).any():
-        raise ValueError("GFLOPs and FD must be positive for a log-log fit")
-    a, b = _fit(x, y)
+def bootstrap(gflops: np.ndarray, fd: np.ndarray, draws: int, seed: int = 0) -> np.ndarray:
+    """[M, 2] (a, b) refitted on resampled points; draws with < 2 distinct x are skipped
+    (a line through one x is undefined), so M <= draws."""
     rng = np.random.default_rng(seed)
-    samples = []
-    for _ in range(bootstrap):
-        idx = rng.integers(0, len(x), len(x))
-        if len(np.unique(x[idx])) >= 2:  # a line needs two distinct points
-            samples.append(_fit(x[idx], y[idx]))
-    boot = np.array(samples) if samples else np.array([[a, b]])
-    a_ci = tuple(float(v) for v in np.percentile(boot[:, 0], [2.5, 97.5]))
-    b_ci = tuple(float(v) for v in np.percentile(boot[:, 1], [2.5, 97.5]))
-    r = float(np.corrcoef(x, y)[0, 1])
-    return PowerLaw(a, b, a_ci, b_ci, r, len(x))
+    fits = []
+    for _ in range(draws):
+        idx = rng.integers(0, len(gflops), len(gflops))
+        if len(np.unique(gflops[idx])) >= 2:
+            fits.append(fit_log_log(gflops[idx], fd[idx]))
+    return np.array(fits).reshape(-1, 2)
 
 
-def band(law: PowerLaw, gflops, fd, xs: np.ndarray, bootstrap: int = 500, seed: int = 0
-         ) -> tuple[np.ndarray, np.ndarray]:
-    """95% bootstrap band of the fitted curve at ``xs``."""
+def _check(gflops: np.ndarray, fd: np.ndarray) -> None:
+    if gflops.shape != fd.shape or gflops.ndim != 1:
+        raise ValueError(f"gflops {gflops.shape} and fd {fd.shape} must be 1-D, same length")
+    if len(gflops) < MIN_POINTS:
+        raise ValueError(f"a power law needs at least {MIN_POINTS} sizes with results; "
+                         f"got {len(gflops)}")
+    if not (np.isfinite(gflops).all() and np.isfinite(fd).all()):
+        raise ValueError("GFLOPs and FD must be finite")
+    if (gflops <= 0).any() or (fd <= 0).any():
+        raise ValueError(f"GFLOPs and FD must be positive for a log-log fit: gflops "
+                         f"{gflops.tolist()}, fd {fd.tolist()}")
+    if len(np.unique(gflops)) < 2:
+        raise ValueError(f"all sizes have the same GFLOPs ({gflops[0]}): nothing to fit")
+
+
+def fit_power_law(gflops, fd, draws: int = 1000, seed: int = 0, level: float = 0.95
+                  ) -> PowerLaw:
+    """Fit FD = a * GFLOPs^b to points ([N] each, N >= 3) with a bootstrap interval."""
     x, y = np.asarray(gflops, float), np.asarray(fd, float)
-    rng = np.random.default_rng(seed)
-    curves = []
-    for _ in range(bootstrap):
-        idx = rng.integers(0, len(x), len(x))
-        if len(np.unique(x[idx])) >= 2:
-            a, b = _fit(x[idx], y[idx])
-            curves.append(a * np.power(xs, b))
-    if not curves:
-        return law(xs), law(xs)
-    curves = np.array(curves)
-    return np.percentile(curves, 2.5, axis=0), np.percentile(curves, 97.5, axis=0)
+    _check(x, y)
+    a, b = fit_log_log(x, y)
+    boot = bootstrap(x, y, draws, seed)
+    if not len(boot):
+        boot = np.array([[a, b]])
+    tail = 100 * (1 - level) / 2
+
+    def ci(col: int) -> tuple[float, float]:
+        lo, hi = np.percentile(boot[:, col], [tail, 100 - tail])
+        return float(lo), float(hi)
+
+    return PowerLaw(a, b, ci(0), ci(1), float(np.corrcoef(x, y)[0, 1]),
+                    float(np.corrcoef(np.log(x), np.log(y))[0, 1]), len(x), boot)

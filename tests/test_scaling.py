@@ -1,4 +1,4 @@
-"""Power-law fit and the scaling stage's refusals."""
+"""The compute-FD power law and the scaling stage (its refusals and its outputs)."""
 
 from __future__ import annotations
 
@@ -6,68 +6,120 @@ import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+from mlflow.tracking import MlflowClient
 
 from pipeline.params import Params, StudyParams
 from pipeline.scaling import fit_power_law
 from tests.helpers import REPO, dvc_env, write_params
 
+# The paper's G GFLOPs (SPEC section 6): the x values a real study would have.
+PAPER_GFLOPS = np.array([1.41, 5.56, 6.06, 23.0, 80.7, 118.6])
+
 
 def test_fit_recovers_a_and_b_and_correlation():
     rng = np.random.default_rng(0)
-    gflops = np.array([6.06, 23.0, 80.7, 118.6, 1.41, 5.56])
-    fd = 30.0 * gflops**-0.35 * np.exp(rng.normal(0, 0.003, len(gflops)))
-    law = fit_power_law(gflops, fd, bootstrap=200)
+    exact = 30.0 * PAPER_GFLOPS**-0.35
+    fd = exact * np.exp(rng.normal(0, 0.003, len(PAPER_GFLOPS)))  # 0.3% noise
+    law = fit_power_law(PAPER_GFLOPS, fd, draws=300)
     assert law.a == pytest.approx(30.0, rel=0.02)
     assert law.b == pytest.approx(-0.35, rel=0.02)
-    assert law.b_ci[0] <= law.b <= law.b_ci[1]
-    # FD falls with compute; r is Pearson's on the raw values, as the paper's -0.95
-    expected = np.corrcoef(gflops, 30.0 * gflops**-0.35)[0, 1]
-    assert law.pearson_r < 0 and law.pearson_r == pytest.approx(expected, abs=0.01)
+    assert law.b_ci[0] <= law.b <= law.b_ci[1] and law.b_ci[1] - law.b_ci[0] < 0.02
+    # FD falls with compute: r is Pearson's on raw values (as the paper's -0.95), and the
+    # log-log line is straight
+    assert law.pearson_r < 0
+    assert law.pearson_r == pytest.approx(np.corrcoef(PAPER_GFLOPS, exact)[0, 1], abs=0.01)
+    assert law.pearson_r_log == pytest.approx(-1.0, abs=1e-3)
+    lo, hi = law.band(PAPER_GFLOPS)
+    assert (lo <= law(PAPER_GFLOPS) + 1e-9).all() and (law(PAPER_GFLOPS) <= hi + 1e-9).all()
 
 
-def test_fit_needs_three_points():
-    with pytest.raises(ValueError, match="at least 3 sizes"):
-        fit_power_law([1.0, 2.0], [3.0, 2.0])
+def test_fit_of_an_increasing_law_has_positive_correlation():
+    law = fit_power_law([1.0, 2.0, 4.0, 8.0], [2.0, 2.0 * 2**0.5, 4.0, 2.0 * 8**0.5], draws=50)
+    assert law.b == pytest.approx(0.5) and law.a == pytest.approx(2.0)
+    assert law.pearson_r > 0.95
 
 
-def _write_results(root, size: str, gflops: float, fd: float) -> None:
+@pytest.mark.parametrize(("gflops", "fd", "message"), [
+    ([1.0, 2.0], [3.0, 2.0], "at least 3 sizes"),
+    ([1.0, 2.0, 0.0], [3.0, 2.0, 1.0], "must be positive"),
+    ([1.0, 2.0, 3.0], [3.0, np.nan, 1.0], "finite"),
+    ([2.0, 2.0, 2.0], [3.0, 2.0, 1.0], "same GFLOPs"),
+])
+def test_fit_refuses_unusable_points(gflops, fd, message):
+    with pytest.raises(ValueError, match=message):
+        fit_power_law(gflops, fd)
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def _write_results(root: Path, size: str, gflops: float, fd: float,
+                   metric: str = "FD-classifier") -> None:
     for stage, data in (("train", {"images_per_s": 10.0}),
-                        ("eval", {"fd": fd, "g_gflops": gflops, "g_params": 1, "d_params": 1,
-                                  "metric": "FD-classifier"})):
+                        ("eval", {"fd": fd, "g_gflops": gflops, "g_params": 1, "d_params": 2,
+                                  "metric": metric, "precision": 0.5, "recall": 0.4})):
         out = root / "outputs" / stage / size
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(data))
 
 
-def _run_scaling(root, sizes: list[str]) -> subprocess.CompletedProcess:
+def _run_scaling(root: Path, sizes: list[str], uri: str) -> subprocess.CompletedProcess:
     params = dataclasses.replace(
         Params(), study=StudyParams(name="s", sizes=sizes),
-        tracking=dataclasses.replace(Params().tracking, uri=f"sqlite:///{root / 'm.db'}"))
+        tracking=dataclasses.replace(Params().tracking, uri=uri, experiment="scaling-test"),
+        scaling=dataclasses.replace(Params().scaling, bootstrap=100))
     write_params(params, root / "params.yaml")
     env = {**dvc_env(), "GAT_ROOT": str(root), "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "stages.scaling"], cwd=REPO, env=env,
                           capture_output=True, text=True)
 
 
-def test_scaling_names_missing_size_and_refuses_fewer_than_three(tmp_path):
+def test_scaling_names_missing_size_and_refuses_fewer_than_three(tmp_path, mlflow_uri):
     _write_results(tmp_path, "GAT-T1/4", 0.001, 30.0)
     _write_results(tmp_path, "GAT-T2/4", 0.002, 20.0)
-    done = _run_scaling(tmp_path, ["GAT-T1/4", "GAT-T2/4", "GAT-T3/4"])
-    assert done.returncode != 0
-    assert "at least 3 sizes" in done.stderr and "GAT-T3/4" in done.stderr
-    assert not (tmp_path / "outputs" / "scaling" / "metrics.json").exists()
+    done = _run_scaling(tmp_path, ["GAT-T1/4", "GAT-T2/4", "GAT-T3/4"], mlflow_uri)
+    assert done.returncode == 1
+    assert "at least 3 sizes" in done.stderr and "have 2 (GAT-T1/4, GAT-T2/4)" in done.stderr
+    assert "GAT-T3/4 (no " in done.stderr  # named, with the file it lacks
+    assert not (tmp_path / "outputs" / "scaling").exists()
 
 
-def test_scaling_fits_the_rest_when_one_size_is_missing(tmp_path):
+def test_scaling_fits_the_rest_and_logs_to_the_study_run(tmp_path, mlflow_uri):
     for i, size in enumerate(["GAT-T1/4", "GAT-T2/4", "GAT-T3/4"]):
         _write_results(tmp_path, size, 0.001 * 2**i, 30.0 * 2 ** (-0.5 * i))
-    done = _run_scaling(tmp_path, ["GAT-T1/4", "GAT-T2/4", "GAT-T3/4", "GAT-T4/4"])
+    _write_results(tmp_path, "GAT-T1/2", 0.01, float("nan"))  # a diverged size
+    sizes = ["GAT-T1/4", "GAT-T2/4", "GAT-T3/4", "GAT-T4/4", "GAT-T1/2"]
+    done = _run_scaling(tmp_path, sizes, mlflow_uri)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "left out GAT-T4/4" in done.stderr
-    metrics = json.loads((tmp_path / "outputs" / "scaling" / "metrics.json").read_text())
+    assert "left out GAT-T4/4 (no " in done.stderr and "left out GAT-T1/2 (" in done.stderr
+
+    out = tmp_path / "outputs" / "scaling"
+    metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["b"] == pytest.approx(-0.5, rel=1e-6) and metrics["sizes"] == 3
-    assert metrics["pearson_r"] < 0 and "GAT-T4/4" in metrics["missing"][0]
-    assert (tmp_path / "outputs" / "scaling" / "scaling.png").stat().st_size > 1000
+    assert metrics["a"] == pytest.approx(30.0 * 1000**-0.5, rel=1e-6)
+    assert metrics["pearson_r"] < 0 and metrics["metric"] == "FD-classifier"
+    assert [m.split()[0] for m in metrics["missing"]] == ["GAT-T4/4", "GAT-T1/2"]
+    table = pd.read_csv(out / "scaling.csv")
+    assert table["size"].tolist() == ["GAT-T1/4", "GAT-T2/4", "GAT-T3/4"]
+    assert {"g_params", "d_params", "g_gflops", "fd", "train_images_per_s"} <= set(table)
+    np.testing.assert_allclose(table["fd_fit"], table["fd"], rtol=1e-6)
+    assert (out / "scaling.png").stat().st_size > 1000
+
+    client = MlflowClient(mlflow_uri)
+    exp = client.get_experiment_by_name("scaling-test")
+    (run,) = client.search_runs([exp.experiment_id], "tags.`gat.role` = 'study'")
+    assert run.data.metrics["scaling.b"] == pytest.approx(-0.5, rel=1e-6)
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "scaling")}
+    assert logged == {"scaling/scaling.csv", "scaling/scaling.png", "scaling/metrics.json"}
+
+
+def test_scaling_refuses_to_fit_fid_and_fd_classifier_together(tmp_path, mlflow_uri):
+    for i, size in enumerate(["GAT-T1/4", "GAT-T2/4", "GAT-T3/4"]):
+        _write_results(tmp_path, size, 0.001 * 2**i, 30.0 - i, "FID" if i else "FD-classifier")
+    done = _run_scaling(tmp_path, ["GAT-T1/4", "GAT-T2/4", "GAT-T3/4"], mlflow_uri)
+    assert done.returncode == 1 and "different metrics" in done.stderr

@@ -208,9 +208,11 @@ def frechet_distance(features: torch.Tensor, reference: dict[str, np.ndarray]) -
 def precision_recall(features: torch.Tensor, reference: dict[str, np.ndarray], seed: int = 0
                      ) -> tuple[float, float]:
     """Improved precision and recall (k=3) of generated features [N, F] vs the reference's
-    kept features; at most PRC_MAX of each side."""
-    fake = _subset(features, PRC_MAX, seed).float()
+    kept features, on equally many of each (at most PRC_MAX): the k-NN radii shrink as a
+    set grows, so unequal sizes would bias one of the two numbers."""
     real = torch.from_numpy(reference["features"]).float()
+    n = min(len(features), len(real), PRC_MAX)
+    fake, real = _subset(features, n, seed).float(), _subset(real, n, seed)
     out = prc_features_to_metric(fake, real, save_cpu_ram=True, verbose=False)
     return float(out["precision"]), float(out["recall"])
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from gat.io import save_generator
 from gat.models import model_config
@@ -33,6 +34,7 @@ from pipeline.shards import TEACHER_TOKENS, TRAIN_SHARDS, read_manifest
 
 CHECKPOINTS = "outputs/checkpoints"
 STATE_FILE = "state.pt"
+KEEP_CHECKPOINTS = 2  # Ray deletes older ones; the newest is what a rerun resumes from
 LOG_FIELDS = ["step", "kimg", "loss_d", "loss_g", "d_adv", "r1", "r2", "repa", "logit_real",
               "logit_fake", "logit_gap", "grad_norm_d", "grad_norm_g", "images_per_s",
               "step_time_s", "fd"]
@@ -63,12 +65,24 @@ def train_config(params: Params, use_teacher: bool) -> TrainConfig:
     return TrainConfig(**shared)
 
 
+def code_digest() -> str:
+    """sha256 over the model library's sources (gat/*.py): what one training step computes."""
+    digest = hashlib.sha256()
+    for path in sorted((Path(__file__).resolve().parents[1] / "gat").glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
 def run_name(params: Params, size: str, root: Path = REPO_ROOT) -> str:
-    """``<slug>-<hash>``: the hash covers the train params, the seed and the shards."""
+    """``<slug>-<hash>``: the hash covers the train params, the seed, the shards and gat/.
+
+    The same command after a kill finds the same name and resumes; a changed param, new
+    shards or changed model code (when DVC reruns the stage for it) start afresh.
+    """
     manifest = read_manifest(root / TRAIN_SHARDS)
     key = json.dumps({"train": params.to_dict()["train"], "seed": params.study.seed,
-                      "size": size, "shards": [s["sha256"] for s in manifest["shards"]]},
-                     sort_keys=True)
+                      "size": size, "shards": [s["sha256"] for s in manifest["shards"]],
+                      "code": code_digest()}, sort_keys=True)
     return f"{size_slug(size)}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
@@ -86,7 +100,7 @@ def run_training(params: Params, size: str, out_dir: Path, callbacks: list | Non
     ``{"nan_at_step": n}`` makes D output NaN from step n (fault injection). ``root`` holds
     data/ (shards, teacher tokens) and outputs/checkpoints/.
     """
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from pipeline import tracking
@@ -117,7 +131,8 @@ def run_training(params: Params, size: str, out_dir: Path, callbacks: list | Non
             resources_per_worker={"CPU": params.train.cpus_per_worker}),
         run_config=RunConfig(
             name=name, storage_path=str(checkpoints), callbacks=callbacks or [],
-            failure_config=FailureConfig(max_failures=params.train.max_failures)),
+            failure_config=FailureConfig(max_failures=params.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS)),
     )
     trainer.fit()
     diverged = out_dir / "diverged.json"
@@ -131,35 +146,66 @@ def run_training(params: Params, size: str, out_dir: Path, callbacks: list | Non
 
 
 def _train_loop(config: dict[str, Any]) -> None:
+    """One Ray worker: build the trainer, resume, run the library's step until the end."""
     import ray.train
 
     params = parse_params(config["params"], check_paths=False)
-    size, out_dir = config["size"], Path(config["out_dir"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if params.train.use_gpu else torch.device("cpu")
+    trainer, manifest = _build_trainer(config, params, device)
+    _restore(trainer, config["size"], rank, device)
+    # Distinct, reproducible noise per worker and per resume point.
+    torch.manual_seed(params.study.seed + 7919 * rank + 104729 * trainer.step_count)
+    logger = _Rank0Logger(config, params, trainer, manifest) if rank == 0 else None
+    debug = config["debug"]
+    loader = _batches(config, params, rank, world, trainer.step_count, "record_dir" in debug)
+    done = _run_steps(config, params, trainer, loader, rank, logger)
+    if done is None:  # diverged
+        return
+    if "record_dir" in debug:
+        checksum = sum(p.double().sum().item() for p in
+                       [*trainer.G.parameters(), *trainer.D.parameters()])
+        (Path(debug["record_dir"]) / f"params_rank{rank}.txt").write_text(repr(checksum))
+    if logger:
+        logger.finish(*done)
+
+
+def _build_trainer(config: dict, params: Params, device: torch.device
+                   ) -> tuple[GATTrainer, dict[str, Any]]:
+    """The library's trainer for the shards' latent shape [C, h, w] and classes."""
     manifest = read_manifest(config["shards"])
     channels, latent_size = manifest["latent_shape"][0], manifest["latent_shape"][-1]
     teacher_dim = 1
     if config["teacher"]:
         teacher_dim = read_manifest(config["teacher"])["token_shape"][-1]
-    trainer = GATTrainer(size, channels, latent_size, manifest["num_classes"], teacher_dim,
-                         train_config(params, config["teacher"] is not None), device,
-                         seed=params.study.seed)
+    trainer = GATTrainer(config["size"], channels, latent_size, manifest["num_classes"],
+                         teacher_dim, train_config(params, config["teacher"] is not None),
+                         device, seed=params.study.seed)
+    return trainer, manifest
+
+
+def _restore(trainer: GATTrainer, size: str, rank: int, device: torch.device) -> None:
+    """Load Ray Train's latest checkpoint (after a restart or a rerun of the same command)."""
+    import ray.train
+
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as ckpt_dir:
-            state = torch.load(Path(ckpt_dir) / STATE_FILE, map_location=device,
-                               weights_only=True)
-        trainer.load_state_dict(state)
-        if rank == 0:
-            print(f"[{size}] resumed from checkpoint at step {trainer.step_count}", flush=True)
-    # Distinct, reproducible noise per worker and per resume point.
-    torch.manual_seed(params.study.seed + 7919 * rank + 104729 * trainer.step_count)
-    logger = _Rank0Logger(config, params, trainer, manifest) if rank == 0 else None
-    steps = total_steps(params)
-    debug = config["debug"]
-    loader = _batches(config, params, rank, world, trainer.step_count, "record_dir" in debug)
+    if not checkpoint:
+        return
+    with checkpoint.as_directory() as ckpt_dir:
+        state = torch.load(Path(ckpt_dir) / STATE_FILE, map_location=device, weights_only=True)
+    trainer.load_state_dict(state)
+    if rank == 0:
+        print(f"[{size}] resumed from checkpoint at step {trainer.step_count}", flush=True)
+
+
+def _run_steps(config: dict, params: Params, trainer: GATTrainer, loader, rank: int,
+               logger: _Rank0Logger | None) -> tuple[float, int] | None:
+    """Steps from the trainer's step counter to the end; returns (seconds, images) of this
+    worker, or None when the divergence guard stopped the run (diverged.json written)."""
+    steps, debug = total_steps(params), config["debug"]
+    bar = tqdm(total=steps, initial=trainer.step_count, desc=config["size"], unit="step",
+               disable=rank != 0, mininterval=10, dynamic_ncols=False, ascii=True)
     t_start, images = time.perf_counter(), 0
     for step in range(trainer.step_count + 1, steps + 1):
         batch = next(loader)
@@ -170,27 +216,35 @@ def _train_loop(config: dict[str, Any]) -> None:
             metrics = trainer.step(batch["latents"], batch["labels"], batch["teacher"])
         except NonFiniteError as err:
             if rank == 0:
-                write_json(out_dir / "diverged.json", {"message": str(err), "step": step})
-            print(f"[rank {rank}] {err}")
-            return
+                write_json(Path(config["out_dir"]) / "diverged.json",
+                           {"message": str(err), "step": step})
+            print(f"[rank {rank}] {err}", flush=True)
+            bar.close()
+            return None
         dt = time.perf_counter() - t0
         images += batch["latents"].shape[0]
         metrics.update(step=step, kimg=step * params.train.batch / 1000, step_time_s=dt,
                        images_per_s=batch["latents"].shape[0] / dt)
-        report_now = step % params.train.log_every == 0 or step == steps
-        save_now = step % params.train.checkpoint_every == 0 or step == steps
-        if params.train.fd_every and step % params.train.fd_every == 0 and logger:
-            metrics["fd"] = logger.fd()
-        if logger:
-            logger.log(step, metrics, report_now, steps)
-        if report_now or save_now:
-            _report(trainer, metrics, rank, save_now)
-    if "record_dir" in debug:
-        checksum = sum(p.double().sum().item() for p in
-                       [*trainer.G.parameters(), *trainer.D.parameters()])
-        (Path(debug["record_dir"]) / f"params_rank{rank}.txt").write_text(repr(checksum))
+        _after_step(params, trainer, metrics, rank, logger, steps)
+        bar.update()
+    bar.close()
+    return time.perf_counter() - t_start, images
+
+
+def _after_step(params: Params, trainer: GATTrainer, metrics: dict, rank: int,
+                logger: _Rank0Logger | None, steps: int) -> None:
+    """FD proxy, logging (rank 0) and the Ray report with a checkpoint when due."""
+    step, every = metrics["step"], params.train
+    report_now = step % every.log_every == 0 or step == steps
+    save_now = step % every.checkpoint_every == 0 or step == steps
+    fd_now = every.fd_every > 0 and step % every.fd_every == 0
+    if fd_now and logger:
+        metrics["fd"] = logger.fd()  # rank 0's report carries it (what Tune's ASHA reads)
+    report_now = report_now or fd_now  # every rank reports the same number of times
     if logger:
-        logger.finish(images / (time.perf_counter() - t_start), steps)
+        logger.log(step, metrics, report_now, steps)
+    if report_now or save_now:
+        _report(trainer, metrics, rank, save_now)
 
 
 def _debug_hooks(debug: dict, trainer: GATTrainer, batch: dict, rank: int, step: int) -> None:
@@ -311,30 +365,48 @@ class _Rank0Logger:
         return generator_fd(self.params, self.trainer.G_ema, self.tokenizer(),
                             self.params.train.fd_samples)
 
-    def finish(self, images_per_s: float, steps: int) -> None:
+    def finish(self, seconds: float, images: int) -> None:
+        """Write generator/ (EMA G) and metrics.json; log the generator to MLflow.
+
+        ``seconds``/``images``: this worker's training loop in this process. When a rerun
+        found the run already complete (nothing left to train), the rate is the mean of the
+        per-step rates in log.csv instead.
+        """
+        steps = total_steps(self.params)
         meta = {"name": self.size, "lr": self.trainer.lr, "steps": steps,
                 "teacher_dim": self.trainer.D.repa[-1].out_features,
                 "scale_factor": self.manifest["scale_factor"],
                 "tokenizer": self.params.tokenizer.source}
         with atomic_path(self.out_dir / "generator") as tmp:
             save_generator(tmp, self.trainer.G_ema, meta)
+        with open(self.log_path) as f:
+            rows = list(csv.DictReader(f))
+        rate = images / seconds if images else _mean(r["images_per_s"] for r in rows)
         workers = self.params.train.workers
         final = {"size": self.size, "steps": steps, "lr": self.trainer.lr,
-                 "images_per_s_per_worker": images_per_s,  # this run, start to end, rank 0
-                 "images_per_s": images_per_s * workers,
-                 "workers": workers,
+                 "images_per_s_per_worker": rate,  # rank 0, loader and logging included
+                 "images_per_s": rate * workers, "workers": workers,
+                 "wall_s": seconds, "steps_this_run": images // self._local_batch(),
                  "kimg": steps * self.params.train.batch / 1000}
-        with open(self.log_path) as f:
-            last = list(csv.DictReader(f))[-1]
-        final.update({f"final_{k}": float(v) for k, v in last.items() if v not in ("", None)
-                      and k not in ("step", "kimg")})
+        final.update({f"final_{k}": float(v) for k, v in rows[-1].items()
+                      if v not in ("", None) and k not in ("step", "kimg")})
         write_json(self.out_dir / "metrics.json", final)
         if self.run_id:
             import mlflow
 
             with mlflow.start_run(run_id=self.run_id):
-                mlflow.log_metric("train_images_per_s", images_per_s)
+                mlflow.log_metrics({"train_images_per_s": rate * workers,
+                                    "train_images_per_s_per_worker": rate,
+                                    "train_wall_s": seconds})
                 mlflow.log_artifacts(str(self.out_dir / "generator"), "generator")
+
+    def _local_batch(self) -> int:
+        return self.params.train.batch // self.params.train.workers
+
+
+def _mean(values) -> float:
+    numbers = [float(v) for v in values if v not in ("", None)]
+    return sum(numbers) / len(numbers) if numbers else 0.0
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

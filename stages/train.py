@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from gat.train import NonFiniteError
 from pipeline.params import Params, size_dir
@@ -19,11 +20,13 @@ from pipeline.stage import stage_main
 from pipeline.training import adapted_lr, run_training, total_steps
 
 
-def out_dir(size: str):
+def out_dir(size: str) -> Path:
+    """outputs/train/<SIZE>: generator/, metrics.json, log.csv."""
     return size_dir("train", size)
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
+    """Train args.size; exit with the divergence message (naming the step) if it diverged."""
     try:
         metrics = run_training(params, args.size, out_dir(args.size))
     except NonFiniteError as err:
@@ -34,9 +37,12 @@ def run(params: Params, args: argparse.Namespace) -> None:
 
 
 def derived(params: Params, args: argparse.Namespace) -> dict:
-    return {"size": args.size, "lr": adapted_lr(params, args.size),
-            "steps": total_steps(params), "batch_per_worker": params.train.batch
-            // params.train.workers // params.train.grad_accum}
+    """What the stage computes from params: the width-adapted lr, length, per-worker batch."""
+    t = params.train
+    return {"size": args.size, "lr": float(f"{adapted_lr(params, args.size):.6g}"),
+            "steps": total_steps(params), "batch_per_worker": t.batch // t.workers,
+            "micro_batch": t.batch // t.workers // t.grad_accum,
+            "out_dir": str(out_dir(args.size))}
 
 
 if __name__ == "__main__":

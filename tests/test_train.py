@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from gat.train import NonFiniteError
 from pipeline import tracking
-from pipeline.training import run_training
+from pipeline.training import KEEP_CHECKPOINTS, run_name, run_training
 from tests.helpers import REPO, make_synthetic_shards, tiny_params, write_params
 
 
@@ -33,7 +33,7 @@ def test_two_workers_disjoint_data_identical_weights_mlflow(ray_cluster, root, t
                                                              mlflow_uri):
     params = tiny_params(tmp_path, mlflow_uri, workers=2, batch=16, iterations=16,
                          cpus_per_worker=0.9, log_every=4, checkpoint_every=8,
-                         sample_every=8, fd_every=0, loader_workers=0, shuffle_buffer=8)
+                         sample_every=8, fd_every=0, loader_workers=0, shuffle_buffer=1)
     record = tmp_path / "record"
     record.mkdir()
     out = tmp_path / "out"
@@ -43,12 +43,16 @@ def test_two_workers_disjoint_data_identical_weights_mlflow(ray_cluster, root, t
     keys = {r: [line.split()[1] for line in (record / f"keys_rank{r}.txt").read_text().split("\n")
                 if line] for r in (0, 1)}
     # 16 steps x 8 samples per worker = one epoch of 256 samples: each seen exactly once
+    # (shuffle_buffer=1: a larger buffer would let the next epoch's first samples in early)
     assert len(keys[0]) == len(keys[1]) == 128
     assert not set(keys[0]) & set(keys[1])
     assert sorted(keys[0] + keys[1]) == [f"{j:09d}" for j in range(256)]
     checksums = {(record / f"params_rank{r}.txt").read_text() for r in (0, 1)}
     assert len(checksums) == 1, "G and D differ across workers"
     assert (out / "generator" / "generator.safetensors").exists()
+    kept = [d for d in (root / "outputs" / "checkpoints" / run_name(params, "GAT-T1/4", root))
+            .glob("checkpoint_*") if d.is_dir()]
+    assert 1 <= len(kept) <= KEEP_CHECKPOINTS
     log = pd.read_csv(out / "log.csv")
     assert list(log["step"]) == [4, 8, 12, 16]
     client = MlflowClient(mlflow_uri)

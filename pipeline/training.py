@@ -34,6 +34,7 @@ from pipeline.shards import TEACHER_TOKENS, TRAIN_SHARDS, read_manifest
 
 CHECKPOINTS = "outputs/checkpoints"
 STATE_FILE = "state.pt"
+DIVERGED = "diverged.json"  # written by the worker that hit the guard: message and step
 KEEP_CHECKPOINTS = 2  # Ray deletes older ones; the newest is what a rerun resumes from
 LOG_FIELDS = ["step", "kimg", "loss_d", "loss_g", "d_adv", "r1", "r2", "repa", "logit_real",
               "logit_fake", "logit_gap", "grad_norm_d", "grad_norm_g", "images_per_s",
@@ -97,10 +98,17 @@ def run_training(params: Params, size: str, out_dir: Path, callbacks: list | Non
     Returns the final metrics. Raises ``NonFiniteError`` if training diverged (the last
     good checkpoint is kept). ``debug`` is for tests: ``{"record_dir": path}`` makes every
     worker write the sample keys it consumed and a checksum of its G and D;
-    ``{"nan_at_step": n}`` makes D output NaN from step n (fault injection). ``root`` holds
-    data/ (shards, teacher tokens) and outputs/checkpoints/.
+    ``{"nan_at_step": n}`` makes D output NaN from step n (fault injection), on every worker
+    or, with ``"nan_rank": r``, only on rank r (its peers then wait in the all-reduce).
+    ``root`` holds data/ (shards, teacher tokens) and outputs/checkpoints/.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        RunConfig,
+        ScalingConfig,
+        TrainingFailedError,
+    )
     from ray.train.torch import TorchTrainer
 
     from pipeline import tracking
@@ -109,7 +117,7 @@ def run_training(params: Params, size: str, out_dir: Path, callbacks: list | Non
     init_ray()
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "diverged.json").unlink(missing_ok=True)
+    (out_dir / DIVERGED).unlink(missing_ok=True)
     teacher = root / TEACHER_TOKENS
     use_teacher = params.train.repa_weight > 0 and (teacher / "manifest.json").exists()
     config = {
@@ -134,8 +142,12 @@ def run_training(params: Params, size: str, out_dir: Path, callbacks: list | Non
             failure_config=FailureConfig(max_failures=params.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS)),
     )
-    trainer.fit()
-    diverged = out_dir / "diverged.json"
+    diverged = out_dir / DIVERGED
+    try:
+        trainer.fit()
+    except TrainingFailedError:
+        if not diverged.exists():  # a real failure, not the divergence guard
+            raise
     if diverged.exists():
         raise NonFiniteError(json.loads(diverged.read_text())["message"] +
                              f"; last good checkpoint kept in {checkpoints / name}")
@@ -153,6 +165,8 @@ def _train_loop(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if params.train.use_gpu else torch.device("cpu")
+    if (Path(config["out_dir"]) / DIVERGED).exists():
+        return  # Ray restarted the workers after the divergence guard stopped one: stop
     trainer, manifest = _build_trainer(config, params, device)
     _restore(trainer, config["size"], rank, device)
     # Distinct, reproducible noise per worker and per resume point.
@@ -160,7 +174,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     logger = _Rank0Logger(config, params, trainer, manifest) if rank == 0 else None
     debug = config["debug"]
     loader = _batches(config, params, rank, world, trainer.step_count, "record_dir" in debug)
-    done = _run_steps(config, params, trainer, loader, rank, logger)
+    done = _run_steps(config, params, trainer, loader, rank, world, logger)
     if done is None:  # diverged
         return
     if "record_dir" in debug:
@@ -200,7 +214,7 @@ def _restore(trainer: GATTrainer, size: str, rank: int, device: torch.device) ->
 
 
 def _run_steps(config: dict, params: Params, trainer: GATTrainer, loader, rank: int,
-               logger: _Rank0Logger | None) -> tuple[float, int] | None:
+               world: int, logger: _Rank0Logger | None) -> tuple[float, int] | None:
     """Steps from the trainer's step counter to the end; returns (seconds, images) of this
     worker, or None when the divergence guard stopped the run (diverged.json written)."""
     steps, debug = total_steps(params), config["debug"]
@@ -215,11 +229,8 @@ def _run_steps(config: dict, params: Params, trainer: GATTrainer, loader, rank: 
         try:
             metrics = trainer.step(batch["latents"], batch["labels"], batch["teacher"])
         except NonFiniteError as err:
-            if rank == 0:
-                write_json(Path(config["out_dir"]) / "diverged.json",
-                           {"message": str(err), "step": step})
-            print(f"[rank {rank}] {err}", flush=True)
             bar.close()
+            _diverged(Path(config["out_dir"]), err, step, rank, world)
             return None
         dt = time.perf_counter() - t0
         images += batch["latents"].shape[0]
@@ -229,6 +240,25 @@ def _run_steps(config: dict, params: Params, trainer: GATTrainer, loader, rank: 
         bar.update()
     bar.close()
     return time.perf_counter() - t_start, images
+
+
+class WorkerDiverged(RuntimeError):
+    """Raised by a worker whose guard fired while others may wait in an all-reduce."""
+
+
+def _diverged(out_dir: Path, err: NonFiniteError, step: int, rank: int, world: int) -> None:
+    """Record the divergence (first worker wins) and stop this worker.
+
+    Alone, the worker just returns. With peers, it raises: a peer whose own loss was finite
+    waits in the gradient all-reduce for this one, so Ray must tear the group down; a
+    restarted group finds diverged.json and stops at once (see ``_train_loop``), and the
+    driver turns the failure into ``NonFiniteError``.
+    """
+    print(f"[rank {rank}] {err}", flush=True)
+    if not (out_dir / DIVERGED).exists():
+        write_json(out_dir / DIVERGED, {"message": str(err), "step": step, "rank": rank})
+    if world > 1:
+        raise WorkerDiverged(f"rank {rank}: {err}") from err
 
 
 def _after_step(params: Params, trainer: GATTrainer, metrics: dict, rank: int,
@@ -251,7 +281,7 @@ def _debug_hooks(debug: dict, trainer: GATTrainer, batch: dict, rank: int, step:
     if "record_dir" in debug:
         with open(Path(debug["record_dir"]) / f"keys_rank{rank}.txt", "a") as f:
             f.write("".join(f"{step} {key}\n" for key in batch["keys"]))
-    if debug.get("nan_at_step") == step:
+    if debug.get("nan_at_step") == step and debug.get("nan_rank", rank) == rank:
         trainer.D.register_forward_hook(
             lambda m, i, out: (out[0] * float("nan"), out[1]) if isinstance(out, tuple)
             else out * float("nan"))
@@ -270,6 +300,11 @@ def _batches(config: dict, params: Params, rank: int, world: int, seed: int,
 
 
 def _report(trainer: GATTrainer, metrics: dict, rank: int, save: bool) -> None:
+    """ray.train.report from every worker; rank 0 attaches the checkpoint when ``save``.
+
+    A checkpoint directory holds state.pt (tensors only: G, D, EMA, both optimizers, w
+    averages as G's buffer, step, RNG; loaded with ``weights_only=True``) and step.json.
+    """
     import ray.train
 
     scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -278,6 +313,7 @@ def _report(trainer: GATTrainer, metrics: dict, rank: int, save: bool) -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(trainer.state_dict(), Path(tmp) / STATE_FILE)
+        (Path(tmp) / "step.json").write_text(json.dumps({"step": trainer.step_count}))
         ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 

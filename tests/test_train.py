@@ -65,14 +65,21 @@ def test_two_workers_disjoint_data_identical_weights_mlflow(ray_cluster, root, t
 
 
 def test_divergence_guard_stops_with_the_step(ray_cluster, root, tmp_path, mlflow_uri):
-    params = tiny_params(tmp_path, mlflow_uri, workers=1, batch=8, iterations=12,
-                         checkpoint_every=4, log_every=4, fd_every=0, loader_workers=0,
-                         shuffle_buffer=8, sample_every=0)
-    with pytest.raises(NonFiniteError, match="at step 6") as err:
-        run_training(params, "GAT-T1/4", tmp_path / "out", debug={"nan_at_step": 6},
-                     root=root, track=False)
+    """NaN in D's output on rank 1 only: rank 0 waits in the all-reduce, yet the run stops."""
+    params = tiny_params(tmp_path, mlflow_uri, workers=2, batch=8, iterations=12,
+                         cpus_per_worker=0.9, checkpoint_every=4, log_every=4, fd_every=0,
+                         loader_workers=0, shuffle_buffer=8, sample_every=0)
+    t0 = time.time()
+    with pytest.raises(NonFiniteError, match=r"non-finite D logit .* at step 6") as err:
+        run_training(params, "GAT-T1/4", tmp_path / "out", root=root, track=False,
+                     debug={"nan_at_step": 6, "nan_rank": 1})
+    assert time.time() - t0 < 120, "the guard must not wait for the gloo timeout"
     assert "last good checkpoint kept" in str(err.value)
     assert not (tmp_path / "out" / "generator").exists()
+    assert json.loads((tmp_path / "out" / "diverged.json").read_text())["rank"] == 1
+    ckpts = root / "outputs" / "checkpoints" / run_name(params, "GAT-T1/4", root)
+    steps = [json.loads(p.read_text())["step"] for p in ckpts.glob("checkpoint_*/step.json")]
+    assert max(steps) == 4, "the last good checkpoint is step 4's"
 
 
 def test_sigkill_then_same_command_resumes(root, tmp_path, mlflow_uri):

@@ -69,6 +69,13 @@ def sync_gradients(module: nn.Module) -> None:
         offset += g.numel()
 
 
+def _average_buffer(tensor: torch.Tensor) -> None:
+    _, world = _world()
+    if world > 1:
+        dist.all_reduce(tensor)
+        tensor /= world
+
+
 def broadcast_module(module: nn.Module) -> None:
     """Make every worker start from rank 0's parameters and buffers."""
     if _world()[1] == 1:
@@ -231,6 +238,7 @@ class GATTrainer:
         finally:
             self.D.requires_grad_(True)
         sync_gradients(self.G)
+        _average_buffer(self.G.w_avg)  # each worker saw other w: keep one truncation centre
         out = {k: v / len(parts) for k, v in sums.items()}
         out["grad_norm_g"] = grad_norm(self.G)
         self.opt_g.step()

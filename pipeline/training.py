@@ -179,7 +179,7 @@ def _train_loop(config: dict[str, Any]) -> None:
         return
     if "record_dir" in debug:
         checksum = sum(p.double().sum().item() for p in
-                       [*trainer.G.parameters(), *trainer.D.parameters()])
+                       [*trainer.G.parameters(), *trainer.D.parameters(), trainer.G.w_avg])
         (Path(debug["record_dir"]) / f"params_rank{rank}.txt").write_text(repr(checksum))
     if logger:
         logger.finish(*done)

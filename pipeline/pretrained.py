@@ -82,6 +82,15 @@ class Tokenizer:
         return to_uint8(self.vae.decode(latents / self.scale_factor).sample).cpu()
 
 
+def _from_pretrained(cls, path: str, what: str):
+    """``cls.from_pretrained(path)`` with an error that says what to do offline."""
+    try:
+        return cls.from_pretrained(path)
+    except OSError as err:
+        raise OSError(f"{what} {path!r}: cannot load ({err}). Offline, give a local "
+                      "directory written by save_pretrained, or `train`") from err
+
+
 def load_tokenizer(source: str, device: str | torch.device = "cpu",
                    scale_factor: float = 0.0) -> Tokenizer:
     """AutoencoderKL from ``train`` (data/tokenizer), a hub id or a local path.
@@ -92,11 +101,7 @@ def load_tokenizer(source: str, device: str | torch.device = "cpu",
     from diffusers import AutoencoderKL
 
     path = resolve_source(source, TOKENIZER_DIR)
-    try:
-        vae = AutoencoderKL.from_pretrained(path)
-    except OSError as err:
-        raise OSError(f"tokenizer {path!r}: cannot load ({err}). Offline, give a local "
-                      "directory written by save_pretrained, or `train`") from err
+    vae = _from_pretrained(AutoencoderKL, path, "tokenizer")
     if scale_factor <= 0:
         measured = Path(path) / SCALE_FILE
         scale_factor = (json.loads(measured.read_text())["scale_factor"] if measured.exists()
@@ -201,12 +206,7 @@ def load_teacher(source: str, device: str | torch.device = "cpu",
     """Dinov2Model from ``train`` (data/teacher_model), a hub id or a local path."""
     from transformers import Dinov2Model
 
-    path = resolve_source(source, TEACHER_DIR)
-    try:
-        model = Dinov2Model.from_pretrained(path)
-    except OSError as err:
-        raise OSError(f"teacher {path!r}: cannot load ({err}). Offline, give a local "
-                      "directory written by save_pretrained, or `train`") from err
+    model = _from_pretrained(Dinov2Model, resolve_source(source, TEACHER_DIR), "teacher")
     return Teacher(model.to(device), source, input_size)
 
 

@@ -67,10 +67,45 @@ def _trainable(params: Params, size: str, out_root: Path):
         p = trial_params(params, config["lr_base"], config.get("c_base"))
         name = f"lr{config['lr_base']:.3g}" + (f"_c{config['c_base']}" if config.get("c_base")
                                                else "")
-        run_training(p, size, out_root / name, callbacks=[TuneReportCallback()],
-                     track=False)
+        trial_cpus = params.sweep.cpus_per_trial
+        before = _placement_groups(trial_cpus)
+        try:
+            run_training(p, size, out_root / name, callbacks=[TuneReportCallback()],
+                         track=False)
+        finally:
+            _remove_placement_groups(_placement_groups(trial_cpus) - before)
 
     return run_trial
+
+
+def _placement_groups(trial_cpus: float) -> set[str]:
+    """Live placement groups other than Tune's own trial groups (one bundle of trial_cpus).
+
+    Tune creates the next trial's group while a trial runs: it must not be touched.
+    """
+    from ray.util import placement_group_table
+
+    def is_trial_group(info: dict) -> bool:
+        bundles = list(info.get("bundles", {}).values())
+        return len(bundles) == 1 and bundles[0].get("CPU") == trial_cpus
+
+    return {pg_id for pg_id, info in placement_group_table().items()
+            if info["state"] != "REMOVED" and not is_trial_group(info)}
+
+
+def _remove_placement_groups(pg_ids: set[str]) -> None:
+    """Free what a finished or stopped trial's TorchTrainer left behind.
+
+    Under CPU load Ray Train's own clean-up can time out ("Failed to stop
+    PlacementGroupCleaner"), leaving the workers' placement group holding its CPUs, and
+    the next trial then waits forever for workers. Trials run one at a time, so every group
+    created during a trial is that trial's.
+    """
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    for pg_id in pg_ids:
+        remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
 
 
 def run_sweep(params: Params, size: str, out_dir: Path, lrs: list[float] | None = None,

@@ -67,12 +67,16 @@ def make_synthetic_shards(root: Path, samples: int = 256, shard_size: int = 32,
                                  "token_shape": list(tokens)})
 
 
-def tiny_params(tmp: Path, mlflow_uri: str, **train: object) -> Params:
-    """The tiny profile with a test's MLflow store and train overrides."""
+def tiny_params(tmp: Path, mlflow_uri: str, tokenizer: Path | None = None,
+                **train: object) -> Params:
+    """The tiny profile with a test's MLflow store, tokenizer path and train overrides."""
     params = load_params(REPO / "profiles" / "tiny.yaml")
     params = dataclasses.replace(
         params, tracking=dataclasses.replace(params.tracking, uri=mlflow_uri),
         train=dataclasses.replace(params.train, **train))
+    if tokenizer is not None:
+        params = dataclasses.replace(params, tokenizer=dataclasses.replace(
+            params.tokenizer, source=str(tokenizer)))
     return params
 
 

@@ -18,6 +18,8 @@ from mlflow.tracking import MlflowClient
 
 from gat.train import NonFiniteError
 from pipeline import tracking
+from pipeline.params import TokenizerParams
+from pipeline.pretrained import small_autoencoder
 from pipeline.training import KEEP_CHECKPOINTS, run_name, run_training
 from tests.helpers import REPO, make_synthetic_shards, tiny_params, write_params
 
@@ -26,12 +28,16 @@ from tests.helpers import REPO, make_synthetic_shards, tiny_params, write_params
 def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("root")
     make_synthetic_shards(root)
+    # A real (untrained) AutoencoderKL saved locally: the sample grids decode with it.
+    small_autoencoder(TokenizerParams(block_out_channels=[8, 16])).save_pretrained(
+        root / "tokenizer")
     return root
 
 
 def test_two_workers_disjoint_data_identical_weights_mlflow(ray_cluster, root, tmp_path,
                                                              mlflow_uri):
-    params = tiny_params(tmp_path, mlflow_uri, workers=2, batch=16, iterations=16,
+    params = tiny_params(tmp_path, mlflow_uri, tokenizer=root / "tokenizer", workers=2,
+                         batch=16, iterations=16,
                          cpus_per_worker=0.9, log_every=4, checkpoint_every=8,
                          sample_every=8, fd_every=0, loader_workers=0, shuffle_buffer=1)
     record = tmp_path / "record"

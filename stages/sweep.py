@@ -112,8 +112,9 @@ def run(params: Params, args: argparse.Namespace) -> None:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--no-transfer", dest="transfer", action="store_false",
-                        help="only the sweep at sweep.size, no transfer check")
+    parser.add_argument("--transfer", action="store_true",
+                        help="also run the transfer check (experimental: it can hang, see "
+                             "README)")
 
 
 if __name__ == "__main__":

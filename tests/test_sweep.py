@@ -35,7 +35,7 @@ def test_sweep_three_trials_asha_mlflow(tiny_study, tmp_path):
                                   lr_max=1e-1, num_trials=3, iterations=24, grace_period=4))
     write_params(params, root / "params.yaml")
     env = {**dvc_env(), "GAT_ROOT": str(root), "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "stages.sweep", "--no-transfer"], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "stages.sweep"], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     best = json.loads((root / "outputs" / "sweep" / "best.json").read_text())

@@ -49,8 +49,8 @@ def test_sweep_three_trials_asha_mlflow(tiny_study, tmp_path):
     exp = client.get_experiment_by_name(params.tracking.experiment)
     runs = client.search_runs([exp.experiment_id], "tags.`gat.role` = 'trial'")
     assert len(runs) == 3
-    assert {float(r.data.params["lr_base"]) for r in runs} == pytest.approx(
-        set(trials["lr_base"]))
+    assert sorted(float(r.data.params["lr_base"]) for r in runs) == pytest.approx(
+        sorted(trials["lr_base"]))
     assert all("fd" in r.data.metrics for r in runs)
     sweep_run = client.search_runs([exp.experiment_id], "tags.`gat.role` = 'sweep'")[0]
     assert all(r.data.tags["mlflow.parentRunId"] == sweep_run.info.run_id for r in runs)

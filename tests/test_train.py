@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -120,6 +119,8 @@ def test_sigkill_then_same_command_resumes(root, tmp_path, mlflow_uri):
     assert killed_at >= 10
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 40 and (out / "generator" / "config.json").exists()
-    resumed = re.search(r"resumed from checkpoint at step (\d+)", done.stdout + done.stderr)
-    assert resumed and 10 <= int(resumed.group(1)) <= killed_at
+    # Resumed, not restarted: the rerun trained only the steps after its checkpoint (the
+    # workers' "resumed from checkpoint" line may not reach the driver before it exits).
+    resumed_at = 40 - metrics["steps_this_run"]
+    assert 10 <= resumed_at <= killed_at
     assert log["loss_d"].notna().all()

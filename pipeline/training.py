@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -455,5 +454,3 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
             out[key] = v
     return out
 
-
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")

@@ -219,13 +219,16 @@ class ScalingParams:
 class SweepParams:
     enabled: bool = False
     size: str = "GAT-T1/4"
+    transfer: bool = True
     transfer_size: str = "GAT-T2/4"
     lr_min: float = 1e-4
     lr_max: float = 3e-3
     num_trials: int = 3
     iterations: int = 60
     grace_period: int = 20
-    cpus_per_trial: float = 0.2
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    concurrent_trials: int = 1
 
     def check(self, where: str) -> None:
         from gat.models import GAT_MODELS
@@ -236,7 +239,11 @@ class SweepParams:
                     f"{where}.{key}: unknown model size {getattr(self, key)!r}. "
                     f"Allowed: {', '.join(GAT_MODELS)}"
                 )
-        _positive(self, where, "lr_min", "lr_max", "num_trials", "iterations")
+        _positive(self, where, "lr_min", "lr_max", "num_trials", "iterations", "cpus_per_trial",
+                  "concurrent_trials")
+        if self.gpus_per_trial < 0:
+            raise ParamsError(f"{where}.gpus_per_trial must be 0 (CPU) or positive, got "
+                              f"{self.gpus_per_trial}")
         if self.lr_min >= self.lr_max:
             raise ParamsError(f"{where}.lr_min must be below {where}.lr_max")
 

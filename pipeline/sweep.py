@@ -1,13 +1,15 @@
 """Ray Tune sweep of the base learning rate, and the width-aware transfer check (Fig. 5b).
 
-Each trial is a training run through :func:`pipeline.training.run_training` (the same code
-as the ``train`` stage) with one ``train.lr_base``; ASHA stops trials whose FD proxy
+Each trial is a training run through :func:`pipeline.training.train_loop` (the loop every
+worker of the ``train`` stage runs) with one ``train.lr_base``; ASHA stops trials whose FD proxy
 (FD-classifier offline, FID-5K with Inception) lags at a rung. One MLflow run per trial,
 nested under the sweep's run.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,6 @@ from typing import Any
 import pandas as pd
 from ray import tune
 from ray.air.integrations.mlflow import MLflowLoggerCallback
-from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from gat.models import model_config
@@ -43,13 +44,20 @@ def lr_grid(params: Params) -> list[float]:
 
 
 def trial_params(params: Params, lr_base: float, c_base: int | None = None) -> Params:
-    """Params of one trial: its lr_base, the sweep's length, FD proxy reported every rung."""
+    """Params of one trial: its lr_base, the sweep's length, FD proxy reported every rung.
+
+    A trial trains on one worker with the trial's resources (sweep.cpus_per_trial,
+    sweep.gpus_per_trial) at the study's batch; trials run side by side instead.
+    """
     sw = params.sweep
     every = _report_every(params)
     overrides: dict[str, Any] = {
         "train.lr_base": lr_base,
         "train.iterations": sw.iterations,
         "train.kimg": 0.0,
+        "train.workers": 1,
+        "train.use_gpu": sw.gpus_per_trial > 0,
+        "train.cpus_per_worker": sw.cpus_per_trial,
         "train.fd_every": every,
         "train.log_every": every,  # every report carries the proxy ASHA ranks on
         "train.checkpoint_every": every,
@@ -60,52 +68,28 @@ def trial_params(params: Params, lr_base: float, c_base: int | None = None) -> P
     return with_overrides(params, overrides, check_paths=False)
 
 
+def trial_name(config: dict[str, Any]) -> str:
+    c_base = config.get("c_base")
+    return f"lr{config['lr_base']:.3g}" + (f"_c{c_base}" if c_base else "")
+
+
 def _trainable(params: Params, size: str, out_root: Path):
     def run_trial(config: dict[str, Any]) -> None:
-        from pipeline.training import run_training  # imported in the trial's worker
+        """One Tune trial: the training loop of the train stage, reporting through Tune.
+
+        The trial trains in its own process rather than launching a Ray Train worker group:
+        nested groups wait for CPUs that finished or ASHA-stopped trials have not yet given
+        back (Ray's placement-group clean-up times out under load), and trials then hang.
+        """
+        from pipeline.training import DIVERGED, loop_config, train_loop
 
         p = trial_params(params, config["lr_base"], config.get("c_base"))
-        name = f"lr{config['lr_base']:.3g}" + (f"_c{config['c_base']}" if config.get("c_base")
-                                               else "")
-        trial_cpus = params.sweep.cpus_per_trial
-        before = _placement_groups(trial_cpus)
-        try:
-            run_training(p, size, out_root / name, callbacks=[TuneReportCallback()],
-                         track=False)
-        finally:
-            _remove_placement_groups(_placement_groups(trial_cpus) - before)
+        out_dir = out_root / trial_name(config)
+        train_loop(loop_config(p, size, out_dir, track=False, session="tune"))
+        if (out_dir / DIVERGED).exists():  # rank it last rather than by its last good report
+            tune.report({METRIC: float("inf"), "diverged": 1.0})
 
     return run_trial
-
-
-def _placement_groups(trial_cpus: float) -> set[str]:
-    """Live placement groups other than Tune's own trial groups (one bundle of trial_cpus).
-
-    Tune creates the next trial's group while a trial runs: it must not be touched.
-    """
-    from ray.util import placement_group_table
-
-    def is_trial_group(info: dict) -> bool:
-        bundles = list(info.get("bundles", {}).values())
-        return len(bundles) == 1 and bundles[0].get("CPU") == trial_cpus
-
-    return {pg_id for pg_id, info in placement_group_table().items()
-            if info["state"] != "REMOVED" and not is_trial_group(info)}
-
-
-def _remove_placement_groups(pg_ids: set[str]) -> None:
-    """Free what a finished or stopped trial's TorchTrainer left behind.
-
-    Under CPU load Ray Train's own clean-up can time out ("Failed to stop
-    PlacementGroupCleaner"), leaving the workers' placement group holding its CPUs, and
-    the next trial then waits forever for workers. Trials run one at a time, so every group
-    created during a trial is that trial's.
-    """
-    from ray._raylet import PlacementGroupID
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
-
-    for pg_id in pg_ids:
-        remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
 
 
 def run_sweep(params: Params, size: str, out_dir: Path, lrs: list[float] | None = None,
@@ -118,13 +102,14 @@ def run_sweep(params: Params, size: str, out_dir: Path, lrs: list[float] | None 
     """
     init_ray()
     out_dir = Path(out_dir).resolve()
-    storage, name = out_dir / "tune", "lr_sweep"
     lrs = lrs or lr_grid(params)
+    storage, name = out_dir / "tune", experiment_name(params, size, lrs, c_bases)
     space: dict[str, Any] = {"lr_base": tune.grid_search(lrs)}
     if c_bases is not None:
         space["c_base"] = tune.grid_search(c_bases)
     trainable = tune.with_resources(_trainable(params, size, out_dir / "trials"),
-                                    {"cpu": params.sweep.cpus_per_trial})
+                                    {"cpu": params.sweep.cpus_per_trial,
+                                     "gpu": params.sweep.gpus_per_trial})
     sweep_run = tracking.size_run_id(params, size, role="sweep")
     mlflow_cb = MLflowLoggerCallback(
         tracking_uri=tracking.tracking_uri(params),
@@ -138,13 +123,14 @@ def run_sweep(params: Params, size: str, out_dir: Path, lrs: list[float] | None 
                          max_t=_expected_reports(params)) if scheduler else None
     path = storage / name
     if tune.Tuner.can_restore(str(path)):
+        print(f"restoring the Tune experiment in {path}: finished trials are kept")
         tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True, param_space=space)
     else:
         tuner = tune.Tuner(
             trainable,
             param_space=space,
             tune_config=tune.TuneConfig(metric=METRIC, mode="min", scheduler=asha,
-                                        max_concurrent_trials=1),
+                                        max_concurrent_trials=params.sweep.concurrent_trials),
             run_config=tune.RunConfig(name=name, storage_path=str(storage),
                                       callbacks=[mlflow_cb]),
         )
@@ -152,11 +138,25 @@ def run_sweep(params: Params, size: str, out_dir: Path, lrs: list[float] | None 
     return _trials_table(results, model_config(size).width, params)
 
 
+def experiment_name(params: Params, size: str, lrs: list[float],
+                    c_bases: list[int] | None) -> str:
+    """``lr_sweep-<hash>`` over what shapes the trials: a rerun of the same sweep restores
+    it, while changed params or model code start a new experiment beside it."""
+    from pipeline.training import code_digest
+
+    key = json.dumps({"train": params.to_dict()["train"], "sweep": params.to_dict()["sweep"],
+                      "seed": params.study.seed, "size": size, "lrs": lrs, "c_bases": c_bases,
+                      "code": code_digest()}, sort_keys=True)
+    return f"lr_sweep-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
 def _trials_table(results: tune.ResultGrid, width: int, params: Params) -> pd.DataFrame:
     rows = []
     for result in results:
         history = result.metrics_dataframe
         fd = history[METRIC].dropna() if history is not None and METRIC in history else []
+        diverged = history is not None and "diverged" in history and bool(
+            history["diverged"].notna().any())
         lr_base = result.config["lr_base"]
         c_base = result.config.get("c_base", params.train.c_base)
         rows.append({
@@ -166,7 +166,8 @@ def _trials_table(results: tune.ResultGrid, width: int, params: Params) -> pd.Da
             "fd": float(fd.iloc[-1]) if len(fd) else float("nan"),
             "best_fd": float(fd.min()) if len(fd) else float("nan"),
             "reports": len(fd),
-            "stopped_early": len(fd) < _expected_reports(params),
+            "stopped_early": not diverged and len(fd) < _expected_reports(params),
+            "diverged": diverged,
             "error": str(result.error) if result.error else "",
         })
     return pd.DataFrame(rows).sort_values("lr_base").reset_index(drop=True)
@@ -182,7 +183,7 @@ def _expected_reports(params: Params) -> int:
 
 def best_lr(table: pd.DataFrame) -> float:
     """lr_base of the trial with the lowest final proxy among trials that ran to the end."""
-    finished = table[~table["stopped_early"] & table["fd"].notna()]
+    finished = table[~table["stopped_early"] & ~table["diverged"] & table["fd"].notna()]
     if finished.empty:
         raise RuntimeError("no sweep trial finished: widen sweep.lr_min/lr_max or lengthen "
                            "sweep.iterations")

@@ -89,6 +89,30 @@ def run_name(params: Params, size: str, root: Path = REPO_ROOT) -> str:
 # ----------------------------------------------------------------------------- driver
 
 
+def loop_config(params: Params, size: str, out_dir: Path, track: bool = True,
+                debug: dict[str, Any] | None = None, root: Path = REPO_ROOT,
+                session: str = "train") -> dict[str, Any]:
+    """What every worker's loop (:func:`train_loop`) reads: params, paths, tracking, debug.
+
+    ``session``: ``"train"`` (Ray Train workers) or ``"tune"`` (one sweep trial training on
+    its own): which Ray API the loop reports metrics and checkpoints through.
+    """
+    from pipeline import tracking
+
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / DIVERGED).unlink(missing_ok=True)
+    teacher = root / TEACHER_TOKENS
+    use_teacher = params.train.repa_weight > 0 and (teacher / "manifest.json").exists()
+    return {
+        "params": params.to_dict(), "size": size, "out_dir": str(out_dir),
+        "shards": str(root / TRAIN_SHARDS), "teacher": str(teacher) if use_teacher else None,
+        "run_id": tracking.size_run_id(params, size) if track else None,
+        "tracking_uri": tracking.tracking_uri(params) if track else None,
+        "debug": debug or {}, "session": session,
+    }
+
+
 def run_training(params: Params, size: str, out_dir: Path, callbacks: list | None = None,
                  track: bool = True, debug: dict[str, Any] | None = None,
                  root: Path = REPO_ROOT) -> dict[str, Any]:
@@ -110,28 +134,17 @@ def run_training(params: Params, size: str, out_dir: Path, callbacks: list | Non
     )
     from ray.train.torch import TorchTrainer
 
-    from pipeline import tracking
     from pipeline.ray_utils import init_ray
 
     init_ray()
-    out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / DIVERGED).unlink(missing_ok=True)
-    teacher = root / TEACHER_TOKENS
-    use_teacher = params.train.repa_weight > 0 and (teacher / "manifest.json").exists()
-    config = {
-        "params": params.to_dict(), "size": size, "out_dir": str(out_dir),
-        "shards": str(root / TRAIN_SHARDS), "teacher": str(teacher) if use_teacher else None,
-        "run_id": tracking.size_run_id(params, size) if track else None,
-        "tracking_uri": tracking.tracking_uri(params) if track else None,
-        "debug": debug or {},
-    }
+    config = loop_config(params, size, out_dir, track, debug, root)
+    out_dir = Path(config["out_dir"])
     name, checkpoints = run_name(params, size, root), root / CHECKPOINTS
     print(f"training {size} (lr {adapted_lr(params, size):.4g}) for {total_steps(params)} steps;"
           f" checkpoints in {checkpoints / name}. To resume after a kill, run the same "
           "command again.")
     trainer = TorchTrainer(
-        _train_loop,
+        train_loop,
         train_loop_config=config,
         scaling_config=ScalingConfig(
             num_workers=params.train.workers, use_gpu=params.train.use_gpu,
@@ -156,24 +169,45 @@ def run_training(params: Params, size: str, out_dir: Path, callbacks: list | Non
 # ----------------------------------------------------------------------------- workers
 
 
-def _train_loop(config: dict[str, Any]) -> None:
-    """One Ray worker: build the trainer, resume, run the library's step until the end."""
+def _ray_session(config: dict[str, Any]):
+    """The Ray module the loop reports through: ``ray.train`` in a TorchTrainer's workers,
+    ``ray.tune`` in a sweep trial that trains on its own (same report/checkpoint calls)."""
+    if config.get("session") == "tune":
+        from ray import tune
+
+        return tune
     import ray.train
 
+    return ray.train
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """One worker: build the trainer, resume, run the library's step until the end.
+
+    Runs in each Ray Train worker, or as the whole of a sweep trial (``session: tune``,
+    one worker). ``config`` comes from :func:`loop_config`.
+    """
     params = parse_params(config["params"], check_paths=False)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device() if params.train.use_gpu else torch.device("cpu")
+    session = _ray_session(config)
+    if config.get("session") == "tune":  # the trial is the only worker; Tune gave it a GPU
+        rank, world = 0, 1
+        device = torch.device("cuda" if params.train.use_gpu else "cpu")
+    else:
+        ctx = session.get_context()
+        rank, world = ctx.get_world_rank(), ctx.get_world_size()
+        from ray.train.torch import get_device
+
+        device = get_device() if params.train.use_gpu else torch.device("cpu")
     if (Path(config["out_dir"]) / DIVERGED).exists():
         return  # Ray restarted the workers after the divergence guard stopped one: stop
     trainer, manifest = _build_trainer(config, params, device)
-    _restore(trainer, config["size"], rank, device)
+    _restore(trainer, config["size"], rank, device, session)
     # Distinct, reproducible noise per worker and per resume point.
     torch.manual_seed(params.study.seed + 7919 * rank + 104729 * trainer.step_count)
     logger = _Rank0Logger(config, params, trainer, manifest) if rank == 0 else None
     debug = config["debug"]
     loader = _batches(config, params, rank, world, trainer.step_count, "record_dir" in debug)
-    done = _run_steps(config, params, trainer, loader, rank, world, logger)
+    done = _run_steps(config, params, trainer, loader, rank, world, logger, session)
     if done is None:  # diverged
         return
     if "record_dir" in debug:
@@ -198,11 +232,9 @@ def _build_trainer(config: dict, params: Params, device: torch.device
     return trainer, manifest
 
 
-def _restore(trainer: GATTrainer, size: str, rank: int, device: torch.device) -> None:
-    """Load Ray Train's latest checkpoint (after a restart or a rerun of the same command)."""
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
+def _restore(trainer: GATTrainer, size: str, rank: int, device: torch.device, session) -> None:
+    """Load Ray's latest checkpoint (after a restart or a rerun of the same command)."""
+    checkpoint = session.get_checkpoint()
     if not checkpoint:
         return
     with checkpoint.as_directory() as ckpt_dir:
@@ -213,7 +245,7 @@ def _restore(trainer: GATTrainer, size: str, rank: int, device: torch.device) ->
 
 
 def _run_steps(config: dict, params: Params, trainer: GATTrainer, loader, rank: int,
-               world: int, logger: _Rank0Logger | None) -> tuple[float, int] | None:
+               world: int, logger: _Rank0Logger | None, session) -> tuple[float, int] | None:
     """Steps from the trainer's step counter to the end; returns (seconds, images) of this
     worker, or None when the divergence guard stopped the run (diverged.json written)."""
     steps, debug = total_steps(params), config["debug"]
@@ -235,7 +267,7 @@ def _run_steps(config: dict, params: Params, trainer: GATTrainer, loader, rank: 
         images += batch["latents"].shape[0]
         metrics.update(step=step, kimg=step * params.train.batch / 1000, step_time_s=dt,
                        images_per_s=batch["latents"].shape[0] / dt)
-        _after_step(params, trainer, metrics, rank, logger, steps)
+        _after_step(params, trainer, metrics, rank, logger, steps, session)
         bar.update()
     bar.close()
     return time.perf_counter() - t_start, images
@@ -250,7 +282,7 @@ def _diverged(out_dir: Path, err: NonFiniteError, step: int, rank: int, world: i
 
     Alone, the worker just returns. With peers, it raises: a peer whose own loss was finite
     waits in the gradient all-reduce for this one, so Ray must tear the group down; a
-    restarted group finds diverged.json and stops at once (see ``_train_loop``), and the
+    restarted group finds diverged.json and stops at once (see ``train_loop``), and the
     driver turns the failure into ``NonFiniteError``.
     """
     print(f"[rank {rank}] {err}", flush=True)
@@ -261,7 +293,7 @@ def _diverged(out_dir: Path, err: NonFiniteError, step: int, rank: int, world: i
 
 
 def _after_step(params: Params, trainer: GATTrainer, metrics: dict, rank: int,
-                logger: _Rank0Logger | None, steps: int) -> None:
+                logger: _Rank0Logger | None, steps: int, session) -> None:
     """FD proxy, logging (rank 0) and the Ray report with a checkpoint when due."""
     step, every = metrics["step"], params.train
     report_now = step % every.log_every == 0 or step == steps
@@ -273,7 +305,7 @@ def _after_step(params: Params, trainer: GATTrainer, metrics: dict, rank: int,
     if logger:
         logger.log(step, metrics, report_now, steps)
     if report_now or save_now:
-        _report(trainer, metrics, rank, save_now)
+        _report(trainer, metrics, rank, save_now, session)
 
 
 def _debug_hooks(debug: dict, trainer: GATTrainer, batch: dict, rank: int, step: int) -> None:
@@ -298,22 +330,20 @@ def _batches(config: dict, params: Params, rank: int, world: int, seed: int,
     return iter(loader)
 
 
-def _report(trainer: GATTrainer, metrics: dict, rank: int, save: bool) -> None:
-    """ray.train.report from every worker; rank 0 attaches the checkpoint when ``save``.
+def _report(trainer: GATTrainer, metrics: dict, rank: int, save: bool, session) -> None:
+    """``report`` from every worker; rank 0 attaches the checkpoint when ``save``.
 
     A checkpoint directory holds state.pt (tensors only: G, D, EMA, both optimizers, w
     averages as G's buffer, step, RNG; loaded with ``weights_only=True``) and step.json.
     """
-    import ray.train
-
     scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
     if not (save and rank == 0):
-        ray.train.report(scalars)
+        session.report(scalars)
         return
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(trainer.state_dict(), Path(tmp) / STATE_FILE)
         (Path(tmp) / "step.json").write_text(json.dumps({"step": trainer.step_count}))
-        ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        session.report(scalars, checkpoint=session.Checkpoint.from_directory(tmp))
 
 
 class _Rank0Logger:

@@ -1,6 +1,7 @@
 """Ray Tune sweep of train.lr_base, and the width-aware transfer check (paper Fig. 5b).
 
-Off unless ``sweep.enabled: true`` (then it trains 2 sweeps and 2 extra runs). Outputs in
+Off unless ``sweep.enabled: true``; ``sweep.transfer: true`` adds the transfer check (a
+sweep at sweep.transfer_size and 2 extra runs). Outputs in
 outputs/sweep/: best.json (the best lr_base, also logged to MLflow), trials.csv and
 lr_vs_fd.png (the sweep at sweep.size), transfer.csv and transfer.png (sweep.transfer_size
 trained with the rule-adapted lr, with lr_base unchanged, and with its own sweep's best).
@@ -94,7 +95,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     with atomic_path(OUT / "trials.csv") as tmp:
         table.to_csv(tmp, index=False)
     plot_sweep(table, label, size, OUT / "lr_vs_fd.png")
-    transfer = transfer_check(params, best) if args.transfer else pd.DataFrame()
+    transfer = transfer_check(params, best) if params.sweep.transfer else pd.DataFrame()
     if not transfer.empty:
         with atomic_path(OUT / "transfer.csv") as tmp:
             transfer.to_csv(tmp, index=False)
@@ -111,11 +112,12 @@ def run(params: Params, args: argparse.Namespace) -> None:
     print(f"best lr_base at {size}: {best:.4g} ({label}); written to {OUT / 'best.json'}")
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--transfer", action="store_true",
-                        help="also run the transfer check (experimental: it can hang, see "
-                             "README)")
+def derived(params: Params, args: argparse.Namespace) -> dict:
+    """The trials' lr_base values in the order Tune runs them, and the widths involved."""
+    sw = params.sweep
+    return {"lr_base_grid": lr_grid(params), "width": model_config(sw.size).width,
+            "transfer_width": model_config(sw.transfer_size).width}
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, run, configure=configure)
+    stage_main(__doc__, run, extra=derived)

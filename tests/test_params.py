@@ -47,6 +47,14 @@ def test_sweep_size_is_checked_too():
     _refused(_raw(sweep={"transfer_size": "GAT-Q/4"}), "sweep.transfer_size", "Allowed:")
 
 
+@pytest.mark.parametrize("key,value,fragment", [
+    ("concurrent_trials", 0, "greater than 0"), ("cpus_per_trial", -1.0, "greater than 0"),
+    ("gpus_per_trial", -1, "0 (CPU) or positive"), ("lr_max", 1e-5, "below sweep.lr_max")])
+def test_sweep_resources_and_range(key, value, fragment):
+    _refused(_raw(sweep={key: value}), f"sweep.{key}" if key != "lr_max" else "sweep.lr_min",
+             fragment)
+
+
 @pytest.mark.parametrize("value", [0, -4e-4, 0.0, ".nan"])
 def test_non_positive_learning_rate(value):
     value = float("nan") if value == ".nan" else value

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from gat.models import model_config
 from pipeline.params import load_params
 from pipeline.sweep import lr_grid
 from tests.helpers import REPO, dvc_env, write_params
@@ -25,19 +25,16 @@ def test_lr_grid_is_log_spaced_centre_first():
     assert lr_grid(params) == pytest.approx([1e-3, 1e-4, 1e-2])
 
 
-@pytest.mark.skipif(os.environ.get("CI") == "true" and not os.environ.get("GAT_RUN_SWEEP"),
-                    reason="issue 6: trials after the first can wait minutes for Ray Train "
-                           "workers on a loaded 2-core machine; run locally or with "
-                           "GAT_RUN_SWEEP=1")
-def test_sweep_three_trials_asha_mlflow(tiny_study, tmp_path):
+def test_sweep_three_trials_asha_mlflow_and_transfer(tiny_study, tmp_path):
     root = tmp_path / "root"
     shutil.copytree(tiny_study / "data", root / "data")
     params = load_params(tiny_study / "params.yaml")
     params = dataclasses.replace(
         params,
         tracking=dataclasses.replace(params.tracking, uri=f"sqlite:///{root / 'mlflow.db'}"),
-        sweep=dataclasses.replace(params.sweep, enabled=True, size="GAT-T1/4", lr_min=1e-4,
-                                  lr_max=1e-1, num_trials=3, iterations=24, grace_period=4))
+        sweep=dataclasses.replace(params.sweep, enabled=True, transfer=True, size="GAT-T1/4",
+                                  lr_min=1e-4, lr_max=1e-1, num_trials=3, iterations=24,
+                                  grace_period=4))
     write_params(params, root / "params.yaml")
     env = {**dvc_env(), "GAT_ROOT": str(root), "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-m", "stages.sweep"], cwd=REPO,
@@ -52,11 +49,35 @@ def test_sweep_three_trials_asha_mlflow(tiny_study, tmp_path):
     assert (root / "outputs" / "sweep" / "lr_vs_fd.png").stat().st_size > 1000
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     exp = client.get_experiment_by_name(params.tracking.experiment)
-    runs = client.search_runs([exp.experiment_id], "tags.`gat.role` = 'trial'")
-    assert len(runs) == 3
+    runs = client.search_runs([exp.experiment_id], "tags.`gat.role` = 'trial' and "
+                              "tags.`gat.size` = 'GAT-T1/4'")
+    assert len(runs) == 3  # the transfer check's trials carry the transfer size
     assert sorted(float(r.data.params["lr_base"]) for r in runs) == pytest.approx(
         sorted(trials["lr_base"]))
     assert all("fd" in r.data.metrics for r in runs)
-    sweep_run = client.search_runs([exp.experiment_id], "tags.`gat.role` = 'sweep'")[0]
+    sweep_run = client.search_runs([exp.experiment_id], "tags.`gat.role` = 'sweep' and "
+                                   "tags.`gat.size` = 'GAT-T1/4'")[0]
     assert all(r.data.tags["mlflow.parentRunId"] == sweep_run.info.run_id for r in runs)
     assert sweep_run.data.metrics["best_lr_base"] == pytest.approx(best["best_lr_base"])
+    transfer_runs = client.search_runs([exp.experiment_id], "tags.`gat.role` = 'trial' and "
+                                       f"tags.`gat.size` = '{params.sweep.transfer_size}'")
+    assert len(transfer_runs) == 3 + 2  # its own sweep; best lr_base with and without the rule
+
+    # Fig. 5b: the transfer size trained with the rule, with lr_base unchanged, and with its
+    # own sweep's best; the rule and unchanged lrs differ by exactly C_base / C_model.
+    transfer = pd.read_csv(root / "outputs" / "sweep" / "transfer.csv").set_index("how")
+    assert list(transfer.index) == ["width-aware rule", "base lr unchanged", "own sweep's best"]
+    width = model_config(params.sweep.transfer_size).width
+    assert transfer.loc["width-aware rule", "lr"] == pytest.approx(
+        best["best_lr_base"] * params.train.c_base / width)
+    assert transfer.loc["base lr unchanged", "lr"] == pytest.approx(best["best_lr_base"])
+    assert transfer["fd"].notna().all(), transfer
+    assert (root / "outputs" / "sweep" / "transfer.png").stat().st_size > 1000
+
+    # The same command again restores the finished Tune experiments: no trial reruns.
+    again = subprocess.run([sys.executable, "-m", "stages.sweep"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "restoring the Tune experiment" in again.stdout
+    assert json.loads((root / "outputs" / "sweep" / "best.json").read_text()) == best
+    assert len(client.search_runs([exp.experiment_id], "tags.`gat.role` = 'trial'")) == 8

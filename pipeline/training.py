@@ -113,9 +113,8 @@ def loop_config(params: Params, size: str, out_dir: Path, track: bool = True,
     }
 
 
-def run_training(params: Params, size: str, out_dir: Path, callbacks: list | None = None,
-                 track: bool = True, debug: dict[str, Any] | None = None,
-                 root: Path = REPO_ROOT) -> dict[str, Any]:
+def run_training(params: Params, size: str, out_dir: Path, track: bool = True,
+                 debug: dict[str, Any] | None = None, root: Path = REPO_ROOT) -> dict[str, Any]:
     """Train ``size`` with a Ray TorchTrainer; write generator/, metrics.json, log.csv.
 
     Returns the final metrics. Raises ``NonFiniteError`` if training diverged (the last
@@ -150,7 +149,7 @@ def run_training(params: Params, size: str, out_dir: Path, callbacks: list | Non
             num_workers=params.train.workers, use_gpu=params.train.use_gpu,
             resources_per_worker={"CPU": params.train.cpus_per_worker}),
         run_config=RunConfig(
-            name=name, storage_path=str(checkpoints), callbacks=callbacks or [],
+            name=name, storage_path=str(checkpoints),
             failure_config=FailureConfig(max_failures=params.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS)),
     )

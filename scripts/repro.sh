@@ -4,5 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export DVC_NO_ANALYTICS=1 RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled
-[ -d .dvc ] || .venv/bin/dvc init -q
-.venv/bin/dvc repro "$@"
+# dvc.yaml runs every stage as `python -m stages.NAME`: that python must be the venv's.
+# shellcheck disable=SC1091
+source .venv/bin/activate
+[ -d .dvc ] || dvc init -q
+dvc repro "$@"

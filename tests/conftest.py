@@ -34,9 +34,17 @@ def mlflow_uri(tmp_path) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory):
-    """A copy of the repo where `dvc repro` of profiles/tiny.yaml has run (once a session)."""
+    """A copy of the repo where the README's first command, ``bash scripts/repro.sh``, ran
+    the tiny profile (once a session).
+
+    The copy's ``.venv`` links to the venv running the tests (set up by scripts/setup.sh, so
+    the script's setup step finds it complete), and the venv is not on PATH: the script
+    itself must make ``python`` in dvc.yaml's commands the venv's.
+    """
     import shutil
     import subprocess
+    import sys
+    from pathlib import Path
 
     from tests.helpers import FASHION, copy_repo, dvc_env
 
@@ -45,7 +53,14 @@ def tiny_study(tmp_path_factory):
     work = tmp_path_factory.mktemp("study")
     copy_repo(work)
     shutil.copy(work / "profiles" / "tiny.yaml", work / "params.yaml")
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q", "-f"], ["dvc", "repro"]):
-        result = subprocess.run(cmd, cwd=work, env=dvc_env(), capture_output=True, text=True)
+    env, venv = dvc_env(), Path(sys.executable).parent
+    if (venv.parent / ".requirements.installed").exists():  # a venv made by setup.sh
+        (work / ".venv").symlink_to(venv.parent)
+        env["PATH"] = ":".join(d for d in env["PATH"].split(":") if Path(d) != venv)
+        commands = [["git", "init", "-q"], ["bash", "scripts/repro.sh"]]
+    else:
+        commands = [["git", "init", "-q"], ["dvc", "init", "-q", "-f"], ["dvc", "repro"]]
+    for cmd in commands:
+        result = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
         assert result.returncode == 0, f"{cmd}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
     return work

@@ -2,6 +2,7 @@
 # Screenshot of the MLflow UI comparing the sizes of the study (for the README).
 # Needs Debian's chromium (apt-get install chromium). Usage:
 #   bash scripts/mlflow_screenshot.sh [OUT.png] [PAGE]   PAGE defaults to the experiment's run table
+#   GAT_SHOT_SIZE=W,H sets the window (a tall one shows the compare page's metrics table)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-docs/img/mlflow_sizes.png}
@@ -23,6 +24,6 @@ page=${2:-"#/experiments/$exp_id"}
 mkdir -p "$(dirname "$out")"
 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
   --disable-background-networking --disable-component-update --disable-sync \
-  --user-data-dir="$(mktemp -d)" --window-size=1600,1000 --virtual-time-budget=15000 \
+  --user-data-dir="$(mktemp -d)" --window-size=${GAT_SHOT_SIZE:-1600,1000} --virtual-time-budget=15000 \
   --screenshot="$out" "http://127.0.0.1:$port/$page" 2>/dev/null
 echo "wrote $out"

@@ -96,11 +96,13 @@ def test_sigkill_then_same_command_resumes(root, tmp_path, mlflow_uri):
     cmd = [sys.executable, "-m", "stages.train", "GAT-T2/4"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    ckpts = root / "outputs" / "checkpoints"
+    # Wait until Ray has registered a checkpoint (its manager's snapshot names it): a
+    # checkpoint_* folder alone may still be in flight, and a kill then rightly restarts.
+    registered = "outputs/checkpoints/GAT-T2_4-*/checkpoint_manager_snapshot.json"
     deadline = time.time() + 180
-    while time.time() < deadline and not list(ckpts.glob("GAT-T2_4-*/checkpoint_*")):
+    while time.time() < deadline and not list(root.glob(registered)):
         time.sleep(0.5)
-    assert list(ckpts.glob("GAT-T2_4-*/checkpoint_*")), "no checkpoint within 180 s"
+    assert list(root.glob(registered)), "no registered checkpoint within 180 s"
     # SIGKILL the stage and everything it started (Ray's GCS, raylet and train workers).
     family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
     for pid in family:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -25,18 +29,24 @@ def test_lr_grid_is_log_spaced_centre_first():
     assert lr_grid(params) == pytest.approx([1e-3, 1e-4, 1e-2])
 
 
-def test_sweep_three_trials_asha_mlflow_and_transfer(tiny_study, tmp_path):
-    root = tmp_path / "root"
+def _sweep_root(tiny_study: Path, root: Path, transfer: bool):
+    """A root with the tiny study's data and a params.yaml for a 3-trial sweep at T1/4."""
     shutil.copytree(tiny_study / "data", root / "data")
     params = load_params(tiny_study / "params.yaml")
     params = dataclasses.replace(
         params,
         tracking=dataclasses.replace(params.tracking, uri=f"sqlite:///{root / 'mlflow.db'}"),
-        sweep=dataclasses.replace(params.sweep, enabled=True, transfer=True, size="GAT-T1/4",
-                                  lr_min=1e-4, lr_max=1e-1, num_trials=3, iterations=24,
-                                  grace_period=4))
+        sweep=dataclasses.replace(params.sweep, enabled=True, transfer=transfer,
+                                  size="GAT-T1/4", lr_min=1e-4, lr_max=1e-1, num_trials=3,
+                                  iterations=24, grace_period=4))
     write_params(params, root / "params.yaml")
     env = {**dvc_env(), "GAT_ROOT": str(root), "PYTHONPATH": str(REPO)}
+    return params, env
+
+
+def test_sweep_three_trials_asha_mlflow_and_transfer(tiny_study, tmp_path):
+    root = tmp_path / "root"
+    params, env = _sweep_root(tiny_study, root, transfer=True)
     done = subprocess.run([sys.executable, "-m", "stages.sweep"], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -81,3 +91,33 @@ def test_sweep_three_trials_asha_mlflow_and_transfer(tiny_study, tmp_path):
     assert "restoring the Tune experiment" in again.stdout
     assert json.loads((root / "outputs" / "sweep" / "best.json").read_text()) == best
     assert len(client.search_runs([exp.experiment_id], "tags.`gat.role` = 'trial'")) == 8
+
+
+def test_sweep_killed_then_same_command_restores(tiny_study, tmp_path):
+    """SIGKILL the sweep while its second trial trains; the same command restores the Tune
+    experiment and every trial ends (in MLflow and trials.csv)."""
+    root = tmp_path / "root"
+    params, env = _sweep_root(tiny_study, root, transfer=False)
+    cmd = [sys.executable, "-m", "stages.sweep"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    trials_dir = root / "outputs" / "sweep" / "base" / "trials"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(trials_dir.glob("*/log.csv"))) < 2:
+        time.sleep(0.5)
+    assert len(list(trials_dir.glob("*/log.csv"))) >= 2, "the second trial never started"
+    os.killpg(proc.pid, signal.SIGKILL)  # the stage, Ray's processes and the trial actors
+    proc.wait()
+    assert not (root / "outputs" / "sweep" / "best.json").exists()
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "restoring the Tune experiment" in again.stdout
+    trials = pd.read_csv(root / "outputs" / "sweep" / "trials.csv")
+    assert len(trials) == 3 and (trials["error"].isna() | (trials["error"] == "")).all()
+    best = json.loads((root / "outputs" / "sweep" / "best.json").read_text())
+    assert best["best_lr_base"] in set(trials["lr_base"])
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(params.tracking.experiment)
+    finished = {float(r.data.params["lr_base"]) for r in client.search_runs(
+        [exp.experiment_id], "tags.`gat.role` = 'trial' and attributes.status = 'FINISHED'")}
+    assert finished == set(trials["lr_base"])

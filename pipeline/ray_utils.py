@@ -10,8 +10,8 @@ import ray
 def init_ray(num_cpus: int | None = None) -> None:
     """Join ``$RAY_ADDRESS`` if set (a cluster), else start a local Ray bound to 127.0.0.1.
 
-    The dashboard is kept on (loopback only): without it Ray Train's controller does not
-    clean up placement groups of trials that ASHA stops, and the next trial hangs.
+    The dashboard (web view and state API, for watching a local run) is bound to loopback
+    only.
     """
     if ray.is_initialized():
         return

@@ -141,12 +141,11 @@ def run_sweep(params: Params, size: str, out_dir: Path, lrs: list[float] | None 
 def experiment_name(params: Params, size: str, lrs: list[float],
                     c_bases: list[int] | None) -> str:
     """``lr_sweep-<hash>`` over what shapes the trials: a rerun of the same sweep restores
-    it, while changed params or model code start a new experiment beside it."""
-    from pipeline.training import code_digest
+    it, while changed params, shards or model code start a new experiment beside it."""
+    from pipeline.training import run_name  # hashes train params, seed, size, shards, gat/
 
-    key = json.dumps({"train": params.to_dict()["train"], "sweep": params.to_dict()["sweep"],
-                      "seed": params.study.seed, "size": size, "lrs": lrs, "c_bases": c_bases,
-                      "code": code_digest()}, sort_keys=True)
+    key = json.dumps({"run": run_name(params, size), "sweep": params.to_dict()["sweep"],
+                      "lrs": lrs, "c_bases": c_bases}, sort_keys=True)
     return f"lr_sweep-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 

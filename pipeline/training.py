@@ -168,16 +168,22 @@ def run_training(params: Params, size: str, out_dir: Path, track: bool = True,
 # ----------------------------------------------------------------------------- workers
 
 
-def _ray_session(config: dict[str, Any]):
-    """The Ray module the loop reports through: ``ray.train`` in a TorchTrainer's workers,
-    ``ray.tune`` in a sweep trial that trains on its own (same report/checkpoint calls)."""
+def _worker_context(config: dict[str, Any], use_gpu: bool):
+    """(Ray module the loop reports through, rank, world size, device) of this worker.
+
+    ``ray.train`` in a TorchTrainer's workers; ``ray.tune`` in a sweep trial that trains on
+    its own as the only worker (same report/checkpoint calls; Tune gave it its GPU).
+    """
     if config.get("session") == "tune":
         from ray import tune
 
-        return tune
+        return tune, 0, 1, torch.device("cuda" if use_gpu else "cpu")
     import ray.train
+    from ray.train.torch import get_device
 
-    return ray.train
+    ctx = ray.train.get_context()
+    device = get_device() if use_gpu else torch.device("cpu")
+    return ray.train, ctx.get_world_rank(), ctx.get_world_size(), device
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -187,16 +193,7 @@ def train_loop(config: dict[str, Any]) -> None:
     one worker). ``config`` comes from :func:`loop_config`.
     """
     params = parse_params(config["params"], check_paths=False)
-    session = _ray_session(config)
-    if config.get("session") == "tune":  # the trial is the only worker; Tune gave it a GPU
-        rank, world = 0, 1
-        device = torch.device("cuda" if params.train.use_gpu else "cpu")
-    else:
-        ctx = session.get_context()
-        rank, world = ctx.get_world_rank(), ctx.get_world_size()
-        from ray.train.torch import get_device
-
-        device = get_device() if params.train.use_gpu else torch.device("cpu")
+    session, rank, world, device = _worker_context(config, params.train.use_gpu)
     if (Path(config["out_dir"]) / DIVERGED).exists():
         return  # Ray restarted the workers after the divergence guard stopped one: stop
     trainer, manifest = _build_trainer(config, params, device)

@@ -7,8 +7,8 @@ DiffAugment, REPA, EMA) as one Ray worker of the train stage runs it.
 
 Batches sit in memory (no loader), latents [B, 4, 16, 16] (the embedded default), teacher
 tokens [B, 17, 96] (the embedded stand-in's shape); batch per worker defaults to
-train.batch / train.workers and lr to the width-aware rule, both from params.yaml. Torch
-uses ``--threads`` CPU threads (default train.cpus_per_worker, what Ray gives a worker).
+train.batch / runtime.workers and lr to the width-aware rule, both from params.yaml. Torch
+uses ``--threads`` CPU threads (default runtime.cpus_per_worker, what Ray gives a worker).
 Prints a table: G/D parameters, G MFLOPs per sample (DiT convention), median ms per step, images/s,
 and on CUDA (bf16 autocast from the library) the peak memory.
 """
@@ -24,17 +24,18 @@ import torch
 from gat.flops import generator_gflops
 from gat.models import count_params
 from gat.train import GATTrainer
-from pipeline.params import load_params
-from pipeline.training import train_config
+from pipeline.config import load_params
 
 DEFAULT_MODELS = ["GAT-T1/2", "GAT-T2/2", "GAT-T3/2", "GAT-T4/2"]
 
 
 def bench(name: str, batch: int, latent: tuple[int, int], tokens: tuple[int, int],
-          classes: int, cfg, device: torch.device, warmup: int, iters: int) -> dict:
+          classes: int, cfg, grad_accum: int, device: torch.device, warmup: int,
+          iters: int) -> dict:
     """Median time of ``GATTrainer.step`` on a fixed batch of ``batch`` latents [C, H, H]."""
     channels, size = latent
-    trainer = GATTrainer(name, channels, size, classes, tokens[1], cfg, device)
+    trainer = GATTrainer(name, channels, size, classes, tokens[1], cfg, device,
+                         grad_accum=grad_accum)
     x = torch.randn(batch, channels, size, size)
     c = torch.randint(0, classes, (batch,))
     t = torch.randn(batch, *tokens)
@@ -82,15 +83,15 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="also print the rows as JSON")
     args = parser.parse_args()
     params = load_params(args.params, check_paths=False)
-    torch.set_num_threads(args.threads or max(1, round(params.train.cpus_per_worker)))
-    batch = args.batch or params.train.batch // params.train.workers
+    rt = params.runtime
+    torch.set_num_threads(args.threads or max(1, round(rt.cpus_per_worker)))
+    batch = args.batch or params.train.batch // rt.workers
     latent = tuple(int(v) for v in args.latent.split(","))
     tokens = tuple(int(v) for v in args.tokens.split(","))
-    cfg = train_config(params, use_teacher=True)
     print(f"device {args.device}, {torch.get_num_threads()} thread(s), batch {batch} per "
-          f"worker, latents {latent[0]}x{latent[1]}x{latent[1]}, grad_accum {cfg.grad_accum}")
-    rows = [bench(m, batch, latent, tokens, args.classes, cfg, torch.device(args.device),
-                  args.warmup, args.iters) for m in args.models]
+          f"worker, latents {latent[0]}x{latent[1]}x{latent[1]}, grad_accum {rt.grad_accum}")
+    rows = [bench(m, batch, latent, tokens, args.classes, params.train, rt.grad_accum,
+                  torch.device(args.device), args.warmup, args.iters) for m in args.models]
     print_table(rows)
     if args.json:
         print(json.dumps(rows, indent=1))

@@ -1,4 +1,4 @@
-"""FLOPs of one generator forward, counted by torch's own FlopCounterMode."""
+"""FLOPs of one generator forward, counted by torch's own FlopCounterMode; model facts."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from gat.models import Z_DIM, Generator
+from gat.models import Z_DIM, Generator, build_models, count_params
 
 
 def generator_gflops(gen: Generator) -> float:
@@ -23,3 +23,13 @@ def generator_gflops(gen: Generator) -> float:
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
         gen(z, c)
     return counter.get_total_flops() / 2 / 1e9
+
+
+def model_facts(name: str, channels: int = 4, size: int = 32, num_classes: int = 1000,
+                teacher_dim: int = 768) -> dict[str, float | int]:
+    """G and D parameter counts and G's forward GFLOPs (one sample, DiT convention) of model
+    ``name`` for latents [channels, size, size]; built on the meta device (no memory)."""
+    with torch.device("meta"):
+        gen, disc = build_models(name, channels, size, num_classes, teacher_dim)
+    return {"g_params": count_params(gen), "d_params": count_params(disc),
+            "g_gflops": generator_gflops(gen)}

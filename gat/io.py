@@ -1,4 +1,8 @@
-"""Generator artifacts: ``generator.safetensors`` + ``config.json`` in one directory."""
+"""Generator artifacts: ``generator.pt`` + ``config.json`` in one directory.
+
+The weights are a plain tensor dict saved by ``torch.save`` and read back with
+``weights_only=True`` (no pickled code runs), so the library needs nothing but torch.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from gat.models import Generator, model_config
 
-WEIGHTS, CONFIG = "generator.safetensors", "config.json"
+WEIGHTS, CONFIG = "generator.pt", "config.json"
 
 
 def save_generator(directory: str | os.PathLike, gen: Generator, meta: dict[str, Any]) -> None:
@@ -24,7 +27,7 @@ def save_generator(directory: str | os.PathLike, gen: Generator, meta: dict[str,
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in gen.state_dict().items()}
-    save_file(state, directory / WEIGHTS)
+    torch.save(state, directory / WEIGHTS)
     config = {**meta, "channels": gen.channels, "size": gen.size, "num_classes": gen.num_classes}
     (directory / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
@@ -38,10 +41,11 @@ def load_generator(
         if not (directory / name).exists():
             raise FileNotFoundError(
                 f"{directory / name} is missing: expected a directory written by "
-                "gat.io.save_generator (generator.safetensors + config.json)"
+                "gat.io.save_generator (generator.pt + config.json)"
             )
     meta = json.loads((directory / CONFIG).read_text())
     cfg = model_config(meta["name"])  # a clear error for an unknown size
     gen = Generator(cfg, meta["channels"], meta["size"], meta["num_classes"]).to(device)
-    gen.load_state_dict(load_file(directory / WEIGHTS, device=str(device)))
+    gen.load_state_dict(torch.load(directory / WEIGHTS, map_location=device,
+                                   weights_only=True))
     return gen.eval(), meta

@@ -6,25 +6,17 @@ Two uses:
 - evaluation: :func:`balanced_batches` streams N samples whose classes are balanced
   (counts differ by at most one), from one seeded random stream.
 
-Decoding latents to pixels needs the tokenizer the latents came from: a diffusers
-AutoencoderKL directory (imported lazily, so the model library itself needs only torch).
-Nothing here imports ``pipeline``.
+Latents only: decoding them to pixels needs the tokenizer the latents came from, which
+lives a floor up (:mod:`pipeline.pretrained.tokenizer`), so the library needs only torch.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import torch
 
 from gat.models import Z_DIM, Generator
-
-SCALE_FILE = "gat_scale_factor.json"  # written beside a tokenizer trained by the pipeline
-
 
 # ----------------------------------------------------------------------------- arguments
 
@@ -115,83 +107,3 @@ def balanced_batches(
         c = labels[start : start + batch]
         z = torch.randn(len(c), Z_DIM, generator=rng)
         yield gen.sample(z.to(device), c.to(device), psi=psi, guidance=guidance).float(), c
-
-
-# ----------------------------------------------------------------------------- decoding
-
-
-def load_decoder(path: str | os.PathLike, device: str | torch.device = "cpu") -> Any:
-    """A diffusers AutoencoderKL from a directory written by ``save_pretrained``."""
-    from diffusers import AutoencoderKL
-
-    if not (Path(path) / "config.json").exists():
-        raise FileNotFoundError(f"--decoder {path}: no config.json there; give the tokenizer "
-                                "directory (AutoencoderKL.save_pretrained), e.g. data/tokenizer")
-    return AutoencoderKL.from_pretrained(str(path)).to(device).eval().requires_grad_(False)
-
-
-def decoder_scale_factor(path: str | os.PathLike, vae: Any) -> float:
-    """The latent scale: measured by the pipeline (SCALE_FILE) if there, else the config's."""
-    measured = Path(path) / SCALE_FILE
-    if measured.exists():
-        return float(json.loads(measured.read_text())["scale_factor"])
-    return float(vae.config.scaling_factor)
-
-
-@torch.no_grad()
-def decode(latents: torch.Tensor, vae: Any, scale_factor: float, batch: int = 64
-           ) -> torch.Tensor:
-    """Scaled latents [N, C, h, w] -> uint8 images [N, 3, H, W] on the CPU."""
-    param = next(vae.parameters())
-    images = []
-    for i in range(0, len(latents), batch):
-        z = latents[i : i + batch].to(param.device, param.dtype) / scale_factor
-        x = vae.decode(z).sample.float().clamp(-1, 1)
-        images.append(((x + 1) * 127.5).round().to(torch.uint8).cpu())
-    return torch.cat(images)
-
-
-# ----------------------------------------------------------------------------- files
-
-
-def check_out(out: str | os.PathLike) -> Path:
-    """``out`` as a Path: a grid file ending in .png, or a folder (no suffix)."""
-    out = Path(out)
-    if out.suffix and out.suffix.lower() != ".png":
-        raise ValueError(f"--out {out}: a grid must end in .png; a folder has no suffix")
-    return out
-
-
-def save_images(images: torch.Tensor, out: str | os.PathLike, pairs: list[tuple[int, int]],
-                nrow: int) -> list[Path]:
-    """uint8 [N, 3, H, W] -> a grid PNG when ``out`` ends in .png (``nrow`` per row), else
-    one PNG per sample, ``class{c:04d}_seed{s:06d}.png``, in the folder ``out``."""
-    from torchvision.utils import save_image
-
-    out = check_out(out)
-    if out.suffix.lower() == ".png":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        save_image(images.float() / 255, out, nrow=nrow, padding=1)
-        return [out]
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for image, (c, s) in zip(images, pairs):
-        path = out / f"class{c:04d}_seed{s:06d}.png"
-        save_image(image.float() / 255, path)
-        paths.append(path)
-    return paths
-
-
-def resolve_generator(ref: str, tracking_uri: str | None = None) -> Path:
-    """A generator directory, or an MLflow reference: ``runs:/RUN_ID`` (its ``generator``
-    artifact folder), ``runs:/RUN_ID/PATH`` or any artifact URI MLflow can download.
-
-    ``tracking_uri``: the MLflow store holding the run (default: $MLFLOW_TRACKING_URI).
-    """
-    if ref.startswith("runs:/") and ref.rstrip("/").count("/") == 1:
-        ref = ref.rstrip("/") + "/generator"  # where the training stage logs it
-    if "://" not in ref and not ref.startswith("runs:/"):
-        return Path(ref)
-    import mlflow  # only for MLflow references
-
-    return Path(mlflow.artifacts.download_artifacts(ref, tracking_uri=tracking_uri))

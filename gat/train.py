@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -25,23 +26,32 @@ from gat.losses import (
     resize_token_grid,
 )
 from gat.mng import mng_alphas, nested_noise, perturb_levels
-from gat.models import MNG_LEVELS, Z_DIM, build_models
+from gat.models import MNG_LEVELS, Z_DIM, build_models, model_config
 from gat.optim import EMA, build_optimizers, width_aware_lr
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    lr_base: float = 4e-4
+    """The method's training hyperparameters, with the paper's values as defaults.
+
+    The one definition: the pipeline's ``train`` params section extends this class.
+    """
+
+    lr_base: float = 4e-4  # tuned at GAT-S; the width-aware rule scales it (model_lr)
     c_base: int = 384  # width at which lr_base was tuned (GAT-S)
-    mng: str = "exp"
+    mng: Literal["none", "lin", "exp", "msg"] = "exp"
     ema_decay: float = 0.999
-    agp_weight: float = 0.1
+    agp_weight: float = 0.1  # lambda_aGP, for R1 and R2 alike
     agp_sigma: float = 0.01
     repa_weight: float = 1.0
-    augment: bool = True
-    grad_checkpointing: bool = False
-    grad_accum: int = 1
-    w_avg_beta: float = 0.995
+    augment: bool = True  # DiffAugment on D's inputs
+    w_avg_beta: float = 0.995  # per-class running mean of w (truncation centre)
+
+
+def model_lr(cfg: TrainConfig, name: str) -> float:
+    """The learning rate of model ``name`` (G and D alike): the width-aware rule applied to
+    ``cfg.lr_base`` tuned at width ``cfg.c_base``. Everything that needs an lr calls this."""
+    return width_aware_lr(cfg.lr_base, cfg.c_base, model_config(name).width)
 
 
 class NonFiniteError(RuntimeError):
@@ -95,21 +105,25 @@ class GATTrainer:
     Args:
         name: model size, e.g. ``GAT-S/2``. channels/size: latent shape [channels, size, size].
         num_classes: classes of the conditioning. teacher_dim: width of the REPA teacher.
+        grad_accum: micro-batches per step (same result, less memory).
+        grad_checkpointing: recompute activations in backward (same result, less memory).
     """
 
     def __init__(
         self, name: str, channels: int, size: int, num_classes: int, teacher_dim: int,
         cfg: TrainConfig = TrainConfig(), device: str | torch.device = "cpu", seed: int = 0,
+        grad_accum: int = 1, grad_checkpointing: bool = False,
     ):
         self.cfg, self.name, self.device = cfg, name, torch.device(device)
+        self.grad_accum = grad_accum
         torch.manual_seed(seed)  # identical initialisation on every worker
         self.G, self.D = build_models(name, channels, size, num_classes, teacher_dim)
         self.G.to(self.device).train()
         self.D.to(self.device).train()
-        self.G.grad_checkpointing = self.D.grad_checkpointing = cfg.grad_checkpointing
+        self.G.grad_checkpointing = self.D.grad_checkpointing = grad_checkpointing
         broadcast_module(self.G)
         broadcast_module(self.D)
-        self.lr = width_aware_lr(cfg.lr_base, cfg.c_base, self.G.cfg.width)
+        self.lr = model_lr(cfg, name)
         self.opt_g, self.opt_d = build_optimizers(self.G, self.D, self.lr)
         self.ema = EMA(self.G, cfg.ema_decay)
         self.alphas = mng_alphas(cfg.mng, MNG_LEVELS)
@@ -170,7 +184,7 @@ class GATTrainer:
         latents, labels = latents.to(self.device), labels.to(self.device)
         if teacher is not None:
             teacher = resize_token_grid(teacher.to(self.device), self.D.grid)
-        accum = self.cfg.grad_accum
+        accum = self.grad_accum
         parts = list(zip(latents.chunk(accum), labels.chunk(accum),
                          teacher.chunk(accum) if teacher is not None else [None] * accum))
         metrics = self._d_step(parts)

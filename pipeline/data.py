@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.params import DataParams, Params
+from pipeline.config import DataParams, Params
 
 FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -77,6 +77,13 @@ class Dataset:
             arrays = list(pool.map(lambda f: load_image(f, self.resolution), files))
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
+    def load_flipped(self, indices: np.ndarray, flipped: np.ndarray) -> torch.Tensor:
+        """uint8 [B, 3, R, R] of samples ``indices``, mirrored where ``flipped`` [B] (the
+        shards' sample plan: :func:`pipeline.shards.sample_plan`)."""
+        images = self.load(indices)
+        flip = torch.from_numpy(np.asarray(flipped, dtype=bool)).view(-1, 1, 1, 1)
+        return torch.where(flip, images.flip(-1), images)
+
     def batches(self, batch: int, indices: np.ndarray | None = None
                 ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """Yield (indices [B], images [B, 3, R, R] uint8) over ``indices`` (default: all)."""
@@ -98,8 +105,9 @@ def open_split(params: DataParams, split: str) -> Dataset:
     """The ``train`` or ``eval`` split of the configured source, limited by train/eval_limit."""
     if split not in ("train", "eval"):
         raise ValueError(f"split {split!r}: expected 'train' or 'eval'")
-    if params.source == "fashion-mnist":
-        ds = _fashion_mnist(Path(params.path), split, params.resolution)
+    if params.source == "fashion-mnist":  # eval_path: the test files' folder if not path's
+        folder = params.path if split == "train" else (params.eval_path or params.path)
+        ds = _fashion_mnist(Path(folder), split, params.resolution)
     else:
         if split == "eval" and not params.eval_path:
             raise DataError("data.eval_path: empty; set it to the evaluation split's folder "

@@ -17,8 +17,9 @@ reference split nor the generated samples ever sit in memory as images.
 from __future__ import annotations
 
 import functools
+import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,26 +32,42 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_featur
 from torch_fidelity.utils import create_feature_extractor
 from tqdm import tqdm
 
-from gat.sample import balanced_batches, balanced_labels
 from pipeline.files import atomic_path
-from pipeline.params import REPO_ROOT, Params
+from pipeline.layout import LAYOUT, Layout
 
 CLASSIFIER_EXTRACTOR = "gat-classifier"
 INCEPTION_EXTRACTOR = "inception-v3-compat"
 INCEPTION_WEIGHTS_ENV = "GAT_INCEPTION_WEIGHTS"
-REFERENCE = REPO_ROOT / "data" / "reference" / "stats.npz"
+REFERENCE_FILE = "stats.npz"  # in data/reference, beside info.json
 PRC_MAX = 10_000  # features per side for precision/recall: its k-NN search is O(N^2)
 
 
-def metric_name(source: str | Params) -> str:
-    """What the number is: "FID" with Inception, else "FD-classifier" (a stand-in)."""
-    if isinstance(source, Params):
-        source = source.evaluator.source
-    return "FID" if source == "inception" else "FD-classifier"
+SOURCES = {CLASSIFIER_EXTRACTOR: "train", INCEPTION_EXTRACTOR: "inception"}
+
+
+def metric_name(source: str, samples: int = 0) -> str:
+    """What the number is: "FID" with Inception, else "FD-classifier" (a stand-in, never
+    FID). With ``samples``, the count as papers write it: "FID-5K", "FD-classifier-1K"."""
+    name = "FID" if source == "inception" else "FD-classifier"
+    if samples:
+        name += f"-{samples // 1000}K" if samples % 1000 == 0 else f"-{samples}"
+    return name
+
+
+def proxy_name(samples: int, layout: Layout = LAYOUT) -> str:
+    """The training-time proxy's name: the reference's metric at ``samples`` samples."""
+    info = json.loads((layout.reference / "info.json").read_text())
+    return metric_name(SOURCES[info["extractor"]], samples)
+
+
+def describe(source: str) -> str:
+    """The metric with what it is, for print-outs and dry runs."""
+    return ("FID (Inception-v3, comparable with papers)" if source == "inception"
+            else "FD-classifier (the offline stand-in's features: not FID)")
 
 
 class ClassifierFeatures(FeatureExtractorBase):
-    """torch-fidelity adapter for :class:`pipeline.pretrained.Classifier`.
+    """torch-fidelity adapter for :class:`pipeline.Classifier`.
 
     ``feature_extractor_weights_path``: a classifier directory (save_classifier), or None
     for the pipeline's trained one (data/classifier). Input: uint8 [B, 3, H, W] at the
@@ -61,7 +78,7 @@ class ClassifierFeatures(FeatureExtractorBase):
     def __init__(self, name: str, features_list: list[str],
                  feature_extractor_weights_path: str | None = None, **kwargs):
         super().__init__(name, features_list)
-        from pipeline.pretrained import load_classifier
+        from pipeline.pretrained.classifier import load_classifier
 
         self.model = load_classifier(feature_extractor_weights_path or "train")
 
@@ -173,16 +190,21 @@ def reference_statistics(ev: Evaluator, batches: Iterable[torch.Tensor],
             "extractor": np.array(ev.name)}
 
 
-def save_reference(stats: dict[str, np.ndarray], path: str | os.PathLike = REFERENCE) -> None:
+def reference_path(layout: Layout = LAYOUT) -> Path:
+    return layout.reference / REFERENCE_FILE
+
+
+def save_reference(stats: dict[str, np.ndarray], path: str | os.PathLike) -> None:
     """Write reference statistics as one .npz, atomically."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **stats)
 
 
-def load_reference(path: str | os.PathLike = REFERENCE, metric: str | None = None
+def load_reference(path: str | os.PathLike | None = None, metric: str | None = None
                    ) -> dict[str, np.ndarray]:
-    """Reference statistics; with ``metric``, refuse ones made by another extractor."""
-    path = Path(path)
+    """Reference statistics (default: data/reference/stats.npz); with ``metric``, refuse
+    ones made by another extractor."""
+    path = Path(path or reference_path())
     if not path.exists():
         raise FileNotFoundError(f"{path}: missing; run the `reference` stage "
                                 "(dvc repro reference)")
@@ -220,48 +242,3 @@ def precision_recall(features: torch.Tensor, reference: dict[str, np.ndarray], s
 def class_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Share of samples [N] whose logits [N, K] pick their conditioning class."""
     return (logits.argmax(1) == labels.to(logits.device)).float().mean().item()
-
-
-# ----------------------------------------------------------------------------- generators
-
-
-def sample_images(gen, tokenizer, num: int, batch: int = 250, psi: float = 1.0,
-                  seed: int = 0) -> Iterator[torch.Tensor]:
-    """uint8 image batches [B, 3, H, W] of ``num`` samples, classes balanced (labels:
-    :func:`gat.sample.balanced_labels`), decoded by ``tokenizer`` (pipeline Tokenizer)."""
-    for latents, _ in balanced_batches(gen, num, batch, psi=psi, seed=seed):
-        yield tokenizer.decode(latents)
-
-
-def generated_features(ev: Evaluator, gen, tokenizer, num: int, batch: int = 250,
-                       psi: float = 1.0, seed: int = 0, desc: str = "samples"
-                       ) -> dict[str, torch.Tensor]:
-    """:func:`extract` over ``num`` balanced samples of ``gen`` (in eval mode meanwhile)."""
-    was_training = gen.training
-    gen.eval()
-    try:
-        return extract(ev, sample_images(gen, tokenizer, num, batch, psi, seed), num, desc)
-    finally:
-        gen.train(was_training)
-
-
-def evaluate_generator(ev: Evaluator, gen, tokenizer, reference: dict[str, np.ndarray],
-                       num: int, batch: int = 250, psi: float = 1.0, seed: int = 0
-                       ) -> dict[str, float | int | str]:
-    """FD/FID, precision, recall and (classifier only) class accuracy of ``num`` samples."""
-    out = generated_features(ev, gen, tokenizer, num, batch, psi, seed)
-    precision, recall = precision_recall(out["features"], reference, seed)
-    metrics: dict[str, float | int | str] = {
-        "metric": ev.metric, "fd": frechet_distance(out["features"], reference),
-        "precision": precision, "recall": recall, "num_samples": num, "psi": psi}
-    if "logits" in out:
-        labels = balanced_labels(num, gen.num_classes)
-        metrics["class_accuracy"] = class_accuracy(out["logits"], labels)
-    return metrics
-
-
-def generator_fd(params: Params, gen, tokenizer, num: int) -> float:
-    """FD-classifier (or FID) of ``num`` samples of ``gen``: the training-time proxy."""
-    ev = evaluator(params.evaluator.source)
-    feats = generated_features(ev, gen, tokenizer, num, desc="fd proxy")["features"]
-    return frechet_distance(feats, load_reference(metric=ev.metric))

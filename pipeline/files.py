@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -40,3 +41,23 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def digest(paths: list[str | os.PathLike], base: str | os.PathLike | None = None,
+           extra: Any = None) -> str:
+    """sha256 over every file under ``paths`` (files or folders, recursively, sorted), each
+    named relative to ``base`` (default: its own folder), plus ``extra`` as sorted JSON.
+
+    The one content hash of the pipeline: tokenizer and teacher fingerprints, the training
+    code in a run key. Missing paths count as empty.
+    """
+    sha = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode())
+    for top in map(Path, paths):
+        files = sorted(p for p in top.rglob("*") if p.is_file()) if top.is_dir() else (
+            [top] if top.is_file() else [])
+        for file in files:
+            if "__pycache__" in file.parts:
+                continue
+            name = file.relative_to(base) if base else file.relative_to(top.parent)
+            sha.update(str(name).encode() + b"\0" + file.read_bytes())
+    return sha.hexdigest()

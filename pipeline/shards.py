@@ -42,8 +42,6 @@ from pipeline.files import write_json
 
 MANIFEST = "manifest.json"
 FINGERPRINT = "fingerprint.txt"
-# Where the pipeline keeps them, relative to the repo root (pipeline.params.REPO_ROOT).
-TRAIN_SHARDS, TEACHER_TOKENS = "data/shards/train", "data/teacher"
 LATENT_FIELDS, TOKEN_FIELDS = ("cls", "lat.bin"), ("tok.bin",)
 _TMP_PREFIX = ".tmp-"
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from pipeline.params import DEFAULT_PARAMS, Params, ParamsError, load_params
+from pipeline.config import DEFAULT_PARAMS, Params, ParamsError, load_params
+from pipeline.config.trace import untraced
 
 
 def stage_parser(doc: str | None, size: bool = False) -> argparse.ArgumentParser:
@@ -51,7 +52,9 @@ def stage_main(
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
-        if size and args.size not in params.study.sizes:
+        with untraced():  # refusing an unknown SIZE is validation, not a use of the list
+            unknown = size and args.size not in params.study.sizes
+        if unknown:
             raise ParamsError(
                 f"SIZE {args.size!r} is not in study.sizes ({', '.join(params.study.sizes)})"
             )

@@ -1,9 +1,11 @@
 """Ray Tune sweep of the base learning rate, and the width-aware transfer check (Fig. 5b).
 
-Each trial is a training run through :func:`pipeline.training.train_loop` (the loop every
-worker of the ``train`` stage runs) with one ``train.lr_base``; ASHA stops trials whose FD proxy
-(FD-classifier offline, FID-5K with Inception) lags at a rung. One MLflow run per trial,
-nested under the sweep's run.
+Each trial is a training run through :class:`pipeline.training.worker.Worker` (the loop
+every worker of the ``train`` stage runs) with one ``train.lr_base``; ASHA stops trials
+whose FD proxy (FD-classifier offline, FID with Inception) lags at a rung. One MLflow run
+per trial, nested under the sweep's run. Tune's experiments live in the workspace
+(``outputs/tune/<name>``, shared by every DVC experiment), named by a hash of what shapes
+the trials: the same sweep restores, a changed one starts beside it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +24,12 @@ from ray.tune.schedulers import ASHAScheduler
 
 from gat.models import model_config
 from pipeline import tracking
-from pipeline.params import Params, with_overrides
+from pipeline.config import Params, with_overrides
+from pipeline.identity import run_identity
+from pipeline.layout import LAYOUT, Layout
 from pipeline.ray_utils import init_ray
 
-METRIC = "fd"  # the proxy reported by training every train.fd_every steps
+METRIC = "fd"  # the proxy reported by training every runtime.fd_every steps
 
 
 def lr_grid(params: Params) -> list[float]:
@@ -46,22 +51,16 @@ def lr_grid(params: Params) -> list[float]:
 def trial_params(params: Params, lr_base: float, c_base: int | None = None) -> Params:
     """Params of one trial: its lr_base, the sweep's length, FD proxy reported every rung.
 
-    A trial trains on one worker with the trial's resources (sweep.cpus_per_trial,
-    sweep.gpus_per_trial) at the study's batch; trials run side by side instead.
+    A trial trains on one worker with the trial's resources (runtime.trial_cpus,
+    runtime.trial_gpus) at the study's batch; trials run side by side instead.
     """
-    sw = params.sweep
-    every = _report_every(params)
+    sw, rt = params.sweep, params.runtime
     overrides: dict[str, Any] = {
-        "train.lr_base": lr_base,
-        "train.iterations": sw.iterations,
-        "train.kimg": 0.0,
-        "train.workers": 1,
-        "train.use_gpu": sw.gpus_per_trial > 0,
-        "train.cpus_per_worker": sw.cpus_per_trial,
-        "train.fd_every": every,
-        "train.log_every": every,  # every report carries the proxy ASHA ranks on
-        "train.checkpoint_every": every,
-        "train.sample_every": 0,
+        "train.lr_base": lr_base, "train.iterations": sw.iterations, "train.kimg": 0.0,
+        "runtime.workers": 1, "runtime.use_gpu": rt.trial_gpus > 0,
+        "runtime.cpus_per_worker": rt.trial_cpus, "runtime.fd_every": sw.grace_period,
+        "runtime.log_every": sw.grace_period,  # every report carries the proxy ASHA reads
+        "runtime.checkpoint_every": sw.grace_period, "runtime.sample_every": 0,
     }
     if c_base is not None:
         overrides["train.c_base"] = c_base
@@ -73,80 +72,90 @@ def trial_name(config: dict[str, Any]) -> str:
     return f"lr{config['lr_base']:.3g}" + (f"_c{c_base}" if c_base else "")
 
 
-def _trainable(params: Params, size: str, out_root: Path):
+def _trainable(params: Params, size: str, trials: Path, layout: Layout):
     def run_trial(config: dict[str, Any]) -> None:
-        """One Tune trial: the training loop of the train stage, reporting through Tune.
+        """One Tune trial: the train stage's worker loop, reporting through Tune.
 
         The trial trains in its own process rather than launching a Ray Train worker group:
         nested groups wait for CPUs that finished or ASHA-stopped trials have not yet given
         back (Ray's placement-group clean-up times out under load), and trials then hang.
         """
-        from pipeline.training import DIVERGED, loop_config, train_loop
+        from pipeline.training.job import make_job
+        from pipeline.training.outputs import read_diverged
+        from pipeline.training.worker import Worker
 
         p = trial_params(params, config["lr_base"], config.get("c_base"))
-        out_dir = out_root / trial_name(config)
-        train_loop(loop_config(p, size, out_dir, track=False, session="tune"))
-        if (out_dir / DIVERGED).exists():  # rank it last rather than by its last good report
+        out = trials / trial_name(config)
+        out.mkdir(parents=True, exist_ok=True)
+        job = replace(make_job(p, size, layout, session="tune"), run_dir=out,
+                      generator_dir=out / "generator", results_dir=out)
+        Worker(job).run()
+        if read_diverged(out):  # rank it last rather than by its last good report
             tune.report({METRIC: float("inf"), "diverged": 1.0})
 
     return run_trial
 
 
-def run_sweep(params: Params, size: str, out_dir: Path, lrs: list[float] | None = None,
-              c_bases: list[int] | None = None, scheduler: bool = True) -> pd.DataFrame:
+def experiment_name(params: Params, size: str, lrs: list[float], c_bases: list[int] | None,
+                    layout: Layout = LAYOUT) -> str:
+    """``lr_sweep-<hash>`` over what shapes the trials: the training inputs at this size
+    (train params, seed, shards, teacher, code), the sweep params and the grid."""
+    key = json.dumps({"run": run_identity(params, size, layout).base,
+                      "sweep": params.section("sweep"), "lrs": lrs, "c_bases": c_bases},
+                     sort_keys=True)
+    return f"lr_sweep-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
+def run_sweep(params: Params, size: str, lrs: list[float] | None = None,
+              c_bases: list[int] | None = None, scheduler: bool = True,
+              layout: Layout = LAYOUT) -> pd.DataFrame:
     """Run one Tune experiment over lr_base (x c_base) for ``size``; one row per trial.
 
     ``c_bases`` overrides the width the rule divides by: ``[C_model]`` uses lr_base
     unchanged at this size (the paper's "w/o eta_adapt"). Rerunning after a kill restores
-    the Tune experiment in ``out_dir/tune`` and finishes the trials that had not ended.
+    the Tune experiment and finishes the trials that had not ended.
     """
     init_ray()
-    out_dir = Path(out_dir).resolve()
     lrs = lrs or lr_grid(params)
-    storage, name = out_dir / "tune", experiment_name(params, size, lrs, c_bases)
+    name = experiment_name(params, size, lrs, c_bases, layout)
     space: dict[str, Any] = {"lr_base": tune.grid_search(lrs)}
     if c_bases is not None:
         space["c_base"] = tune.grid_search(c_bases)
-    trainable = tune.with_resources(_trainable(params, size, out_dir / "trials"),
-                                    {"cpu": params.sweep.cpus_per_trial,
-                                     "gpu": params.sweep.gpus_per_trial})
-    sweep_run = tracking.size_run_id(params, size, role="sweep")
+    rt = params.runtime
+    trainable = tune.with_resources(
+        _trainable(params, size, layout.tune / name / "trials", layout),
+        {"cpu": rt.trial_cpus, "gpu": rt.trial_gpus})
+    tr = tracking.tracker(params, layout)
+    sweep_run = tr.find_or_create(
+        {tracking.ROLE: "sweep", tracking.RUN_KEY: name}, f"lr-sweep {size} {name[-6:]}",
+        params={"size": size, "lrs": ",".join(f"{x:.3g}" for x in lrs),
+                "c_bases": ",".join(map(str, c_bases or [])), "asha": scheduler,
+                **{f"sweep.{k}": v for k, v in params.section("sweep").items()}},
+        tags={tracking.SIZE: size})
     mlflow_cb = MLflowLoggerCallback(
-        tracking_uri=tracking.tracking_uri(params),
-        experiment_name=params.tracking.experiment,
-        tags={"mlflow.parentRunId": sweep_run, tracking.STUDY_TAG: params.study.name,
-              tracking.ROLE_TAG: "trial", tracking.SIZE_TAG: size},
-    )
+        tracking_uri=tr.uri, experiment_name=params.tracking.experiment,
+        tags={"mlflow.parentRunId": sweep_run, tracking.ROLE: "trial", tracking.SIZE: size,
+              **tracking.source_tags(layout)})
     # One Tune iteration = one FD report (every sweep.grace_period steps): ASHA's first rung
     # compares trials after grace_period training steps.
     asha = ASHAScheduler(time_attr="training_iteration", grace_period=1, reduction_factor=2,
                          max_t=_expected_reports(params)) if scheduler else None
-    path = storage / name
+    path = layout.tune / name
     if tune.Tuner.can_restore(str(path)):
         print(f"restoring the Tune experiment in {path}: finished trials are kept")
         tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True, param_space=space)
     else:
         tuner = tune.Tuner(
-            trainable,
-            param_space=space,
+            trainable, param_space=space,
             tune_config=tune.TuneConfig(metric=METRIC, mode="min", scheduler=asha,
-                                        max_concurrent_trials=params.sweep.concurrent_trials),
-            run_config=tune.RunConfig(name=name, storage_path=str(storage),
-                                      callbacks=[mlflow_cb]),
+                                        max_concurrent_trials=rt.concurrent_trials),
+            run_config=tune.RunConfig(
+                name=name, storage_path=str(layout.tune), callbacks=[mlflow_cb], verbose=1,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
         )
-    results = tuner.fit()
-    return _trials_table(results, model_config(size).width, params)
-
-
-def experiment_name(params: Params, size: str, lrs: list[float],
-                    c_bases: list[int] | None) -> str:
-    """``lr_sweep-<hash>`` over what shapes the trials: a rerun of the same sweep restores
-    it, while changed params, shards or model code start a new experiment beside it."""
-    from pipeline.training import run_name  # hashes train params, seed, size, shards, gat/
-
-    key = json.dumps({"run": run_name(params, size), "sweep": params.to_dict()["sweep"],
-                      "lrs": lrs, "c_bases": c_bases}, sort_keys=True)
-    return f"lr_sweep-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+    table = _trials_table(tuner.fit(), model_config(size).width, params)
+    tr.set_status(sweep_run, "FINISHED")
+    return table.assign(sweep_run=sweep_run)
 
 
 def _trials_table(results: tune.ResultGrid, width: int, params: Params) -> pd.DataFrame:
@@ -172,12 +181,8 @@ def _trials_table(results: tune.ResultGrid, width: int, params: Params) -> pd.Da
     return pd.DataFrame(rows).sort_values("lr_base").reset_index(drop=True)
 
 
-def _report_every(params: Params) -> int:
-    return max(1, params.sweep.grace_period)
-
-
 def _expected_reports(params: Params) -> int:
-    return max(1, params.sweep.iterations // _report_every(params))
+    return max(1, params.sweep.iterations // params.sweep.grace_period)
 
 
 def best_lr(table: pd.DataFrame) -> float:

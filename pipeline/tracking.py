@@ -1,95 +1,224 @@
-"""MLflow tracking shared by every stage.
+"""MLflow tracking: one run per training configuration, grouped by study, found by key.
 
-One *study run* per study name, and one run per model size nested under it. Stages run as
-separate processes (DVC), so runs are found again by tags rather than held in memory:
-train, evaluate and scaling all log to the same runs.
+Runs in the experiment ``tracking.experiment``:
+- a *training run* per run key (:mod:`pipeline.identity`): size, train params, data,
+  teacher, training code and length. Rerunning the same configuration (after a kill, or
+  from another DVC experiment) finds the same run and continues it; a changed
+  configuration gets a new run. Its params are the configuration, never changed once
+  logged; runtime knobs (workers, GPUs) are tags. Training, ``evaluate`` and the FD of
+  that generator all log here. Status RUNNING while it trains, FINISHED or FAILED after.
+- a *study run* per study key (the training configuration without the size): the size
+  runs nest under it; ``scaling`` logs the fit and the table there.
+- a *stage run* per output of a data stage (tokenizer, teacher, classifier, encode): its
+  metrics, named by the fingerprint of what it wrote.
+- sweep runs (:mod:`pipeline.sweep`): one per Tune experiment, trials nested under it.
+
+Every run is tagged with the git commit, the DVC experiment name when DVC runs one
+(``$DVC_EXP_NAME``), and its key (``gat.run_key`` / ``gat.study_key``), so a run can be
+found from ``dvc exp show`` (results/train/SIZE/metrics.json holds ``mlflow_run_id``) and
+back. Logging goes through :class:`MlflowClient`: no call flips a run's status.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
+import subprocess
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import mlflow
-from mlflow.tracking import MlflowClient
+from pipeline.config import Params
+from pipeline.layout import LAYOUT, Layout
 
-from pipeline.params import REPO_ROOT, Params
-
-STUDY_TAG, SIZE_TAG, ROLE_TAG = "gat.study", "gat.size", "gat.role"
-
-
-def tracking_uri(params: Params) -> str:
-    """params ``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<repo>/mlflow.db``."""
-    return (
-        params.tracking.uri
-        or os.environ.get("MLFLOW_TRACKING_URI", "")
-        or f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
-    )
+ROLE, SIZE, RUN_KEY, STUDY_KEY = "gat.role", "gat.size", "gat.run_key", "gat.study_key"
+DVC_EXP_TAG, COMMIT_TAG = "dvc.exp_name", "mlflow.source.git.commit"
 
 
-def setup(params: Params) -> str:
-    """Point MLflow at the study's store and experiment; return the experiment id."""
-    uri = tracking_uri(params)
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(params.tracking.experiment)
-    if exp is not None:
-        return exp.experiment_id
-    artifacts = None
-    if uri.startswith("sqlite:"):
-        # MLflow would put artifacts under ./mlruns of whatever cwd created the experiment:
-        # pin them beside the database instead.
-        artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri()
-    return client.create_experiment(params.tracking.experiment, artifact_location=artifacts)
+class TrackingError(RuntimeError):
+    """The MLflow store cannot be used; the message names the URI and how to set it."""
 
 
-def _find_or_create(client: MlflowClient, exp_id: str, tags: dict[str, str], name: str,
-                    parent: str | None = None) -> str:
-    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-    found = client.search_runs([exp_id], filter_string=query, max_results=1,
-                               order_by=["attributes.start_time DESC"])
-    if found:
-        return found[0].info.run_id
-    all_tags = dict(tags)
-    if parent:
-        all_tags["mlflow.parentRunId"] = parent
-    return client.create_run(exp_id, tags=all_tags, run_name=name).info.run_id
+def tracking_uri(params: Params, layout: Layout = LAYOUT) -> str:
+    """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else the workspace's sqlite store
+    (``sqlite:///<workspace>/mlflow.db``: a queued DVC experiment logs beside the others)."""
+    return (params.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+            or f"sqlite:///{layout.mlflow_db}")
 
 
-def study_run_id(params: Params) -> str:
-    """The run id of this study's parent run (created on first use)."""
-    exp_id = setup(params)
-    client = MlflowClient(tracking_uri(params))
-    tags = {STUDY_TAG: params.study.name, ROLE_TAG: "study"}
-    return _find_or_create(client, exp_id, tags, params.study.name)
+def source_tags(layout: Layout = LAYOUT) -> dict[str, str]:
+    """Git commit (a DVC experiment's baseline), DVC experiment name, command line."""
+    commit = os.environ.get("DVC_EXP_BASELINE_REV", "")
+    if not commit:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=layout.root,
+                              capture_output=True, text=True)
+        commit = done.stdout.strip() if done.returncode == 0 else ""
+    tags = {COMMIT_TAG: commit, "mlflow.source.type": "LOCAL",
+            "mlflow.source.name": os.environ.get("DVC_STAGE", "") or "python"}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags[DVC_EXP_TAG] = os.environ["DVC_EXP_NAME"]
+    return {k: v for k, v in tags.items() if v}
 
 
-def size_run_id(params: Params, size: str, role: str = "size") -> str:
-    """The run id of one model size's run, nested under the study run."""
-    parent = study_run_id(params)
-    client = MlflowClient(tracking_uri(params))
-    exp_id = client.get_run(parent).info.experiment_id
-    tags = {STUDY_TAG: params.study.name, ROLE_TAG: role, SIZE_TAG: size}
-    return _find_or_create(client, exp_id, tags, size, parent=parent)
+@dataclass
+class Tracker:
+    """One MLflow store and experiment. Picklable (Ray workers log through it)."""
+
+    uri: str
+    experiment: str
+    layout: Layout = LAYOUT
+    _client: Any = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_client": None}
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(self.uri)
+        return self._client
+
+    def check(self) -> None:
+        """Refuse a store that cannot be reached or written, before any work starts."""
+        hint = ("set tracking.uri in params.yaml or $MLFLOW_TRACKING_URI (empty: "
+                f"sqlite:///{self.layout.mlflow_db})")
+        if self.uri.startswith("sqlite:///"):
+            folder = Path(self.uri.removeprefix("sqlite:///")).parent
+            if not folder.is_dir() or not os.access(folder, os.W_OK):
+                raise TrackingError(f"MLflow store {self.uri}: folder {folder} is missing or "
+                                    f"not writable; {hint}")
+        elif self.uri.startswith(("http://", "https://")):
+            import requests
+
+            try:
+                requests.get(self.uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+            except requests.RequestException as err:
+                raise TrackingError(f"MLflow store {self.uri} cannot be reached ({err}); "
+                                    f"start the server, or {hint}") from None
+        try:
+            self.experiment_id()
+        except Exception as err:  # any backend error: name the URI, not a stack of MLflow
+            raise TrackingError(f"MLflow store {self.uri}: {err}; {hint}") from None
+
+    def experiment_id(self) -> str:
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        artifacts = None
+        if self.uri.startswith("sqlite:"):
+            # MLflow would put artifacts under ./mlruns of whatever cwd created the
+            # experiment: pin them beside the database instead.
+            artifacts = (Path(self.uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri()
+        try:
+            return self.client.create_experiment(self.experiment, artifact_location=artifacts)
+        except Exception:  # created meanwhile by another process
+            return self.client.get_experiment_by_name(self.experiment).experiment_id
+
+    def find(self, tags: dict[str, str]) -> str | None:
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        found = self.client.search_runs([self.experiment_id()], filter_string=query,
+                                        max_results=1, order_by=["attributes.start_time ASC"])
+        return found[0].info.run_id if found else None
+
+    def find_or_create(self, key_tags: dict[str, str], name: str, parent: str | None = None,
+                       params: dict[str, Any] | None = None,
+                       tags: dict[str, str] | None = None) -> str:
+        """The run with ``key_tags``, or a new one (``params`` logged once, at creation)."""
+        run_id = self.find(key_tags)
+        if run_id is not None:
+            return run_id
+        all_tags = {**source_tags(self.layout), **(tags or {}), **key_tags}
+        if parent:
+            all_tags["mlflow.parentRunId"] = parent
+        run_id = self.client.create_run(self.experiment_id(), tags=all_tags,
+                                        run_name=name).info.run_id
+        if params:
+            self.log_params(run_id, params)
+        return run_id
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow's batch limit
+            self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
+        """Numeric entries of ``metrics`` at ``step`` (others are skipped)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[i:i + 1000])
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, run_id: str, path: str | os.PathLike, folder: str | None = None
+                     ) -> None:
+        self.client.log_artifact(run_id, str(path), folder)
+
+    def log_artifacts(self, run_id: str, path: str | os.PathLike, folder: str | None = None
+                      ) -> None:
+        self.client.log_artifacts(run_id, str(path), folder)
+
+    def set_status(self, run_id: str, status: str) -> None:
+        """RUNNING, FINISHED or FAILED."""
+        if status == "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            self.client.set_terminated(run_id, status)
+
+    def last_step(self, run_id: str, metric: str) -> int:
+        """The highest step logged for ``metric`` (-1 when none)."""
+        history = self.client.get_metric_history(run_id, metric)
+        return max((m.step for m in history), default=-1)
 
 
-@contextlib.contextmanager
-def active_run(params: Params, size: str | None = None) -> Iterator[mlflow.ActiveRun]:
-    """Resume the study run (``size=None``) or a size's run as MLflow's active run."""
-    run_id = size_run_id(params, size) if size else study_run_id(params)
-    with mlflow.start_run(run_id=run_id) as run:
-        yield run
+def tracker(params: Params, layout: Layout = LAYOUT) -> Tracker:
+    return Tracker(tracking_uri(params, layout), params.tracking.experiment, layout)
 
 
-def record_metrics(params: Params, path: Path, metrics: dict, prefix: str,
-                   size: str | None = None) -> None:
-    """Write a stage's metrics JSON (atomically) and log them to the study's or a size's run."""
+# ----------------------------------------------------------------------------- runs
+
+
+def study_run(tr: Tracker, params: Params, study_key: str) -> str:
+    """The study run of one study configuration (created on first use)."""
+    return tr.find_or_create({ROLE: "study", STUDY_KEY: study_key},
+                             f"{params.tracking.study_name} {study_key[:6]}")
+
+
+def training_run(tr: Tracker, params: Params, size: str, run_key: str, study_key: str,
+                 config: dict[str, Any], tags: dict[str, str] | None = None) -> str:
+    """The run of one training configuration (its run key), nested under its study run.
+    ``config`` (logged once as params, at creation) must be a function of the key."""
+    parent = study_run(tr, params, study_key)
+    return tr.find_or_create(
+        {ROLE: "train", RUN_KEY: run_key}, f"{size} {run_key}", parent=parent, params=config,
+        tags={SIZE: size, STUDY_KEY: study_key, **(tags or {})})
+
+
+def stage_run(tr: Tracker, stage: str, fingerprint: str) -> str:
+    """The run of one output of a data stage, named by the fingerprint of that output."""
+    return tr.find_or_create({ROLE: stage, RUN_KEY: fingerprint[:16]},
+                             f"{stage} {fingerprint[:6]}")
+
+
+def record_stage(params: Params, stage: str, metrics: dict[str, Any], fingerprint: str,
+                 layout: Layout = LAYOUT) -> None:
+    """Write a data stage's metrics JSON (results/data/STAGE.json, atomically) and log them
+    to the stage run of the output they describe."""
     from pipeline.files import write_json
 
-    write_json(path, metrics)
-    numeric = {f"{prefix}.{k}": float(v) for k, v in metrics.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    with active_run(params, size):
-        mlflow.log_metrics(numeric)
+    write_json(layout.data_metrics(stage), metrics)
+    tr = tracker(params, layout)
+    run_id = stage_run(tr, stage, fingerprint)
+    tr.log_metrics(run_id, metrics)
+    tr.set_tags(run_id, {k: v for k, v in metrics.items() if isinstance(v, str)})
+    tr.set_status(run_id, "FINISHED")

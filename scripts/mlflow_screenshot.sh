@@ -15,7 +15,7 @@ trap 'kill $pid 2>/dev/null || true' EXIT
 for _ in $(seq 60); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 1; done
 exp_id=$(.venv/bin/python - <<PY
 from mlflow.tracking import MlflowClient
-from pipeline.params import load_params
+from pipeline.config import load_params
 c = MlflowClient("$db")
 print(c.get_experiment_by_name(load_params().tracking.experiment).experiment_id)
 PY

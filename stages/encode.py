@@ -12,53 +12,40 @@ are encoded (no key twice, none missing).
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 
 import numpy as np
 import torch
 
-from pipeline import pretrained
-from pipeline.data import Dataset, open_split
-from pipeline.params import REPO_ROOT, Params
+from pipeline.config import Params
+from pipeline.data import open_split
+from pipeline.files import digest
+from pipeline.layout import LAYOUT
+from pipeline.pretrained.tokenizer import load_tokenizer
 from pipeline.shards import (
     LATENT_FIELDS,
-    TRAIN_SHARDS,
     latent_fields,
     sample_plan,
     write_manifest,
     write_shards,
 )
 from pipeline.stage import stage_main
-from pipeline.tracking import record_metrics
+from pipeline.tracking import record_stage
 
-SHARDS = REPO_ROOT / TRAIN_SHARDS
-METRICS = REPO_ROOT / "data" / "metrics" / "encode.json"
+SHARDS = LAYOUT.shards
 
 
 def tokenizer_fingerprint(params: Params) -> str:
     """What the latents depend on: the data params, and the tokenizer's identity and weights."""
-    data = {k: v for k, v in params.to_dict()["data"].items() if k != "encode_batch"}
-    digest = hashlib.sha256(json.dumps(
-        {"data": data, "tokenizer": params.tokenizer.source,
-         "scale_factor": params.tokenizer.scale_factor}, sort_keys=True).encode())
-    for file in sorted(pretrained.TOKENIZER_DIR.glob("*")):  # the trained weights, if any
-        if file.is_file():
-            digest.update(file.name.encode() + file.read_bytes())
-    return digest.hexdigest()
-
-
-def flipped_images(train: Dataset, source: np.ndarray, flipped: np.ndarray,
-                   idx: np.ndarray) -> torch.Tensor:
-    """uint8 [B, 3, R, R] images of samples ``idx``: source image, mirrored where flipped."""
-    images = train.load(source[idx])
-    flip = torch.from_numpy(flipped[idx]).view(-1, 1, 1, 1)
-    return torch.where(flip, images.flip(-1), images)
+    data = params.data
+    return digest([LAYOUT.tokenizer], extra={
+        "data": [data.source, data.path, data.resolution, data.train_limit, data.hflip,
+                 data.shard_size],
+        "tokenizer": params.tokenizer.source, "scale_factor": params.tokenizer.scale_factor})
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    tok = pretrained.load_tokenizer(params.tokenizer.source, device,
+    tok = load_tokenizer(params.tokenizer.source, device,
                                     params.tokenizer.scale_factor)
     train = open_split(params.data, "train")
     source, flipped = sample_plan(len(train), params.data.hflip)
@@ -66,14 +53,14 @@ def run(params: Params, args: argparse.Namespace) -> None:
 
     def encode(idx: np.ndarray) -> list[dict[str, bytes]]:
         mean, std = (t.float().cpu().numpy()
-                     for t in tok.encode(flipped_images(train, source, flipped, idx)))
+                     for t in tok.encode(train.load_flipped(source[idx], flipped[idx])))
         shape[:] = mean.shape[1:]
         labels = train.labels[source[idx]]
         return [latent_fields(m, s, y) for m, s, y in zip(mean, std, labels)]
 
-    shards = write_shards(SHARDS, len(source), params.data.shard_size, encode,
-                          tokenizer_fingerprint(params), params.data.encode_batch, "encode",
-                          LATENT_FIELDS)
+    fingerprint = tokenizer_fingerprint(params)
+    shards = write_shards(SHARDS, len(source), params.data.shard_size, encode, fingerprint,
+                          params.runtime.encode_batch, "encode", LATENT_FIELDS)
     if not shape:  # every shard was already there: probe one image for the latent shape
         shape[:] = tok.encode(train.load(np.arange(1)))[0].shape[1:]
     counts = np.bincount(train.labels, minlength=len(train.classes))
@@ -85,9 +72,9 @@ def run(params: Params, args: argparse.Namespace) -> None:
         "tokenizer": params.tokenizer.source, "scale_factor": tok.scale_factor,
         "source": params.data.source, "resolution": params.data.resolution,
     })
-    record_metrics(params, METRICS, {"samples": len(source), "images": len(train),
-                                     "skipped": len(train.skipped), "shards": len(shards)},
-                   "encode")
+    record_stage(params, "encode", {"samples": len(source), "images": len(train),
+                                    "skipped": len(train.skipped), "shards": len(shards)},
+                 fingerprint)
     print(f"encode: {len(source)} samples from {len(train)} images in {len(shards)} shards "
           f"({len(train.skipped)} files skipped, listed in {SHARDS / 'manifest.json'})")
 

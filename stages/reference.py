@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.config import Params
 from pipeline.data import open_split
-from pipeline.fidelity import REFERENCE, evaluator, reference_statistics, save_reference
+from pipeline.fidelity import REFERENCE_FILE, evaluator, reference_statistics, save_reference
 from pipeline.files import atomic_path, write_json
-from pipeline.params import Params
+from pipeline.layout import LAYOUT
 from pipeline.stage import stage_main
 
 BATCH = 250  # images per extractor call; the statistics do not depend on it
@@ -30,11 +31,11 @@ def run(params: Params, args: argparse.Namespace) -> None:
             "features": int(stats["mu"].shape[0]), "data": params.data.source,
             "resolution": params.data.resolution}
     # The folder appears whole: a killed run never leaves stats without their info.
-    with atomic_path(REFERENCE.parent) as tmp:
-        save_reference(stats, tmp / REFERENCE.name)
+    with atomic_path(LAYOUT.reference) as tmp:
+        save_reference(stats, tmp / REFERENCE_FILE)
         write_json(tmp / "info.json", info)
     print(f"reference: {ev.metric} statistics of {info['images']} eval images "
-          f"({info['features']} features, extractor {ev.name}) -> {REFERENCE}")
+          f"({info['features']} features, extractor {ev.name}) -> {LAYOUT.reference}")
 
 
 if __name__ == "__main__":

@@ -2,15 +2,17 @@
 
     python -m stages.scaling
 
-Reads outputs/train/<SIZE>/metrics.json and outputs/eval/<SIZE>/metrics.json of every
-size in study.sizes. Writes to outputs/scaling/:
+Reads results/train/<SIZE>/metrics.json and results/eval/<SIZE>/metrics.json of every
+size in study.sizes. Writes to results/scaling/:
 - scaling.csv: size, G and D params, G GFLOPs, FD (FID or FD-classifier), precision,
   recall, train images/s, and the fitted FD at that size (the dvc plot's data);
 - metrics.json: FD = a * GFLOPs^b fitted by least squares in log-log, 95% bootstrap
   intervals (scaling.bootstrap draws), Pearson r of FD with GFLOPs (the paper: -0.95);
 - scaling.png: points, fit and bootstrap band, log-log.
-All logged to the study's MLflow run. A size without usable results is named and left
-out; fewer than 3 sizes left is an error (exit status 1).
+All logged to the MLflow study run of the sizes' training configuration, with the
+stand-ins' quality (results/data/*.json). A size without usable results is named and left
+out; fewer than 3 sizes left is an error (exit status 1), and so are sizes trained under
+different configurations (a partial experiment: run `dvc repro`).
 """
 
 from __future__ import annotations
@@ -25,19 +27,20 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers and in DVC runs
 import matplotlib.pyplot as plt
-import mlflow
 import numpy as np
 import pandas as pd
 
 from pipeline import tracking
-from pipeline.files import atomic_path
-from pipeline.params import OUTPUTS, Params, size_dir
+from pipeline.config import Params
+from pipeline.files import atomic_path, write_json
+from pipeline.layout import LAYOUT
 from pipeline.scaling import MIN_POINTS, PowerLaw, fit_power_law
 from pipeline.stage import stage_main
 
-OUT = OUTPUTS / "scaling"
+OUT = LAYOUT.scaling
 COLUMNS = ["size", "g_params", "d_params", "g_gflops", "fd", "metric", "precision", "recall",
-           "class_accuracy", "train_images_per_s"]
+           "class_accuracy", "train_images_per_s", "study_key"]
+STAND_INS = ("tokenizer", "teacher", "classifier", "encode")
 
 
 def _read(path: Path) -> tuple[dict | None, str]:
@@ -52,15 +55,19 @@ def _read(path: Path) -> tuple[dict | None, str]:
 
 def size_row(size: str) -> tuple[dict | None, str]:
     """One size's table row, or (None, why it is left out)."""
-    train, why_train = _read(size_dir("train", size) / "metrics.json")
-    ev, why_eval = _read(size_dir("eval", size) / "metrics.json")
+    train, why_train = _read(LAYOUT.train_results(size) / "metrics.json")
+    ev, why_eval = _read(LAYOUT.eval_metrics(size))
     if train is None or ev is None:
         return None, "; ".join(w for w in (why_train, why_eval) if w)
     fd, gflops = ev.get("fd"), ev.get("g_gflops")
     if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in (fd, gflops)):
         return None, f"{ev.get('metric', 'FD')} {fd}, GFLOPs {gflops}: not positive finite numbers"
     row = {k: ev.get(k) for k in COLUMNS}
-    row.update(size=size, train_images_per_s=train.get("images_per_s"))
+    row.update(size=size, train_images_per_s=train.get("images_per_s"),
+               study_key=train.get("study_key", ""))
+    if ev.get("run_key") != train.get("run_key"):
+        return None, (f"evaluated generator {ev.get('run_key')} is not the trained one "
+                      f"{train.get('run_key')}: rerun evaluate@{size}")
     return row, ""
 
 
@@ -104,6 +111,19 @@ def fit_metrics(law: PowerLaw, label: str, missing: list[str]) -> dict:
             "bootstrap_fits": len(law.boot), "missing": missing}
 
 
+def log_study(params: Params, study_key: str, fit: dict) -> None:
+    """The fit, the table and plot, and the stand-ins' quality, into the study run."""
+    tr = tracking.tracker(params)
+    run_id = tracking.study_run(tr, params, study_key)
+    tr.log_metrics(run_id, {f"scaling.{k}": v for k, v in fit.items()})
+    for stage in STAND_INS:
+        found, _ = _read(LAYOUT.data_metrics(stage))
+        tr.log_metrics(run_id, {f"{stage}.{k}": v for k, v in (found or {}).items()})
+    for name in ("scaling.csv", "scaling.png", "metrics.json"):
+        tr.log_artifact(run_id, OUT / name, "scaling")
+    tr.set_status(run_id, "FINISHED")
+
+
 def run(params: Params, args: argparse.Namespace) -> None:
     table, missing = collect(params)
     for line in missing:
@@ -117,17 +137,20 @@ def run(params: Params, args: argparse.Namespace) -> None:
     if len(labels) > 1:  # FID and FD-classifier are different scales: never fit them together
         sys.exit(f"error: sizes were evaluated with different metrics {list(labels)}; "
                  "re-evaluate them all with one evaluator.source (dvc repro)")
+    studies = sorted(set(table["study_key"]))
+    if len(studies) > 1:
+        sys.exit(f"error: the sizes were trained under different configurations (study keys "
+                 f"{', '.join(studies)}), as a partial experiment leaves them; run "
+                 "`dvc repro` to bring every size to the current params")
     law = fit_power_law(table["g_gflops"], table["fd"], params.scaling.bootstrap,
                         params.study.seed)
     table["fd_fit"] = law(table["g_gflops"].to_numpy())
     with atomic_path(OUT / "scaling.csv") as tmp:
         table.to_csv(tmp, index=False)
     plot(table, law, labels[0], OUT / "scaling.png")
-    tracking.record_metrics(params, OUT / "metrics.json", fit_metrics(law, labels[0], missing),
-                            "scaling")
-    with tracking.active_run(params):
-        for name in ("scaling.csv", "scaling.png", "metrics.json"):
-            mlflow.log_artifact(str(OUT / name), "scaling")
+    fit = fit_metrics(law, labels[0], missing)
+    write_json(OUT / "metrics.json", fit)
+    log_study(params, studies[0], fit)
     print(table.to_string(index=False))
     print(f"{labels[0]} = {law.a:.4g} * GFLOPs^{law.b:.4f} (b 95% CI {law.b_ci[0]:.3f}.."
           f"{law.b_ci[1]:.3f}); Pearson r(FD, GFLOPs) = {law.pearson_r:.3f}")

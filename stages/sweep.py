@@ -2,10 +2,11 @@
 
 Off unless ``sweep.enabled: true``; ``sweep.transfer: true`` adds the transfer check (a
 sweep at sweep.transfer_size and 2 extra runs). Outputs in
-outputs/sweep/: best.json (the best lr_base, also logged to MLflow), trials.csv and
+results/sweep/: best.json (the best lr_base, also logged to MLflow), trials.csv and
 lr_vs_fd.png (the sweep at sweep.size), transfer.csv and transfer.png (sweep.transfer_size
 trained with the rule-adapted lr, with lr_base unchanged, and with its own sweep's best).
-To resume after a kill, run the same command again: Tune restores unfinished trials.
+To resume after a kill, run the same command again: Tune restores unfinished trials
+(its experiments live in the workspace's outputs/tune/).
 """
 
 from __future__ import annotations
@@ -16,30 +17,25 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import mlflow
 import pandas as pd
 
 from gat.models import model_config
-from pipeline import tracking
+from pipeline import fidelity, tracking
+from pipeline.config import Params
 from pipeline.files import atomic_path, write_json
-from pipeline.params import REPO_ROOT, Params
+from pipeline.layout import LAYOUT
 from pipeline.stage import stage_main
 from pipeline.sweep import best_lr, lr_grid, run_sweep
 
-OUT = REPO_ROOT / "outputs" / "sweep"
-
-
-def metric_label(params: Params) -> str:
-    """What the proxy is: FID-5K with Inception, else the offline FD-classifier (not FID)."""
-    return "FID-5K" if params.evaluator.source == "inception" else "FD-classifier"
+OUT = LAYOUT.sweep
 
 
 def transfer_check(params: Params, best_base: float) -> pd.DataFrame:
     """Train sweep.transfer_size three ways and compare the final proxies."""
     size = params.sweep.transfer_size
     width = model_config(size).width
-    own = run_sweep(params, size, OUT / "transfer_own")
-    both = run_sweep(params, size, OUT / "transfer_rule", lrs=[best_base],
+    own = run_sweep(params, size)
+    both = run_sweep(params, size, lrs=[best_base],
                      c_bases=[params.train.c_base, width], scheduler=False)
     rule = both[both["c_base"] == params.train.c_base].head(1)
     unchanged = both[both["c_base"] == width].head(1)
@@ -89,8 +85,9 @@ def run(params: Params, args: argparse.Namespace) -> None:
         print("sweep.enabled is false: nothing to do (set it true in params.yaml to sweep)")
         write_json(OUT / "best.json", {"enabled": False})
         return
-    label, size = metric_label(params), params.sweep.size
-    table = run_sweep(params, size, OUT / "base")
+    label = fidelity.proxy_name(params.runtime.fd_samples)
+    size = params.sweep.size
+    table = run_sweep(params, size)
     best = best_lr(table)
     with atomic_path(OUT / "trials.csv") as tmp:
         table.to_csv(tmp, index=False)
@@ -103,12 +100,11 @@ def run(params: Params, args: argparse.Namespace) -> None:
     result = {"enabled": True, "size": size, "best_lr_base": best, "metric": label,
               "trials": len(table), "stopped_early": int(table["stopped_early"].sum())}
     write_json(OUT / "best.json", result)
-    with mlflow.start_run(run_id=tracking.size_run_id(params, size, role="sweep")):
-        mlflow.log_params({"sweep.lrs": ",".join(f"{x:.3g}" for x in lr_grid(params))})
-        mlflow.log_metric("best_lr_base", best)
-        for name in ("trials.csv", "lr_vs_fd.png", "transfer.csv", "transfer.png"):
-            if (OUT / name).exists():
-                mlflow.log_artifact(str(OUT / name))
+    tr, sweep_run = tracking.tracker(params), table["sweep_run"].iloc[0]
+    tr.log_metrics(sweep_run, {"best_lr_base": best})
+    for name in ("trials.csv", "lr_vs_fd.png", "transfer.csv", "transfer.png"):
+        if (OUT / name).exists():
+            tr.log_artifact(sweep_run, OUT / name)
     print(f"best lr_base at {size}: {best:.4g} ({label}); written to {OUT / 'best.json'}")
 
 

@@ -9,17 +9,16 @@ after a kill, run the same command again: finished shards are checked and kept.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 
 import numpy as np
 import torch
 
-from pipeline import pretrained
+from pipeline.config import Params
 from pipeline.data import open_split
-from pipeline.params import REPO_ROOT, Params
+from pipeline.files import digest
+from pipeline.layout import LAYOUT
+from pipeline.pretrained.teacher import load_teacher
 from pipeline.shards import (
-    TEACHER_TOKENS,
     TOKEN_FIELDS,
     read_manifest,
     sample_plan,
@@ -28,26 +27,21 @@ from pipeline.shards import (
     write_shards,
 )
 from pipeline.stage import stage_main
-from stages.encode import SHARDS, flipped_images
 
-TOKENS = REPO_ROOT / TEACHER_TOKENS
+SHARDS, TOKENS = LAYOUT.shards, LAYOUT.teacher_tokens
 
 
 def teacher_fingerprint(params: Params, latents: dict) -> str:
     """What the tokens depend on: the latent shards (their order), the teacher and weights."""
-    digest = hashlib.sha256(json.dumps(
-        {"shards": [s["sha256"] for s in latents["shards"]], "source": params.teacher.source,
-         "input_size": params.teacher.input_size}, sort_keys=True).encode())
-    for file in sorted(pretrained.TEACHER_DIR.glob("*")):
-        if file.is_file():
-            digest.update(file.name.encode() + file.read_bytes())
-    return digest.hexdigest()
+    return digest([LAYOUT.teacher_model], extra={
+        "shards": [s["sha256"] for s in latents["shards"]], "source": params.teacher.source,
+        "input_size": params.teacher.input_size})
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     latents = read_manifest(SHARDS)
-    teacher = pretrained.load_teacher(params.teacher.source, device, params.teacher.input_size)
+    teacher = load_teacher(params.teacher.source, device, params.teacher.input_size)
     train = open_split(params.data, "train")
     source, flipped = sample_plan(len(train), params.data.hflip)
     if len(source) != latents["samples"]:
@@ -55,11 +49,11 @@ def run(params: Params, args: argparse.Namespace) -> None:
                            f"{len(source)}; rerun `dvc repro encode`")
 
     def encode(idx: np.ndarray) -> list[dict[str, bytes]]:
-        tokens = teacher.tokens(flipped_images(train, source, flipped, idx))
+        tokens = teacher.tokens(train.load_flipped(source[idx], flipped[idx]))
         return [token_fields(t) for t in tokens.float().cpu().numpy()]
 
     shards = write_shards(TOKENS, len(source), params.data.shard_size, encode,
-                          teacher_fingerprint(params, latents), params.data.encode_batch,
+                          teacher_fingerprint(params, latents), params.runtime.encode_batch,
                           "teacher", TOKEN_FIELDS)
     write_manifest(TOKENS, {"samples": len(source), "shards": shards,
                             "token_shape": [teacher.num_tokens, teacher.dim],

@@ -3,7 +3,7 @@
 teacher.source `train`: a small Dinov2Model trained on the train split's labels, saved with
 save_pretrained to data/teacher_model/. A hub id or path (facebook/dinov2-base): loaded
 (offline with HF_HUB_OFFLINE=1); data/teacher_model/ then only records the source.
-Metrics (data/metrics/teacher.json + MLflow): the stand-in's test accuracy (its training
+Metrics (results/data/teacher.json + MLflow): the stand-in's test accuracy (its training
 head on [cls] and mean patch token), training time, token shape.
 """
 
@@ -14,34 +14,34 @@ import time
 
 import torch
 
-from pipeline import pretrained
+from pipeline.config import Params
 from pipeline.data import open_split
-from pipeline.files import atomic_path
-from pipeline.params import REPO_ROOT, Params
+from pipeline.files import atomic_path, digest
+from pipeline.layout import LAYOUT
+from pipeline.pretrained.common import SOURCE_FILE, accuracy, dataset_sampler
+from pipeline.pretrained.teacher import Teacher, load_teacher, train_teacher
 from pipeline.stage import stage_main
-from pipeline.tracking import record_metrics
-
-METRICS = REPO_ROOT / "data" / "metrics" / "teacher.json"
+from pipeline.tracking import record_stage
 
 
 def train_stand_in(params: Params) -> dict:
     """Train, save to data/teacher_model; return accuracy and seconds."""
     start = time.perf_counter()
     train, evaluation = open_split(params.data, "train"), open_split(params.data, "eval")
-    model, head = pretrained.train_teacher(
+    model, head = train_teacher(
         params.teacher, params.data.resolution, len(train.classes),
-        pretrained.dataset_sampler(train, params.study.seed), params.study.seed)
+        dataset_sampler(train, params.study.seed), params.study.seed)
     seconds = time.perf_counter() - start
-    teacher = pretrained.Teacher(model, "train", params.teacher.input_size)
+    teacher = Teacher(model, "train", params.teacher.input_size)
 
     def predict(images: torch.Tensor) -> torch.Tensor:
         tokens = teacher.tokens(images)
         return head(torch.cat([tokens[:, 0], tokens[:, 1:].mean(1)], dim=1))
 
-    accuracy = pretrained.accuracy(predict, evaluation)
-    with atomic_path(pretrained.TEACHER_DIR) as tmp:
+    test_accuracy = accuracy(predict, evaluation)
+    with atomic_path(LAYOUT.teacher_model) as tmp:
         model.save_pretrained(tmp)
-    return {"test_accuracy": accuracy, "train_seconds": seconds}
+    return {"test_accuracy": test_accuracy, "train_seconds": seconds}
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
@@ -49,13 +49,13 @@ def run(params: Params, args: argparse.Namespace) -> None:
     if params.teacher.source == "train":
         metrics.update(train_stand_in(params))
     else:
-        with atomic_path(pretrained.TEACHER_DIR) as tmp:
+        with atomic_path(LAYOUT.teacher_model) as tmp:
             tmp.mkdir()
-            (tmp / "source.txt").write_text(params.teacher.source + "\n")
-    teacher = pretrained.load_teacher(params.teacher.source,
+            (tmp / SOURCE_FILE).write_text(params.teacher.source + "\n")
+    teacher = load_teacher(params.teacher.source,
                                       input_size=params.teacher.input_size)
     metrics.update(dim=teacher.dim, tokens=teacher.num_tokens, grid=teacher.grid)
-    record_metrics(params, METRICS, metrics, "teacher")
+    record_stage(params, "teacher", metrics, digest([LAYOUT.teacher_model]))
     print(f"teacher: {metrics}")
 
 

@@ -4,7 +4,7 @@ tokenizer.source `train`: trains a small AutoencoderKL on the train split, measu
 latent scale factor (1 / std of sampled latents) and saves both with save_pretrained to
 data/tokenizer/. A hub id or path (stabilityai/sd-vae-ft-ema): loaded (offline with
 HF_HUB_OFFLINE=1); data/tokenizer/ then only records the source.
-Either way: reconstruction PSNR on the eval split -> data/metrics/tokenizer.json + MLflow.
+Either way: reconstruction PSNR on the eval split -> results/data/tokenizer.json + MLflow.
 """
 
 from __future__ import annotations
@@ -16,14 +16,22 @@ import time
 import numpy as np
 import torch
 
-from pipeline import pretrained
+from pipeline.config import Params
 from pipeline.data import open_split
-from pipeline.files import atomic_path
-from pipeline.params import REPO_ROOT, Params
+from pipeline.files import atomic_path, digest
+from pipeline.layout import LAYOUT
+from pipeline.pretrained.common import SOURCE_FILE, dataset_sampler
+from pipeline.pretrained.tokenizer import (
+    SCALE_FILE,
+    Tokenizer,
+    load_tokenizer,
+    measure_scale_factor,
+    psnr,
+    train_tokenizer,
+)
 from pipeline.stage import stage_main
-from pipeline.tracking import record_metrics
+from pipeline.tracking import record_stage
 
-METRICS = REPO_ROOT / "data" / "metrics" / "tokenizer.json"
 PSNR_IMAGES = 2000  # eval images for the reconstruction PSNR
 SCALE_IMAGES = 2000  # train images for the measured scale factor
 
@@ -32,18 +40,18 @@ def train_stand_in(params: Params) -> float:
     """Train, measure the scale factor, save to data/tokenizer; return seconds spent."""
     start = time.perf_counter()
     train = open_split(params.data, "train")
-    sample = pretrained.dataset_sampler(train, params.study.seed)
-    vae = pretrained.train_tokenizer(params.tokenizer, lambda b: sample(b)[0],
+    sample = dataset_sampler(train, params.study.seed)
+    vae = train_tokenizer(params.tokenizer, lambda b: sample(b)[0],
                                      params.study.seed)
-    scale = params.tokenizer.scale_factor or pretrained.measure_scale_factor(
+    scale = params.tokenizer.scale_factor or measure_scale_factor(
         vae, train.load(np.arange(min(SCALE_IMAGES, len(train)))), params.study.seed)
-    with atomic_path(pretrained.TOKENIZER_DIR) as tmp:
+    with atomic_path(LAYOUT.tokenizer) as tmp:
         vae.save_pretrained(tmp)
-        (tmp / pretrained.SCALE_FILE).write_text(json.dumps({"scale_factor": scale}))
+        (tmp / SCALE_FILE).write_text(json.dumps({"scale_factor": scale}))
     return time.perf_counter() - start
 
 
-def reconstruction_psnr(tok: pretrained.Tokenizer, params: Params) -> tuple[float, tuple]:
+def reconstruction_psnr(tok: Tokenizer, params: Params) -> tuple[float, tuple]:
     """PSNR (dB) of decode(encode mean) on the first eval images; and the latent shape."""
     evaluation = open_split(params.data, "eval")
     n = min(PSNR_IMAGES, len(evaluation))
@@ -53,7 +61,7 @@ def reconstruction_psnr(tok: pretrained.Tokenizer, params: Params) -> tuple[floa
         shape = tuple(mean.shape[1:])
         originals.append(images)
         recons.append(tok.decode(mean * tok.scale_factor))
-    return pretrained.psnr(torch.cat(recons), torch.cat(originals)), shape
+    return psnr(torch.cat(recons), torch.cat(originals)), shape
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
@@ -61,16 +69,16 @@ def run(params: Params, args: argparse.Namespace) -> None:
     if params.tokenizer.source == "train":
         metrics["train_seconds"] = train_stand_in(params)
     else:
-        with atomic_path(pretrained.TOKENIZER_DIR) as tmp:
+        with atomic_path(LAYOUT.tokenizer) as tmp:
             tmp.mkdir()
-            (tmp / "source.txt").write_text(params.tokenizer.source + "\n")
+            (tmp / SOURCE_FILE).write_text(params.tokenizer.source + "\n")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    tok = pretrained.load_tokenizer(params.tokenizer.source, device,
+    tok = load_tokenizer(params.tokenizer.source, device,
                                     params.tokenizer.scale_factor)
     psnr, shape = reconstruction_psnr(tok, params)
     metrics.update(psnr_db=psnr, scale_factor=tok.scale_factor, latent_channels=shape[0],
                    latent_size=shape[-1])
-    record_metrics(params, METRICS, metrics, "tokenizer")
+    record_stage(params, "tokenizer", metrics, digest([LAYOUT.tokenizer]))
     print(f"tokenizer: PSNR {psnr:.2f} dB on eval images, latent {'x'.join(map(str, shape))}, "
           f"scale {tok.scale_factor:.4f}")
 

@@ -2,48 +2,38 @@
 
     python -m stages.train GAT-T1/4 [--dry-run]
 
-Writes outputs/train/<SIZE>/generator/ (EMA generator: safetensors + config.json),
-metrics.json and log.csv (per-step losses, logit gap, R1, R2, REPA, grad norms, images/s),
-and logs all of it to the size's MLflow run. To resume after a kill, run the same command
-again: it continues from the last checkpoint with the same step counter.
+Writes outputs/train/<SIZE>/generator/ (EMA generator: generator.pt + config.json) and
+results/train/<SIZE>/{metrics.json,log.csv} (per-step losses, logit gap, R1, R2, REPA,
+grad norms, images/s), and logs all of it to the MLflow run of this training
+configuration. To resume after a kill, run the same command again: it continues from the
+last checkpoint with the same step counter. A larger train.iterations continues the
+finished shorter run from its last checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from gat.train import NonFiniteError
-from pipeline.params import Params, size_dir
+from pipeline.config import Params
 from pipeline.stage import stage_main
-from pipeline.training import adapted_lr, run_training, total_steps
-
-
-def out_dir(size: str) -> Path:
-    """outputs/train/<SIZE>: generator/, metrics.json, log.csv."""
-    return size_dir("train", size)
+from pipeline.tracking import TrackingError
+from pipeline.training import run_training
+from pipeline.training.job import derived
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
-    """Train args.size; exit with the divergence message (naming the step) if it diverged."""
+    """Train args.size; exit naming the step if it diverged, or the URI if MLflow is down."""
     try:
-        metrics = run_training(params, args.size, out_dir(args.size))
+        metrics = run_training(params, args.size)
     except NonFiniteError as err:
         sys.exit(f"error: training {args.size} diverged: {err}")
-    rate = metrics["images_per_s_per_worker"]
-    print(f"{args.size}: {metrics['steps']} steps, {rate:.1f} images/s per worker "
-          f"-> {out_dir(args.size)}")
-
-
-def derived(params: Params, args: argparse.Namespace) -> dict:
-    """What the stage computes from params: the width-adapted lr, length, per-worker batch."""
-    t = params.train
-    return {"size": args.size, "lr": float(f"{adapted_lr(params, args.size):.6g}"),
-            "steps": total_steps(params), "batch_per_worker": t.batch // t.workers,
-            "micro_batch": t.batch // t.workers // t.grad_accum,
-            "out_dir": str(out_dir(args.size))}
+    except TrackingError as err:
+        sys.exit(f"error: {err}")
+    print(f"{args.size}: {metrics['steps']} steps, {metrics['images_per_s_per_worker']:.1f} "
+          f"images/s per worker; MLflow run {metrics['mlflow_run_id']}")
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, run, size=True, extra=derived)
+    stage_main(__doc__, run, size=True, extra=lambda params, args: derived(params, args.size))

@@ -35,7 +35,8 @@ def mlflow_uri(tmp_path) -> str:
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory):
     """A copy of the repo where the README's first command, ``bash scripts/repro.sh``, ran
-    the tiny profile (once a session).
+    the tiny profile (once a session), sweep included, with the params keys every stage
+    read traced into ``params_trace(work)``.
 
     The copy's ``.venv`` links to the venv running the tests (set up by scripts/setup.sh, so
     the script's setup step finds it complete), and the venv is not on PATH: the script
@@ -46,7 +47,8 @@ def tiny_study(tmp_path_factory):
     import sys
     from pathlib import Path
 
-    from tests.helpers import FASHION, copy_repo, dvc_env
+    from pipeline.config.trace import TRACE_ENV
+    from tests.helpers import FASHION, copy_repo, dvc_env, params_trace
 
     if not FASHION.exists():
         pytest.skip("needs dataset-fashion-mnist (bash scripts/setup.sh installs it)")
@@ -54,6 +56,9 @@ def tiny_study(tmp_path_factory):
     copy_repo(work)
     shutil.copy(work / "profiles" / "tiny.yaml", work / "params.yaml")
     env, venv = dvc_env(), Path(sys.executable).parent
+    # Every params key each stage's processes read (tests/test_dvc_declarations.py).
+    env[TRACE_ENV] = str(params_trace(work))
+    params_trace(work).mkdir()
     if (venv.parent / ".requirements.installed").exists():  # a venv made by setup.sh
         (work / ".venv").symlink_to(venv.parent)
         env["PATH"] = ":".join(d for d in env["PATH"].split(":") if Path(d) != venv)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.params import Params, StudyParams
+from pipeline.config import Params, StudyParams
 
 CLASSES = 4
 LATENT = (4, 16)  # channels, side: a 32 px image through a 2x tokenizer
@@ -38,7 +38,7 @@ def synthetic_images(n: int, seed: int = 0, res: int = 32) -> tuple[torch.Tensor
 def save_classifier_dir(directory: Path, seed: int = 0) -> Path:
     """A small random CNN whose BatchNorm statistics are measured on synthetic images, so
     its features have a sensible scale (an uncalibrated one squashes them to ~0)."""
-    from pipeline.pretrained import Classifier, save_classifier
+    from pipeline.pretrained.classifier import Classifier, save_classifier
 
     torch.manual_seed(seed)
     model = Classifier(num_classes=CLASSES, width=8, feature_dim=32)
@@ -68,9 +68,9 @@ def save_tokenizer_dir(directory: Path) -> Path:
     return directory
 
 
-def save_generator_dir(directory: Path, steps: int = 2) -> Path:
+def save_generator_dir(directory: Path, steps: int = 2, tokenizer: str = "train") -> Path:
     """GAT-T1/4 trained for a few real steps on random latents; its EMA G is saved with
-    the metadata the training stage writes."""
+    the metadata the training stage writes (``tokenizer``: what decodes its latents)."""
     from gat.io import save_generator
     from gat.train import GATTrainer, TrainConfig
 
@@ -80,8 +80,9 @@ def save_generator_dir(directory: Path, steps: int = 2) -> Path:
     for _ in range(steps):
         latents = torch.randn(8, LATENT[0], LATENT[1], LATENT[1], generator=g)
         trainer.step(latents, torch.arange(8) % CLASSES)
-    save_generator(directory, trainer.G_ema, {"name": SIZE, "teacher_dim": 8,
-                                              "scale_factor": 1.0, "steps": steps})
+    save_generator(directory, trainer.G_ema, {
+        "name": SIZE, "teacher_dim": 8, "scale_factor": 1.0, "steps": steps,
+        "tokenizer": tokenizer, "run_key": f"test-{steps}", "study_key": "test"})
     return directory
 
 
@@ -103,8 +104,9 @@ def stage_params(root: Path, mlflow_uri: str, sizes: list[str] | None = None,
     images = str(root / "images")
     return dataclasses.replace(
         base,
-        study=StudyParams(name="eval-test", seed=0, sizes=sizes or [SIZE]),
-        tracking=dataclasses.replace(base.tracking, uri=mlflow_uri, experiment="eval-test"),
+        study=StudyParams(seed=0, sizes=sizes or [SIZE]),
+        tracking=dataclasses.replace(base.tracking, uri=mlflow_uri, experiment="eval-test",
+                                     study_name="eval-test"),
         data=dataclasses.replace(base.data, source="imagefolder", path=images,
                                  eval_path=images),
         evaluate=dataclasses.replace(base.evaluate, **{"num_samples": 64, "batch": 32,

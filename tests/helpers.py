@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pipeline.params import Params, load_params
+from pipeline.config import Params, RuntimeParams, load_params
 from pipeline.shards import (
     latent_fields,
     token_fields,
@@ -24,12 +24,22 @@ REPO = Path(__file__).resolve().parent.parent
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
+def params_trace(study: Path) -> Path:
+    """Where the tiny study's run recorded the params keys each stage read."""
+    return study.parent / f"{study.name}-params-trace"
+
+
 def dvc_env() -> dict[str, str]:
     """Environment for running the pipeline's commands in a copy of the repo."""
     env = {**os.environ, "DVC_NO_ANALYTICS": "1",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "GAT_ROOT"):
+    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "GAT_ROOT", "DVC_ROOT", "DVC_STAGE",
+                "GAT_TRACE_PARAMS"):
         env.pop(key, None)
+    for key in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"):  # commits of `dvc exp` and tests
+        env.setdefault(key, "gat-tests")
+    for key in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"):
+        env.setdefault(key, "gat-tests@localhost")
     return env
 
 
@@ -46,7 +56,8 @@ def copy_repo(dst: Path) -> None:
 
 def make_synthetic_shards(root: Path, samples: int = 256, shard_size: int = 32,
                           classes: int = 4, latent=(4, 8, 8), tokens=(1 + 4, 8)) -> None:
-    """data/shards/train and data/teacher under ``root`` with Gaussian latents per class."""
+    """data/shards/train and data/teacher under ``root`` with Gaussian latents per class
+    (made by the ``train`` tokenizer: data/tokenizer, if the test saves one there)."""
     rng = np.random.default_rng(0)
     labels = np.arange(samples) % classes
 
@@ -61,23 +72,23 @@ def make_synthetic_shards(root: Path, samples: int = 256, shard_size: int = 32,
     shards = write_shards(shard_dir, samples, shard_size, latents, "synthetic")
     write_manifest(shard_dir, {"samples": samples, "shards": shards, "num_classes": classes,
                                "latent_shape": list(latent), "scale_factor": 1.0,
-                               "classes": [str(c) for c in range(classes)]})
+                               "classes": [str(c) for c in range(classes)],
+                               "tokenizer": "train"})
     tshards = write_shards(teacher_dir, samples, shard_size, teacher, "synthetic")
     write_manifest(teacher_dir, {"samples": samples, "shards": tshards,
                                  "token_shape": list(tokens)})
 
 
-def tiny_params(tmp: Path, mlflow_uri: str, tokenizer: Path | None = None,
-                **train: object) -> Params:
-    """The tiny profile with a test's MLflow store, tokenizer path and train overrides."""
+def tiny_params(tmp: Path, mlflow_uri: str, **overrides: object) -> Params:
+    """The tiny profile with a test's MLflow store and overrides of train.* or runtime.*
+    keys, given by their names (``batch=8, workers=2``)."""
     params = load_params(REPO / "profiles" / "tiny.yaml")
-    params = dataclasses.replace(
+    runtime = {k: v for k, v in overrides.items() if k in RuntimeParams.__dataclass_fields__}
+    train = {k: v for k, v in overrides.items() if k not in runtime}
+    return dataclasses.replace(
         params, tracking=dataclasses.replace(params.tracking, uri=mlflow_uri),
-        train=dataclasses.replace(params.train, **train))
-    if tokenizer is not None:
-        params = dataclasses.replace(params, tokenizer=dataclasses.replace(
-            params.tokenizer, source=str(tokenizer)))
-    return params
+        train=dataclasses.replace(params.train, **train),
+        runtime=dataclasses.replace(params.runtime, **runtime))
 
 
 def write_params(params: Params, path: Path) -> Path:

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline.config import DataParams
 from pipeline.data import DataError, iter_images, open_split
-from pipeline.params import DataParams
 from tests.helpers import FASHION
 
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from gat.cli import main as gat_main
 from gat.sample import balanced_labels, parse_classes, parse_seeds, sample_latents
+from pipeline.cli import main as gat_main
 from tests.eval_helpers import (
     CLASSES,
     SIZE,
@@ -51,9 +51,7 @@ def _study_root(root: Path, parts: dict[str, Path], mlflow_uri: str) -> None:
     image_folder(root / "images")
     shutil.copytree(parts["tokenizer"], root / "data" / "tokenizer")
     shutil.copytree(parts["classifier"], root / "data" / "classifier")
-    train = root / "outputs" / "train" / SIZE
-    shutil.copytree(parts["generator"], train / "generator")
-    (train / "metrics.json").write_text(json.dumps({"images_per_s": 12.5}))
+    shutil.copytree(parts["generator"], root / "outputs" / "train" / SIZE / "generator")
     write_params(stage_params(root, mlflow_uri, num_samples=64, batch=32),
                  root / "params.yaml")
 
@@ -64,7 +62,7 @@ def test_evaluate_stage_writes_grid_metrics_and_mlflow(tmp_path, parts, mlflow_u
         done = _stage(tmp_path, *stage)
         assert done.returncode == 0, f"{stage}: {done.stderr[-3000:]}"
     out = tmp_path / "outputs" / "eval" / SIZE
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "results" / "eval" / SIZE / "metrics.json").read_text())
     assert metrics["metric"] == "FD-classifier" and metrics["num_samples"] == 64
     assert metrics["fd"] > 0 and 0 <= metrics["precision"] <= 1 and 0 <= metrics["recall"] <= 1
     assert 0 <= metrics["class_accuracy"] <= 1
@@ -79,6 +77,11 @@ def test_evaluate_stage_writes_grid_metrics_and_mlflow(tmp_path, parts, mlflow_u
     assert {"eval.precision", "eval.recall", "eval.g_gflops"} <= set(run.data.metrics)
     assert run.data.tags["eval.metric"] == "FD-classifier"
     assert run.data.tags["mlflow.parentRunId"]  # nested under the study run
+    assert run.data.tags["gat.run_key"] == metrics["run_key"] == "test-2"  # the generator's
+    assert run.info.run_id == metrics["mlflow_run_id"]
+    assert run.data.metrics["FD-classifier"] == pytest.approx(metrics["fd"])
+    history = client.get_metric_history(run.info.run_id, "FD-classifier")
+    assert [m.step for m in history] == [2]  # at the generator's last training step
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
     assert logged == {"eval/samples.png"}
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gat.cli import model_info
 from gat.flops import generator_gflops
 from gat.models import GAT_MODELS, apply_rope, build_models, count_params, rope_2d
 from gat.optim import width_aware_lr
+from pipeline.cli import model_info
 
 # Paper Table 2 / SPEC 1 and SPEC 6 (GFLOPs in the DiT convention).
 PAPER = {
@@ -139,7 +139,7 @@ def test_truncation_and_guidance_in_w_space():
 
 
 def test_gat_info_json_cli():
-    out = subprocess.run([sys.executable, "-m", "gat.cli", "info", "GAT-S/2", "--json"],
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "info", "GAT-S/2", "--json"],
                          capture_output=True, text=True, check=True)
     info = json.loads(out.stdout)
     assert {"g_params", "d_params", "g_gflops", "lr"} <= set(info)
@@ -149,7 +149,7 @@ def test_gat_info_json_cli():
 
 
 def test_gat_info_rejects_unknown_model():
-    out = subprocess.run([sys.executable, "-m", "gat.cli", "info", "GAT-Q/2"],
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "info", "GAT-Q/2"],
                          capture_output=True, text=True)
     assert out.returncode != 0 and "GAT-S/2" in out.stderr
 

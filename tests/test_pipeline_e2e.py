@@ -22,26 +22,37 @@ pytestmark = pytest.mark.skipif(not FASHION.exists(), reason="needs dataset-fash
 
 def test_dvc_repro_tiny_profile(tiny_study):
     work = tiny_study
-    table = pd.read_csv(work / "outputs" / "scaling" / "scaling.csv")
+    table = pd.read_csv(work / "results" / "scaling" / "scaling.csv")
     assert len(table) == 3
     assert (table["g_gflops"] > 0).all() and table["g_gflops"].is_monotonic_increasing
     assert (table["fd"] > 0).all() and (table["metric"] == "FD-classifier").all()
-    metrics = json.loads((work / "outputs" / "scaling" / "metrics.json").read_text())
+    metrics = json.loads((work / "results" / "scaling" / "metrics.json").read_text())
     assert -1.0 <= metrics["pearson_r"] <= 1.0 and metrics["sizes"] == 3
-    assert (work / "outputs" / "scaling" / "scaling.png").stat().st_size > 1000
-    for stand_in in ("tokenizer", "teacher", "classifier"):
-        assert (work / "data" / "metrics" / f"{stand_in}.json").exists()
+    assert (work / "results" / "scaling" / "scaling.png").stat().st_size > 1000
+    for stand_in in ("tokenizer", "teacher", "classifier", "encode"):
+        assert (work / "results" / "data" / f"{stand_in}.json").exists()
+    # results/ is what git keeps per experiment: nothing in it is ignored
+    ignored = subprocess.run(["git", "check-ignore", "-q", "results/scaling/metrics.json"],
+                             cwd=work)
+    assert ignored.returncode == 1
 
 
 def test_evaluate_outputs_and_mlflow(tiny_study):
     work = tiny_study
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     exp = client.get_experiment_by_name("gat-tiny")
-    runs = client.search_runs([exp.experiment_id], "tags.`gat.role` = 'size'")
+    runs = client.search_runs([exp.experiment_id], "tags.`gat.role` = 'train'")
     assert {r.data.tags["gat.size"] for r in runs} == {"GAT-T1/4", "GAT-T2/4", "GAT-T3/4"}
+    (study,) = client.search_runs([exp.experiment_id], "tags.`gat.role` = 'study'")
+    assert study.info.status == "FINISHED" and "scaling.b" in study.data.metrics
+    assert "tokenizer.psnr_db" in study.data.metrics  # the stand-ins' quality beside the fit
     for run in runs:
         size = run.data.tags["gat.size"]
-        ev = json.loads((work / "outputs" / "eval" / size / "metrics.json").read_text())
+        assert run.data.tags["mlflow.parentRunId"] == study.info.run_id
+        assert run.info.status == "FINISHED"
+        ev = json.loads((work / "results" / "eval" / size / "metrics.json").read_text())
+        train = json.loads((work / "results" / "train" / size / "metrics.json").read_text())
+        assert ev["mlflow_run_id"] == train["mlflow_run_id"] == run.info.run_id
         assert run.data.metrics["FD-classifier"] == pytest.approx(ev["fd"])
         assert {"eval.precision", "eval.recall", "eval.class_accuracy"} <= set(run.data.metrics)
         assert "loss_d" in run.data.metrics  # training logged to the same run
@@ -53,7 +64,7 @@ def test_evaluate_outputs_and_mlflow(tiny_study):
 def test_gat_sample_writes_requested_images(tiny_study, tmp_path):
     work = tiny_study
     gen = work / "outputs" / "train" / "GAT-T1" / "4" / "generator"
-    base = [sys.executable, "-m", "gat.cli", "sample", "--generator", str(gen),
+    base = [sys.executable, "-m", "pipeline.cli", "sample", "--generator", str(gen),
             "--decoder", str(work / "data" / "tokenizer"), "--cpu"]
     one = [*base, "--classes", "0,3", "--seeds", "1-3", "--out", str(tmp_path / "one")]
     out = subprocess.run(one, capture_output=True, text=True)

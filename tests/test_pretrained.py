@@ -5,17 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.params import TokenizerParams
-from pipeline.pretrained import (
-    Classifier,
-    load_classifier,
-    load_teacher,
-    load_tokenizer,
-    measure_scale_factor,
-    resolve_source,
-    save_classifier,
-    small_autoencoder,
-)
+from pipeline.config import TokenizerParams
+from pipeline.pretrained.classifier import Classifier, load_classifier, save_classifier
+from pipeline.pretrained.common import resolve_source
+from pipeline.pretrained.teacher import load_teacher
+from pipeline.pretrained.tokenizer import load_tokenizer, measure_scale_factor, small_autoencoder
 
 
 def test_sd_vae_architecture_loads_offline_with_its_scale_factor(tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.params import Params, StudyParams
+from pipeline.config import Params, StudyParams
 from pipeline.scaling import fit_power_law
 from tests.helpers import REPO, dvc_env, write_params
 
@@ -59,19 +59,21 @@ def test_fit_refuses_unusable_points(gflops, fd, message):
 
 
 def _write_results(root: Path, size: str, gflops: float, fd: float,
-                   metric: str = "FD-classifier") -> None:
-    for stage, data in (("train", {"images_per_s": 10.0}),
+                   metric: str = "FD-classifier", study: str = "s1") -> None:
+    run = {"run_key": f"{size}-k", "study_key": study}
+    for stage, data in (("train", {"images_per_s": 10.0, **run}),
                         ("eval", {"fd": fd, "g_gflops": gflops, "g_params": 1, "d_params": 2,
-                                  "metric": metric, "precision": 0.5, "recall": 0.4})):
-        out = root / "outputs" / stage / size
+                                  "metric": metric, "precision": 0.5, "recall": 0.4, **run})):
+        out = root / "results" / stage / size
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(data))
 
 
 def _run_scaling(root: Path, sizes: list[str], uri: str) -> subprocess.CompletedProcess:
     params = dataclasses.replace(
-        Params(), study=StudyParams(name="s", sizes=sizes),
-        tracking=dataclasses.replace(Params().tracking, uri=uri, experiment="scaling-test"),
+        Params(), study=StudyParams(sizes=sizes),
+        tracking=dataclasses.replace(Params().tracking, uri=uri, experiment="scaling-test",
+                                     study_name="s"),
         scaling=dataclasses.replace(Params().scaling, bootstrap=100))
     write_params(params, root / "params.yaml")
     env = {**dvc_env(), "GAT_ROOT": str(root), "PYTHONPATH": str(REPO)}
@@ -86,7 +88,7 @@ def test_scaling_names_missing_size_and_refuses_fewer_than_three(tmp_path, mlflo
     assert done.returncode == 1
     assert "at least 3 sizes" in done.stderr and "have 2 (GAT-T1/4, GAT-T2/4)" in done.stderr
     assert "GAT-T3/4 (no " in done.stderr  # named, with the file it lacks
-    assert not (tmp_path / "outputs" / "scaling").exists()
+    assert not (tmp_path / "results" / "scaling").exists()
 
 
 def test_scaling_fits_the_rest_and_logs_to_the_study_run(tmp_path, mlflow_uri):
@@ -98,7 +100,7 @@ def test_scaling_fits_the_rest_and_logs_to_the_study_run(tmp_path, mlflow_uri):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "left out GAT-T4/4 (no " in done.stderr and "left out GAT-T1/2 (" in done.stderr
 
-    out = tmp_path / "outputs" / "scaling"
+    out = tmp_path / "results" / "scaling"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["b"] == pytest.approx(-0.5, rel=1e-6) and metrics["sizes"] == 3
     assert metrics["a"] == pytest.approx(30.0 * 1000**-0.5, rel=1e-6)
@@ -113,6 +115,7 @@ def test_scaling_fits_the_rest_and_logs_to_the_study_run(tmp_path, mlflow_uri):
     client = MlflowClient(mlflow_uri)
     exp = client.get_experiment_by_name("scaling-test")
     (run,) = client.search_runs([exp.experiment_id], "tags.`gat.role` = 'study'")
+    assert run.data.tags["gat.study_key"] == "s1" and run.info.status == "FINISHED"
     assert run.data.metrics["scaling.b"] == pytest.approx(-0.5, rel=1e-6)
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "scaling")}
     assert logged == {"scaling/scaling.csv", "scaling/scaling.png", "scaling/metrics.json"}
@@ -123,3 +126,13 @@ def test_scaling_refuses_to_fit_fid_and_fd_classifier_together(tmp_path, mlflow_
         _write_results(tmp_path, size, 0.001 * 2**i, 30.0 - i, "FID" if i else "FD-classifier")
     done = _run_scaling(tmp_path, ["GAT-T1/4", "GAT-T2/4", "GAT-T3/4"], mlflow_uri)
     assert done.returncode == 1 and "different metrics" in done.stderr
+
+
+def test_scaling_refuses_sizes_trained_under_different_configurations(tmp_path, mlflow_uri):
+    """A partial experiment (`dvc exp run ... train@ONE_SIZE`) leaves sizes of two study
+    configurations side by side: fitting them together would be wrong."""
+    for i, size in enumerate(["GAT-T1/4", "GAT-T2/4", "GAT-T3/4"]):
+        _write_results(tmp_path, size, 0.001 * 2**i, 30.0 - i, study="s2" if i else "s1")
+    done = _run_scaling(tmp_path, ["GAT-T1/4", "GAT-T2/4", "GAT-T3/4"], mlflow_uri)
+    assert done.returncode == 1 and "different configurations" in done.stderr
+    assert "s1" in done.stderr and "s2" in done.stderr and "dvc repro" in done.stderr

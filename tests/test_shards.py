@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.config import DataParams, Params, TokenizerParams
 from pipeline.data import open_split
-from pipeline.params import DataParams, Params, TokenizerParams
-from pipeline.pretrained import SCALE_FILE, load_tokenizer, small_autoencoder
+from pipeline.pretrained.tokenizer import SCALE_FILE, load_tokenizer, small_autoencoder
 from pipeline.shards import (
     ShardError,
     assign_shards,
@@ -32,13 +32,14 @@ from tests.helpers import FASHION, REPO, dvc_env, make_synthetic_shards, write_p
 from tests.test_data import make_imagefolder
 
 
-def _root_with_tokenizer(root, data: DataParams) -> dict[str, str]:
+def _root_with_tokenizer(root, data: DataParams, encode_batch: int = 256) -> dict[str, str]:
     """A GAT_ROOT with a tiny saved AutoencoderKL as the `train` tokenizer and params."""
     vae = small_autoencoder(TokenizerParams(block_out_channels=[8, 16]))
     vae.save_pretrained(root / "data" / "tokenizer")
     (root / "data" / "tokenizer" / SCALE_FILE).write_text(json.dumps({"scale_factor": 0.5}))
     params = dataclasses.replace(Params(), data=data, tracking=dataclasses.replace(
-        Params().tracking, uri=f"sqlite:///{root / 'mlflow.db'}"))
+        Params().tracking, uri=f"sqlite:///{root / 'mlflow.db'}"),
+        runtime=dataclasses.replace(Params().runtime, encode_batch=encode_batch))
     write_params(params, root / "params.yaml")
     return {**dvc_env(), "GAT_ROOT": str(root), "PYTHONPATH": str(REPO)}
 
@@ -141,8 +142,8 @@ def test_failed_encode_never_publishes_a_partial_shard(tmp_path):
 @pytest.mark.skipif(not FASHION.exists(), reason="needs dataset-fashion-mnist")
 def test_encode_killed_midway_then_rerun_completes(tmp_path):
     root = tmp_path / "root"
-    data = DataParams(train_limit=1200, shard_size=40, encode_batch=20, hflip=False)
-    env = _root_with_tokenizer(root, data)
+    data = DataParams(train_limit=1200, shard_size=40, hflip=False)
+    env = _root_with_tokenizer(root, data, encode_batch=20)
     shard_dir = root / "data" / "shards" / "train"
     proc = subprocess.Popen([sys.executable, "-m", "stages.encode"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -1,4 +1,6 @@
-"""Ray Tune sweep of lr_base on the tiny study: ASHA, MLflow per trial, best lr written."""
+"""Ray Tune sweep of lr_base on the tiny study: ASHA, MLflow per trial, best lr written,
+the transfer check, and restore after SIGKILL. The tiny study's `dvc repro` ran the sweep
+(its profile enables it); these tests check what it left and rerun it."""
 
 from __future__ import annotations
 
@@ -17,46 +19,29 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from gat.models import model_config
-from pipeline.params import load_params
+from pipeline.config import load_params
 from pipeline.sweep import lr_grid
-from tests.helpers import REPO, dvc_env, write_params
+from tests.helpers import FASHION, REPO, dvc_env, write_params
 
 
 def test_lr_grid_is_log_spaced_centre_first():
-    params = load_params(REPO / "profiles" / "tiny.yaml")
+    params = load_params(REPO / "profiles" / "tiny.yaml", check_paths=False)
     params = dataclasses.replace(params, sweep=dataclasses.replace(
         params.sweep, lr_min=1e-4, lr_max=1e-2, num_trials=3))
     assert lr_grid(params) == pytest.approx([1e-3, 1e-4, 1e-2])
 
 
-def _sweep_root(tiny_study: Path, root: Path, transfer: bool):
-    """A root with the tiny study's data and a params.yaml for a 3-trial sweep at T1/4."""
-    shutil.copytree(tiny_study / "data", root / "data")
-    params = load_params(tiny_study / "params.yaml")
-    params = dataclasses.replace(
-        params,
-        tracking=dataclasses.replace(params.tracking, uri=f"sqlite:///{root / 'mlflow.db'}"),
-        sweep=dataclasses.replace(params.sweep, enabled=True, transfer=transfer,
-                                  size="GAT-T1/4", lr_min=1e-4, lr_max=1e-1, num_trials=3,
-                                  iterations=24, grace_period=4))
-    write_params(params, root / "params.yaml")
-    env = {**dvc_env(), "GAT_ROOT": str(root), "PYTHONPATH": str(REPO)}
-    return params, env
-
-
-def test_sweep_three_trials_asha_mlflow_and_transfer(tiny_study, tmp_path):
-    root = tmp_path / "root"
-    params, env = _sweep_root(tiny_study, root, transfer=True)
-    done = subprocess.run([sys.executable, "-m", "stages.sweep"], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    best = json.loads((root / "outputs" / "sweep" / "best.json").read_text())
-    trials = pd.read_csv(root / "outputs" / "sweep" / "trials.csv")
-    assert len(trials) == 3 and best["trials"] == 3
+@pytest.mark.skipif(not FASHION.exists(), reason="needs dataset-fashion-mnist")
+def test_sweep_three_trials_asha_mlflow_and_transfer(tiny_study):
+    root, params = tiny_study, load_params(tiny_study / "params.yaml")
+    out = root / "results" / "sweep"
+    best = json.loads((out / "best.json").read_text())
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == params.sweep.num_trials == best["trials"] == 3
     assert trials["stopped_early"].sum() >= 1, trials
     assert best["best_lr_base"] in set(trials["lr_base"])
-    assert best["metric"] == "FD-classifier"
-    assert (root / "outputs" / "sweep" / "lr_vs_fd.png").stat().st_size > 1000
+    assert best["metric"] == f"FD-classifier-{params.runtime.fd_samples}"
+    assert (out / "lr_vs_fd.png").stat().st_size > 1000
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     exp = client.get_experiment_by_name(params.tracking.experiment)
     runs = client.search_runs([exp.experiment_id], "tags.`gat.role` = 'trial' and "
@@ -65,8 +50,9 @@ def test_sweep_three_trials_asha_mlflow_and_transfer(tiny_study, tmp_path):
     assert sorted(float(r.data.params["lr_base"]) for r in runs) == pytest.approx(
         sorted(trials["lr_base"]))
     assert all("fd" in r.data.metrics for r in runs)
-    sweep_run = client.search_runs([exp.experiment_id], "tags.`gat.role` = 'sweep' and "
-                                   "tags.`gat.size` = 'GAT-T1/4'")[0]
+    (sweep_run,) = client.search_runs([exp.experiment_id], "tags.`gat.role` = 'sweep' and "
+                                      "tags.`gat.size` = 'GAT-T1/4'")
+    assert sweep_run.info.run_name.startswith("lr-sweep GAT-T1/4")  # named apart from sizes
     assert all(r.data.tags["mlflow.parentRunId"] == sweep_run.info.run_id for r in runs)
     assert sweep_run.data.metrics["best_lr_base"] == pytest.approx(best["best_lr_base"])
     transfer_runs = client.search_runs([exp.experiment_id], "tags.`gat.role` = 'trial' and "
@@ -75,49 +61,65 @@ def test_sweep_three_trials_asha_mlflow_and_transfer(tiny_study, tmp_path):
 
     # Fig. 5b: the transfer size trained with the rule, with lr_base unchanged, and with its
     # own sweep's best; the rule and unchanged lrs differ by exactly C_base / C_model.
-    transfer = pd.read_csv(root / "outputs" / "sweep" / "transfer.csv").set_index("how")
+    transfer = pd.read_csv(out / "transfer.csv").set_index("how")
     assert list(transfer.index) == ["width-aware rule", "base lr unchanged", "own sweep's best"]
     width = model_config(params.sweep.transfer_size).width
     assert transfer.loc["width-aware rule", "lr"] == pytest.approx(
         best["best_lr_base"] * params.train.c_base / width)
     assert transfer.loc["base lr unchanged", "lr"] == pytest.approx(best["best_lr_base"])
     assert transfer["fd"].notna().all(), transfer
-    assert (root / "outputs" / "sweep" / "transfer.png").stat().st_size > 1000
+    assert (out / "transfer.png").stat().st_size > 1000
+    # Tune's experiments live in the workspace's state, not in results/ (git) or DVC's cache.
+    assert len(list((root / "outputs" / "tune").glob("lr_sweep-*"))) == 3
 
     # The same command again restores the finished Tune experiments: no trial reruns.
-    again = subprocess.run([sys.executable, "-m", "stages.sweep"], cwd=REPO, env=env,
+    again = subprocess.run([sys.executable, "-m", "stages.sweep"], cwd=root, env=dvc_env(),
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "restoring the Tune experiment" in again.stdout
-    assert json.loads((root / "outputs" / "sweep" / "best.json").read_text()) == best
+    assert json.loads((out / "best.json").read_text()) == best
     assert len(client.search_runs([exp.experiment_id], "tags.`gat.role` = 'trial'")) == 8
 
 
+def _sweep_root(tiny_study: Path, root: Path):
+    """A root with the tiny study's data and a params.yaml for its sweep, without transfer."""
+    shutil.copytree(tiny_study / "data", root / "data")
+    params = load_params(tiny_study / "params.yaml")
+    params = dataclasses.replace(
+        params,
+        tracking=dataclasses.replace(params.tracking, uri=f"sqlite:///{root / 'mlflow.db'}"),
+        sweep=dataclasses.replace(params.sweep, transfer=False))
+    write_params(params, root / "params.yaml")
+    env = {**dvc_env(), "GAT_ROOT": str(root), "PYTHONPATH": str(REPO)}
+    return params, env
+
+
+@pytest.mark.skipif(not FASHION.exists(), reason="needs dataset-fashion-mnist")
 def test_sweep_killed_then_same_command_restores(tiny_study, tmp_path):
     """SIGKILL the sweep while its second trial trains; the same command restores the Tune
     experiment and every trial ends (in MLflow and trials.csv)."""
     root = tmp_path / "root"
-    params, env = _sweep_root(tiny_study, root, transfer=False)
+    params, env = _sweep_root(tiny_study, root)
     cmd = [sys.executable, "-m", "stages.sweep"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    trials_dir = root / "outputs" / "sweep" / "base" / "trials"
+    trials = root / "outputs" / "tune"
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(trials_dir.glob("*/log.csv"))) < 2:
+    while time.time() < deadline and len(list(trials.glob("*/trials/*/log.csv"))) < 2:
         time.sleep(0.5)
-    assert len(list(trials_dir.glob("*/log.csv"))) >= 2, "the second trial never started"
+    assert len(list(trials.glob("*/trials/*/log.csv"))) >= 2, "the second trial never started"
     os.killpg(proc.pid, signal.SIGKILL)  # the stage, Ray's processes and the trial actors
     proc.wait()
-    assert not (root / "outputs" / "sweep" / "best.json").exists()
+    assert not (root / "results" / "sweep" / "best.json").exists()
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "restoring the Tune experiment" in again.stdout
-    trials = pd.read_csv(root / "outputs" / "sweep" / "trials.csv")
-    assert len(trials) == 3 and (trials["error"].isna() | (trials["error"] == "")).all()
-    best = json.loads((root / "outputs" / "sweep" / "best.json").read_text())
-    assert best["best_lr_base"] in set(trials["lr_base"])
+    table = pd.read_csv(root / "results" / "sweep" / "trials.csv")
+    assert len(table) == 3 and (table["error"].isna() | (table["error"] == "")).all()
+    best = json.loads((root / "results" / "sweep" / "best.json").read_text())
+    assert best["best_lr_base"] in set(table["lr_base"])
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     exp = client.get_experiment_by_name(params.tracking.experiment)
     finished = {float(r.data.params["lr_base"]) for r in client.search_runs(
         [exp.experiment_id], "tags.`gat.role` = 'trial' and attributes.status = 'FINISHED'")}
-    assert finished == set(trials["lr_base"])
+    assert finished == set(table["lr_base"])

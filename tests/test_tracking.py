@@ -1,44 +1,112 @@
-"""MLflow tracking: one study run, size runs nested under it, found again across processes."""
+"""MLflow tracking: one run per training configuration, grouped by study, found again by
+key across processes; statuses that say what is happening; an unreachable store refused."""
 
 from __future__ import annotations
 
 import dataclasses
 
-import mlflow
+import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
-from pipeline.params import Params, TrackingParams
+from pipeline.config import Params, TrackingParams
+from pipeline.layout import Layout
 
 
-def _params(uri: str) -> Params:
-    return dataclasses.replace(Params(), tracking=TrackingParams(uri=uri, experiment="t"))
+def _params(uri: str, experiment: str = "t") -> Params:
+    return dataclasses.replace(Params(), tracking=TrackingParams(uri=uri, experiment=experiment,
+                                                                 study_name="s"))
 
 
-def test_size_runs_nest_under_one_study_run(mlflow_uri, tmp_path):
+def test_one_run_per_key_nested_under_its_study(mlflow_uri, tmp_path):
     params = _params(mlflow_uri)
-    study = tracking.study_run_id(params)
-    a = tracking.size_run_id(params, "GAT-T1/4")
-    assert tracking.study_run_id(params) == study  # found again, not duplicated
-    assert tracking.size_run_id(params, "GAT-T1/4") == a
-    b = tracking.size_run_id(params, "GAT-T2/4")
+    tr = tracking.tracker(params)
+    a = tracking.training_run(tr, params, "GAT-T1/4", "k1-10", "s1", {"train.batch": 8})
+    assert tracking.training_run(tr, params, "GAT-T1/4", "k1-10", "s1",
+                                 {"train.batch": 8}) == a  # found again, not duplicated
+    b = tracking.training_run(tr, params, "GAT-T1/4", "k2-10", "s1", {"train.batch": 16})
+    c = tracking.training_run(tr, params, "GAT-T1/4", "k3-10", "s2", {"train.batch": 8})
+    assert len({a, b, c}) == 3  # a changed configuration is a new run, never a changed param
     client = MlflowClient(mlflow_uri)
-    for run_id in (a, b):
-        assert client.get_run(run_id).data.tags["mlflow.parentRunId"] == study
-    with tracking.active_run(params, "GAT-T1/4") as run:
-        mlflow.log_metric("x", 1.0)
-        (tmp_path / "a.txt").write_text("hi")
-        mlflow.log_artifact(str(tmp_path / "a.txt"))
-    assert run.info.run_id == a
-    assert client.get_run(a).data.metrics["x"] == 1.0
+    study = tracking.study_run(tr, params, "s1")
+    assert client.get_run(a).data.tags["mlflow.parentRunId"] == study
+    assert client.get_run(b).data.tags["mlflow.parentRunId"] == study
+    assert client.get_run(c).data.tags["mlflow.parentRunId"] != study
+    assert client.get_run(b).data.params["train.batch"] == "16"
+    tags = client.get_run(a).data.tags
+    assert tags[tracking.RUN_KEY] == "k1-10" and tags[tracking.SIZE] == "GAT-T1/4"
+    assert len(tags[tracking.COMMIT_TAG]) == 40  # the checkout's git commit
     # artifacts land beside the sqlite database, not in the current directory
-    artifact_uri = client.get_run(a).info.artifact_uri
-    assert str(tmp_path) in artifact_uri
+    (tmp_path / "a.txt").write_text("hi")
+    tr.log_artifact(a, tmp_path / "a.txt")
+    assert str(tmp_path) in client.get_run(a).info.artifact_uri
+
+
+def test_logging_never_flips_the_status(mlflow_uri):
+    params = _params(mlflow_uri)
+    tr = tracking.tracker(params)
+    run = tracking.training_run(tr, params, "GAT-T1/4", "k-1", "s", {})
+    tr.set_status(run, "RUNNING")
+    tr.log_metrics(run, {"loss": 1.0, "name": "not a number"}, step=3)
+    tr.set_tags(run, {"x": 1})
+    client = MlflowClient(mlflow_uri)
+    assert client.get_run(run).info.status == "RUNNING"
+    assert client.get_run(run).data.metrics == {"loss": 1.0}
+    assert tr.last_step(run, "loss") == 3 and tr.last_step(run, "other") == -1
+    tr.set_status(run, "FINISHED")
+    assert client.get_run(run).info.status == "FINISHED"
+
+
+def test_two_studies_in_one_experiment_overwrite_nothing(mlflow_uri):
+    a, b = _params(mlflow_uri, "shared"), dataclasses.replace(
+        _params(mlflow_uri, "shared"), tracking=TrackingParams(mlflow_uri, "shared", "other"))
+    tr = tracking.tracker(a)
+    run_a = tracking.training_run(tr, a, "GAT-T1/4", "ka-5", "sa", {"train.lr_base": 1e-3})
+    run_b = tracking.training_run(tr, b, "GAT-T1/4", "kb-5", "sb", {"train.lr_base": 2e-3})
+    client = MlflowClient(mlflow_uri)
+    assert client.get_run(run_a).data.params["train.lr_base"] == "0.001"
+    assert client.get_run(run_b).data.params["train.lr_base"] == "0.002"
+    studies = client.search_runs([tr.experiment_id()], "tags.`gat.role` = 'study'")
+    assert {r.data.tags["mlflow.runName"] for r in studies} == {"s sa", "other sb"}
+
+
+def test_dvc_experiment_name_is_tagged(mlflow_uri, monkeypatch):
+    monkeypatch.setenv("DVC_EXP_NAME", "tiny-pine")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "a" * 40)
+    params = _params(mlflow_uri)
+    tr = tracking.tracker(params)
+    run = tracking.training_run(tr, params, "GAT-T1/4", "k-2", "s", {})
+    tags = MlflowClient(mlflow_uri).get_run(run).data.tags
+    assert tags[tracking.DVC_EXP_TAG] == "tiny-pine"
+    assert tags[tracking.COMMIT_TAG] == "a" * 40
+
+
+@pytest.mark.parametrize("uri, fragment", [
+    ("http://127.0.0.1:9", "cannot be reached"),
+    ("sqlite:////nonexistent-dir/sub/mlflow.db", "missing or not writable"),
+])
+def test_unreachable_store_is_refused_with_the_uri(uri, fragment):
+    with pytest.raises(tracking.TrackingError) as err:
+        tracking.tracker(_params(uri)).check()
+    assert uri in str(err.value) and fragment in str(err.value)
+    assert "tracking.uri" in str(err.value) and "MLFLOW_TRACKING_URI" in str(err.value)
 
 
 def test_tracking_uri_precedence(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking.tracking_uri(Params()).endswith("/mlflow.db")
+    layout = Layout(tmp_path / "copy", tmp_path / "workspace")
+    assert tracking.tracking_uri(Params(), layout) == f"sqlite:///{tmp_path}/workspace/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert tracking.tracking_uri(Params()) == "http://127.0.0.1:5000"
-    assert tracking.tracking_uri(_params("sqlite:///x.db")) == "sqlite:///x.db"
+    assert tracking.tracking_uri(Params(), layout) == "http://127.0.0.1:5000"
+    assert tracking.tracking_uri(_params("sqlite:///x.db"), layout) == "sqlite:///x.db"
+
+
+def test_a_queued_experiment_copy_uses_the_workspace(monkeypatch, tmp_path):
+    """DVC runs a queued experiment in a copy and points $DVC_ROOT at the workspace."""
+    from pipeline import layout as layout_module
+
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    found = Layout.from_env()
+    assert found.root == layout_module.REPO_ROOT.resolve() and found.workspace == tmp_path
+    assert found.mlflow_db == tmp_path / "mlflow.db"
+    assert found.checkpoints("GAT-T1/4") == tmp_path / "outputs/checkpoints/GAT-T1/4"

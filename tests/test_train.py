@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,10 +17,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from gat.train import NonFiniteError
-from pipeline import tracking
-from pipeline.params import TokenizerParams
-from pipeline.pretrained import small_autoencoder
-from pipeline.training import KEEP_CHECKPOINTS, run_name, run_training
+from pipeline.config import TokenizerParams
+from pipeline.layout import Layout
+from pipeline.pretrained.tokenizer import small_autoencoder
+from pipeline.training import make_job, run_training
+from pipeline.training.driver import KEEP_CHECKPOINTS
 from tests.helpers import REPO, make_synthetic_shards, tiny_params, write_params
 
 
@@ -27,23 +29,21 @@ from tests.helpers import REPO, make_synthetic_shards, tiny_params, write_params
 def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("root")
     make_synthetic_shards(root)
-    # A real (untrained) AutoencoderKL saved locally: the sample grids decode with it.
+    # A real (untrained) AutoencoderKL as the `train` tokenizer: the grids decode with it.
     small_autoencoder(TokenizerParams(block_out_channels=[8, 16])).save_pretrained(
-        root / "tokenizer")
+        root / "data" / "tokenizer")
     return root
 
 
 def test_two_workers_disjoint_data_identical_weights_mlflow(ray_cluster, root, tmp_path,
                                                              mlflow_uri):
-    params = tiny_params(tmp_path, mlflow_uri, tokenizer=root / "tokenizer", workers=2,
-                         batch=16, iterations=16,
+    params = tiny_params(tmp_path, mlflow_uri, workers=2, batch=16, iterations=16,
                          cpus_per_worker=0.9, log_every=4, checkpoint_every=8,
                          sample_every=8, fd_every=0, loader_workers=0, shuffle_buffer=1)
     record = tmp_path / "record"
     record.mkdir()
-    out = tmp_path / "out"
-    metrics = run_training(params, "GAT-T1/4", out, debug={"record_dir": str(record)},
-                           root=root)
+    layout = Layout(root, root)
+    metrics = run_training(params, "GAT-T1/4", layout, debug={"record_dir": str(record)})
     assert metrics["steps"] == 16
     keys = {r: [line.split()[1] for line in (record / f"keys_rank{r}.txt").read_text().split("\n")
                 if line] for r in (0, 1)}
@@ -54,14 +54,18 @@ def test_two_workers_disjoint_data_identical_weights_mlflow(ray_cluster, root, t
     assert sorted(keys[0] + keys[1]) == [f"{j:09d}" for j in range(256)]
     checksums = {(record / f"params_rank{r}.txt").read_text() for r in (0, 1)}
     assert len(checksums) == 1, "G and D differ across workers"
-    assert (out / "generator" / "generator.safetensors").exists()
-    kept = [d for d in (root / "outputs" / "checkpoints" / run_name(params, "GAT-T1/4", root))
-            .glob("checkpoint_*") if d.is_dir()]
+    assert (layout.generator("GAT-T1/4") / "generator.pt").exists()
+    run_dir = make_job(params, "GAT-T1/4", layout).run_dir
+    assert run_dir == root / "outputs/checkpoints/GAT-T1/4" / metrics["run_key"]
+    kept = [d for d in run_dir.glob("checkpoint_*") if d.is_dir()]
     assert 1 <= len(kept) <= KEEP_CHECKPOINTS
-    log = pd.read_csv(out / "log.csv")
+    log = pd.read_csv(layout.train_results("GAT-T1/4") / "log.csv")
     assert list(log["step"]) == [4, 8, 12, 16]
     client = MlflowClient(mlflow_uri)
-    run = client.get_run(tracking.size_run_id(params, "GAT-T1/4"))
+    run = client.get_run(metrics["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["gat.run_key"] == metrics["run_key"]
+    assert run.data.tags["runtime.workers"] == "2"  # a runtime knob: a tag, not a param
+    assert "workers" not in run.data.params and "train.batch" in run.data.params
     assert {"loss_d", "loss_g", "logit_gap", "r1", "r2", "repa", "grad_norm_g",
             "images_per_s"} <= set(run.data.metrics)
     assert float(run.data.params["lr"]) == pytest.approx(params.train.lr_base)
@@ -75,14 +79,16 @@ def test_divergence_guard_stops_with_the_step(ray_cluster, root, tmp_path, mlflo
                          cpus_per_worker=0.9, checkpoint_every=4, log_every=4, fd_every=0,
                          loader_workers=0, shuffle_buffer=8, sample_every=0)
     t0 = time.time()
+    layout = Layout(tmp_path / "copy", tmp_path / "copy")
+    shutil.copytree(root / "data", layout.root / "data")
     with pytest.raises(NonFiniteError, match=r"non-finite D logit .* at step 6") as err:
-        run_training(params, "GAT-T1/4", tmp_path / "out", root=root, track=False,
+        run_training(params, "GAT-T1/4", layout, track=False,
                      debug={"nan_at_step": 6, "nan_rank": 1})
     assert time.time() - t0 < 120, "the guard must not wait for the gloo timeout"
     assert "last good checkpoint kept" in str(err.value)
-    assert not (tmp_path / "out" / "generator").exists()
-    assert json.loads((tmp_path / "out" / "diverged.json").read_text())["rank"] == 1
-    ckpts = root / "outputs" / "checkpoints" / run_name(params, "GAT-T1/4", root)
+    assert not layout.generator("GAT-T1/4").exists()
+    ckpts = make_job(params, "GAT-T1/4", layout).run_dir
+    assert json.loads((ckpts / "diverged.json").read_text())["rank"] == 1
     steps = [json.loads(p.read_text())["step"] for p in ckpts.glob("checkpoint_*/step.json")]
     assert max(steps) == 4, "the last good checkpoint is step 4's"
 
@@ -98,7 +104,7 @@ def test_sigkill_then_same_command_resumes(root, tmp_path, mlflow_uri):
                             stderr=subprocess.DEVNULL, start_new_session=True)
     # Wait until Ray has registered a checkpoint (its manager's snapshot names it): a
     # checkpoint_* folder alone may still be in flight, and a kill then rightly restarts.
-    registered = "outputs/checkpoints/GAT-T2_4-*/checkpoint_manager_snapshot.json"
+    registered = "outputs/checkpoints/GAT-T2/4/*/checkpoint_manager_snapshot.json"
     deadline = time.time() + 180
     while time.time() < deadline and not list(root.glob(registered)):
         time.sleep(0.5)
@@ -109,9 +115,10 @@ def test_sigkill_then_same_command_resumes(root, tmp_path, mlflow_uri):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     proc.wait()
-    out = root / "outputs" / "train" / "GAT-T2" / "4"
+    out = root / "results" / "train" / "GAT-T2" / "4"
     assert not (out / "metrics.json").exists()
-    killed_at = pd.read_csv(out / "log.csv")["step"].max()
+    run_dir = next(root.glob(registered)).parent
+    killed_at = pd.read_csv(run_dir / "log.csv")["step"].max()
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     log = pd.read_csv(out / "log.csv")
@@ -120,9 +127,14 @@ def test_sigkill_then_same_command_resumes(root, tmp_path, mlflow_uri):
     assert steps == list(range(5, 45, 5))
     assert killed_at >= 10
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["steps"] == 40 and (out / "generator" / "config.json").exists()
+    generator = root / "outputs" / "train" / "GAT-T2" / "4" / "generator"
+    assert metrics["steps"] == 40 and (generator / "config.json").exists()
     # Resumed, not restarted: the rerun trained only the steps after its checkpoint (the
     # workers' "resumed from checkpoint" line may not reach the driver before it exits).
     resumed_at = 40 - metrics["steps_this_run"]
     assert 10 <= resumed_at <= killed_at
     assert log["loss_d"].notna().all()
+    # MLflow holds every logged step exactly once, across the kill and the resume.
+    history = MlflowClient(params.tracking.uri).get_metric_history(metrics["mlflow_run_id"],
+                                                                   "loss_d")
+    assert sorted(m.step for m in history) == list(range(5, 45, 5))

@@ -1,0 +1,253 @@
+"""The ``gat`` command: model facts (``gat info``), sampling (``gat sample``) and params
+presets (``gat profile``).
+
+``info`` needs only the model library; ``sample`` decodes with the tokenizer (diffusers)
+and reads MLflow references, ``profile`` validates params: the command lives here, a
+floor above ``gat/``, and is the pipeline's one command-line room besides the stages'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from gat.flops import model_facts
+from gat.models import GAT_MODELS, model_config
+from gat.train import TrainConfig, model_lr
+
+DEFAULTS = TrainConfig()  # the paper's lr_base, tuned at GAT-S (width c_base)
+
+
+def model_info(name: str, channels: int = 4, size: int = 32, num_classes: int = 1000,
+               teacher_dim: int = 768, lr_base: float = DEFAULTS.lr_base,
+               c_base: int = DEFAULTS.c_base) -> dict:
+    """Shape, parameter counts, G GFLOPs (one sample, DiT convention), width-aware lr."""
+    cfg = model_config(name)
+    facts = model_facts(name, channels, size, num_classes, teacher_dim)
+    return {"name": name, "depth": cfg.depth, "width": cfg.width, "heads": cfg.heads,
+            "patch": cfg.patch, "latent": [channels, size, size], "num_classes": num_classes,
+            "g_params": facts["g_params"], "d_params": facts["d_params"],
+            "g_gflops": round(facts["g_gflops"], 4),
+            "lr": model_lr(TrainConfig(lr_base=lr_base, c_base=c_base), name)}
+
+
+def _parse_latent(text: str) -> tuple[int, int]:
+    try:
+        channels, size = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--latent {text!r}: expected C,SIZE e.g. 4,32") from None
+    return channels, size
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    channels, size = args.latent
+    info = model_info(args.model, channels, size, args.classes, args.teacher_dim,
+                      args.lr_base, args.c_base)
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    rows = [
+        ("model", info["name"]),
+        ("layers / width / heads / patch",
+         f"{info['depth']} / {info['width']} / {info['heads']} / {info['patch']}"),
+        ("latent", "x".join(map(str, info["latent"]))),
+        ("G params", f"{info['g_params'] / 1e6:.2f}M"),
+        ("D params", f"{info['d_params'] / 1e6:.2f}M"),
+        ("G GFLOPs (1 sample, MAC=1)", f"{info['g_gflops']:.2f}"),
+        (f"lr (base {args.lr_base:g} at width {args.c_base})", f"{info['lr']:.4g}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- sample
+
+
+def check_out(out: str | os.PathLike) -> Path:
+    """``out`` as a Path: a grid file ending in .png, or a folder (no suffix)."""
+    out = Path(out)
+    if out.suffix and out.suffix.lower() != ".png":
+        raise ValueError(f"--out {out}: a grid must end in .png; a folder has no suffix")
+    return out
+
+
+def save_images(images: torch.Tensor, out: str | os.PathLike, pairs: list[tuple[int, int]],
+                nrow: int) -> list[Path]:
+    """uint8 [N, 3, H, W] -> a grid PNG when ``out`` ends in .png (``nrow`` per row), else
+    one PNG per sample, ``class{c:04d}_seed{s:06d}.png``, in the folder ``out``."""
+    from torchvision.utils import save_image
+
+    out = check_out(out)
+    if out.suffix.lower() == ".png":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_image(images.float() / 255, out, nrow=nrow, padding=1)
+        return [out]
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for image, (c, s) in zip(images, pairs):
+        path = out / f"class{c:04d}_seed{s:06d}.png"
+        save_image(image.float() / 255, path)
+        paths.append(path)
+    return paths
+
+
+def resolve_generator(ref: str, tracking_uri: str | None = None) -> Path:
+    """A generator directory, or an MLflow reference: ``runs:/RUN_ID`` (its ``generator``
+    artifact folder), ``runs:/RUN_ID/PATH`` or any artifact URI MLflow can download.
+
+    ``tracking_uri``: the MLflow store holding the run (default: $MLFLOW_TRACKING_URI).
+    """
+    if ref.startswith("runs:/") and ref.rstrip("/").count("/") == 1:
+        ref = ref.rstrip("/") + "/generator"  # where the training stage logs it
+    if "://" not in ref and not ref.startswith("runs:/"):
+        return Path(ref)
+    import mlflow  # only for MLflow references
+
+    return Path(mlflow.artifacts.download_artifacts(ref, tracking_uri=tracking_uri))
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from gat import sample as gs
+    from gat.io import load_generator
+    from pipeline.pretrained.tokenizer import load_tokenizer
+
+    device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
+    try:
+        check_out(args.out)
+        gen, meta = load_generator(resolve_generator(args.generator, args.tracking_uri),
+                                   device)
+        classes = gs.parse_classes(args.classes, gen.num_classes)
+        seeds = gs.parse_seeds(args.seeds)
+        # The scale G was trained with is in its metadata; the decoder's own is a fallback.
+        tokenizer = load_tokenizer(args.decoder, device,
+                                   args.scale_factor or meta.get("scale_factor", 0.0))
+    except (ValueError, FileNotFoundError, OSError) as err:
+        print(f"gat sample: error: {err}", file=sys.stderr)
+        return 2
+    latents, pairs = gs.sample_latents(gen, classes, seeds, args.psi, args.guidance)
+    paths = save_images(tokenizer.decode(latents), args.out, pairs, nrow=len(seeds))
+    print(f"wrote {len(paths)} file(s) ({len(classes)} classes x {len(seeds)} seeds, psi "
+          f"{args.psi:g}, guidance {args.guidance:g}): {paths[0]}"
+          f"{' ...' if len(paths) > 1 else ''}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- profile
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from pipeline.config import ParamsError, load_params
+    from pipeline.config import profiles as pf
+    from pipeline.layout import REPO_ROOT
+
+    params_file = Path(args.params)
+    if args.list or not args.name:
+        current = pf.selected(params_file)
+        for name, path in pf.available().items():
+            print(f"{'*' if name == current else ' '} {name:<10} {path.relative_to(REPO_ROOT)}")
+        if current is None:
+            print(f"  ({params_file.name} matches no preset: edited by hand)")
+        if not args.list:
+            print("\nwrite one to params.yaml with: gat profile NAME  (--help for more)")
+        return 0
+    check_paths = not args.no_check_paths
+    try:
+        source = pf.resolve(args.name)
+        if args.dry_run:
+            # Everything but the dataset folders must hold anywhere; missing folders only
+            # matter on the machine that runs it, so the dry run reports them and goes on.
+            params = load_params(source, check_paths=False)
+            note = "dataset paths not checked"
+            if check_paths:
+                try:
+                    load_params(source, check_paths=True)
+                    note = "dataset paths present"
+                except ParamsError as err:
+                    note = f"not runnable on this machine: {str(err).split(': ', 1)[-1]}"
+            resolved = {**params.to_dict(), "derived": pf.derived(params)}
+            print(f"# profile {args.name}: {source}\n# valid; {note}")
+            print(yaml.safe_dump(json.loads(json.dumps(resolved)), sort_keys=False), end="")
+            return 0
+        pf.select(args.name, params_file, check_paths=check_paths)
+    except ParamsError as err:
+        hint = ("" if not check_paths or "does not exist" not in str(err) else
+                "\n(a profile for another machine: add --no-check-paths to validate the rest)")
+        print(f"error: {err}{hint}", file=sys.stderr)
+        return 2
+    print(f"wrote profile {args.name!r} ({source}) to {params_file}")
+    print("next: dvc repro   (or bash scripts/repro.sh)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gat", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="parameter counts, GFLOPs and learning rate of a model")
+    info.add_argument("model", choices=list(GAT_MODELS), metavar="MODEL",
+                      help=f"model name, one of: {', '.join(GAT_MODELS)}")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.add_argument("--latent", type=_parse_latent, default=(4, 32), metavar="C,SIZE",
+                      help="latent channels and side (default 4,32: SD-VAE at 256px)")
+    info.add_argument("--classes", type=int, default=1000, help="number of classes")
+    info.add_argument("--teacher-dim", type=int, default=768, help="REPA teacher width")
+    info.add_argument("--lr-base", type=float, default=DEFAULTS.lr_base)
+    info.add_argument("--c-base", type=int, default=DEFAULTS.c_base)
+    info.set_defaults(func=_cmd_info)
+
+    sample = sub.add_parser("sample", help="images from a trained generator")
+    sample.add_argument("--generator", required=True,
+                        help="generator dir (outputs/train/SIZE/generator), or an MLflow "
+                             "run: runs:/RUN_ID (its generator artifact) or runs:/RUN_ID/PATH")
+    sample.add_argument("--tracking-uri", default=None,
+                        help="MLflow store of a runs:/ reference (default: "
+                             "$MLFLOW_TRACKING_URI), e.g. sqlite:///mlflow.db")
+    sample.add_argument("--decoder", required=True,
+                        help="the tokenizer: data/tokenizer (the stage's folder, whatever its "
+                             "source), a save_pretrained folder, or a hub id")
+    sample.add_argument("--classes", default="all", help="comma list, or all (default)")
+    sample.add_argument("--seeds", default="0-7", help="e.g. 0-7 or 1,5,9 (default 0-7)")
+    sample.add_argument("--psi", type=float, default=1.0, help="truncation in w (1: none)")
+    sample.add_argument("--guidance", type=float, default=1.0, help="w-space guidance scale")
+    sample.add_argument("--scale-factor", type=float, default=0.0,
+                        help="latent scale (default: the generator's metadata, else the "
+                             "decoder's)")
+    sample.add_argument("--out", required=True,
+                        help="grid.png (rows: classes, columns: seeds) or a folder (one PNG "
+                             "per sample: classCCCC_seedSSSSSS.png)")
+    sample.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU")
+    sample.set_defaults(func=_cmd_sample)
+
+    from pipeline.config import DEFAULT_PARAMS
+
+    profile = sub.add_parser(
+        "profile", help="write a preset (profiles/NAME.yaml) to params.yaml",
+        description="Validate a preset from profiles/ (embedded, paper, tiny, or any params "
+                    "file) and write it to params.yaml, the one file every stage reads.")
+    profile.add_argument("name", nargs="?", metavar="NAME",
+                         help="preset name from profiles/ (embedded, paper, tiny) or a file")
+    profile.add_argument("--dry-run", action="store_true",
+                         help="validate and print the resolved config; leave params.yaml "
+                              "alone (missing dataset folders are reported, not fatal)")
+    profile.add_argument("--no-check-paths", action="store_true",
+                         help="skip checks that need this machine (dataset folders exist)")
+    profile.add_argument("--list", action="store_true", help="list presets and exit")
+    profile.add_argument("--params", default=str(DEFAULT_PARAMS), help=argparse.SUPPRESS)
+    profile.set_defaults(func=_cmd_profile)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,322 @@
+"""What ``params.yaml`` may say: one frozen dataclass per section, with defaults and checks.
+
+Every stage calls :func:`load_params` first, so a typo'd key, an unknown model size, a
+non-positive learning rate or a missing dataset is refused before any work starts, with a
+message that names the key and what is allowed.
+
+Two kinds of section:
+- *what* is computed (``study``, ``data``, ``tokenizer``, ``teacher``, ``evaluator``,
+  ``train``, ``evaluate``, ``scaling``, ``sweep``): DVC tracks the keys each stage reads
+  (dvc.yaml ``params:``), and training hashes its keys into the run's identity;
+- *how and where* it runs (``runtime``, ``tracking``): workers, GPUs, logging and
+  checkpoint frequency, failures allowed, the MLflow store. No result depends on them, so
+  no stage declares them and changing one retriggers nothing.
+
+The training hyperparameters are the library's :class:`gat.train.TrainConfig`;
+``train`` extends it with what only the pipeline knows (batch, length, data order).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from gat.train import TrainConfig
+from pipeline.config.coerce import ParamsError, as_dict, build, positive, replace_keys
+from pipeline.config.trace import Traced
+from pipeline.layout import REPO_ROOT
+
+DEFAULT_PARAMS = REPO_ROOT / "params.yaml"
+
+
+def _known_size(where: str, key: str, name: str) -> None:
+    from gat.models import GAT_MODELS  # the size table lives in one place: the library
+
+    if name not in GAT_MODELS:
+        raise ParamsError(f"{where}.{key}: unknown model size {name!r}. "
+                          f"Allowed: {', '.join(GAT_MODELS)}")
+
+
+# ----------------------------------------------------------------------------- what
+
+
+@dataclass(frozen=True)
+class StudyParams(Traced):
+    SECTION = "study"
+    seed: int = 0
+    sizes: list[str] = field(default_factory=lambda: ["GAT-T1/4"])
+
+    def check(self, where: str) -> None:
+        if not self.sizes:
+            raise ParamsError(f"{where}.sizes: empty; list at least one model, e.g. GAT-S/2")
+        for name in self.sizes:
+            _known_size(where, "sizes", name)
+        if len(set(self.sizes)) != len(self.sizes):
+            raise ParamsError(f"{where}.sizes: {self.sizes} lists a size twice")
+
+
+@dataclass(frozen=True)
+class DataParams(Traced):
+    SECTION = "data"
+    source: Literal["fashion-mnist", "imagefolder"] = "fashion-mnist"
+    path: str = "/usr/share/datasets/fashion-mnist"
+    eval_path: str = ""  # the evaluation split: ImageNet val layout (imagefolder, required)
+    #                      or the test idx files' folder (fashion-mnist; empty: path)
+    resolution: int = 32
+    train_limit: int = 0  # 0: every image
+    eval_limit: int = 0
+    hflip: bool = True  # also store a horizontally flipped copy of every training image
+    shard_size: int = 4096
+
+    def check(self, where: str) -> None:
+        positive(self, where, "resolution", "shard_size")
+        for key in ("train_limit", "eval_limit"):
+            if getattr(self, key) < 0:
+                raise ParamsError(f"{where}.{key}: {getattr(self, key)} must be 0 (every "
+                                  "image) or a positive number of images")
+        if self.source == "imagefolder" and not self.eval_path:
+            raise ParamsError(f"{where}.eval_path: empty; with source imagefolder set it to "
+                              "the evaluation split's folder (ImageNet val, one sub-folder "
+                              "per class)")
+
+    def check_paths(self, where: str) -> None:
+        """Checks that need this machine: the dataset folders exist."""
+        if not Path(self.path).exists():
+            hint = ("install it with `sudo apt-get install dataset-fashion-mnist`"
+                    if self.source == "fashion-mnist"
+                    else "point it at an ImageNet-style train folder (one sub-folder per class)")
+            raise ParamsError(f"{where}.path: {self.path!r} does not exist; {hint}")
+        if self.source == "imagefolder" and not Path(self.eval_path).exists():
+            raise ParamsError(f"{where}.eval_path: {self.eval_path!r} does not exist; point "
+                              "it at the evaluation split's folder (one sub-folder per class)")
+
+
+@dataclass(frozen=True)
+class TokenizerParams(Traced):
+    SECTION = "tokenizer"
+    source: str = "train"  # "train", a hub id (stabilityai/sd-vae-ft-ema) or a local path
+    scale_factor: float = 0.0  # 0: the model config's, or measured on the data for "train"
+    latent_channels: int = 4
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64])
+    steps: int = 1500
+    batch: int = 64
+    lr: float = 1e-3
+
+    def check(self, where: str) -> None:
+        positive(self, where, "latent_channels", "steps", "batch", "lr")
+        if self.scale_factor < 0:
+            raise ParamsError(f"{where}.scale_factor: {self.scale_factor} must be 0 (from the "
+                              "model config or measured) or a positive number")
+        if not self.block_out_channels or min(self.block_out_channels) <= 0:
+            raise ParamsError(f"{where}.block_out_channels: {self.block_out_channels} must "
+                              "list positive widths, e.g. [32, 64]")
+
+
+@dataclass(frozen=True)
+class TeacherParams(Traced):
+    SECTION = "teacher"
+    source: str = "train"  # "train", a hub id (facebook/dinov2-base) or a local path
+    hidden_size: int = 96
+    layers: int = 4
+    patch_size: int = 4
+    input_size: int = 0  # px fed to the teacher; 0: its own size, at most 224 (DINOv2: 16x16)
+    steps: int = 600
+    batch: int = 128
+    lr: float = 1e-3
+
+    def check(self, where: str) -> None:
+        positive(self, where, "hidden_size", "layers", "patch_size", "steps", "batch", "lr")
+        if self.input_size < 0:
+            raise ParamsError(f"{where}.input_size: {self.input_size} must be 0 (the model's "
+                              "own size, at most 224) or a size in pixels")
+
+
+@dataclass(frozen=True)
+class EvaluatorParams(Traced):
+    SECTION = "evaluator"
+    source: Literal["train", "inception"] = "train"  # FD-classifier or standard FID
+    steps: int = 600
+    batch: int = 128
+    lr: float = 2e-3
+
+    def check(self, where: str) -> None:
+        positive(self, where, "steps", "batch", "lr")
+
+
+@dataclass(frozen=True)
+class TrainParams(Traced, TrainConfig):
+    """The library's hyperparameters (:class:`gat.train.TrainConfig`: lr_base, c_base, mng,
+    EMA, aGP, REPA, augmentation) plus the batch, the length and the data order."""
+
+    SECTION = "train"
+    batch: int = 32  # global batch over all workers and accumulation steps
+    iterations: int = 200
+    kimg: float = 0.0  # >0: train for this many thousand images instead of iterations
+    shuffle_buffer: int = 2000  # samples mixed by the loader: part of the data order
+
+    def check(self, where: str) -> None:
+        positive(self, where, "batch", "lr_base", "c_base", "shuffle_buffer")
+        if self.iterations <= 0 and self.kimg <= 0:
+            raise ParamsError(f"{where}.iterations / {where}.kimg: set one of them above 0")
+        for key in ("ema_decay", "w_avg_beta"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ParamsError(f"{where}.{key}: {getattr(self, key)} must lie in [0, 1)")
+        for key in ("agp_weight", "repa_weight"):
+            if getattr(self, key) < 0:
+                raise ParamsError(f"{where}.{key}: {getattr(self, key)} must be 0 (off) or "
+                                  "positive")
+        positive(self, where, "agp_sigma")
+
+
+@dataclass(frozen=True)
+class EvaluateParams(Traced):
+    SECTION = "evaluate"
+    num_samples: int = 2000
+    batch: int = 250
+    psi: float = 1.0
+
+    def check(self, where: str) -> None:
+        positive(self, where, "num_samples", "batch")
+
+
+@dataclass(frozen=True)
+class ScalingParams(Traced):
+    SECTION = "scaling"
+    bootstrap: int = 1000
+
+    def check(self, where: str) -> None:
+        positive(self, where, "bootstrap")
+
+
+@dataclass(frozen=True)
+class SweepParams(Traced):
+    SECTION = "sweep"
+    enabled: bool = False
+    size: str = "GAT-T1/4"
+    transfer: bool = True
+    transfer_size: str = "GAT-T2/4"
+    lr_min: float = 1e-4
+    lr_max: float = 3e-3
+    num_trials: int = 3
+    iterations: int = 60
+    grace_period: int = 20
+
+    def check(self, where: str) -> None:
+        for key in ("size", "transfer_size"):
+            _known_size(where, key, getattr(self, key))
+        positive(self, where, "lr_min", "lr_max", "num_trials", "iterations", "grace_period")
+        if self.lr_min >= self.lr_max:
+            raise ParamsError(f"{where}.lr_min must be below {where}.lr_max")
+
+
+# ----------------------------------------------------------------------------- how and where
+
+
+@dataclass(frozen=True)
+class RuntimeParams(Traced):
+    """How to run: none of these changes a result (same global batch, same data order)."""
+
+    SECTION = "runtime"
+    workers: int = 1  # Ray Train workers (one GPU each with use_gpu)
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0  # torch threads of a worker
+    grad_accum: int = 1  # micro-batches per step (memory), same global batch
+    grad_checkpointing: bool = False  # recompute activations in backward (memory)
+    loader_workers: int = 1  # DataLoader processes per worker
+    max_failures: int = 1  # worker-group restarts Ray Train allows before giving up
+    checkpoint_every: int = 100  # steps
+    log_every: int = 10  # steps between log.csv / MLflow rows
+    sample_every: int = 100  # steps between sample grids in MLflow (0: only at the end)
+    fd_every: int = 0  # >0: the FD proxy (FD-classifier / FID-5K) every N steps
+    fd_samples: int = 1000
+    encode_batch: int = 256  # images per tokenizer / teacher call in encode and teacher
+    trial_cpus: float = 1.0  # one sweep trial = one training process with these resources
+    trial_gpus: float = 0.0
+    concurrent_trials: int = 1  # sweep trials side by side
+
+    def check(self, where: str) -> None:
+        positive(self, where, "workers", "cpus_per_worker", "grad_accum", "checkpoint_every",
+                 "log_every", "fd_samples", "encode_batch", "trial_cpus", "concurrent_trials")
+        for key in ("loader_workers", "max_failures", "sample_every", "fd_every",
+                    "trial_gpus"):
+            if getattr(self, key) < 0:
+                raise ParamsError(f"{where}.{key}: {getattr(self, key)} must be 0 or positive")
+
+
+@dataclass(frozen=True)
+class TrackingParams(Traced):
+    SECTION = "tracking"
+    uri: str = ""  # empty: $MLFLOW_TRACKING_URI, else sqlite:///<workspace>/mlflow.db
+    experiment: str = "gat"
+    study_name: str = "gat-study"  # display name of the study's MLflow run
+
+
+# ----------------------------------------------------------------------------- the file
+
+
+@dataclass(frozen=True)
+class Params:
+    study: StudyParams = field(default_factory=StudyParams)
+    data: DataParams = field(default_factory=DataParams)
+    tokenizer: TokenizerParams = field(default_factory=TokenizerParams)
+    teacher: TeacherParams = field(default_factory=TeacherParams)
+    evaluator: EvaluatorParams = field(default_factory=EvaluatorParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    scaling: ScalingParams = field(default_factory=ScalingParams)
+    sweep: SweepParams = field(default_factory=SweepParams)
+    runtime: RuntimeParams = field(default_factory=RuntimeParams)
+    tracking: TrackingParams = field(default_factory=TrackingParams)
+
+    def check(self, where: str) -> None:
+        per_step = self.runtime.workers * self.runtime.grad_accum
+        if self.train.batch % per_step:
+            raise ParamsError(
+                f"train.batch: {self.train.batch} is not divisible by runtime.workers x "
+                f"runtime.grad_accum = {per_step}; choose a multiple of {per_step}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every section as plain mappings (not counted as reads: see ``section``)."""
+        return as_dict(self)
+
+    def section(self, name: str) -> dict[str, Any]:
+        """One section as a mapping, every key counted as read (hashing it reads it all)."""
+        obj = getattr(self, name)
+        return {key: getattr(obj, key) for key in type(obj).__dataclass_fields__}
+
+
+def load_params(path: str | os.PathLike | None = None, check_paths: bool = True) -> Params:
+    """Read and validate a params file (default: ``params.yaml`` at the repo root).
+
+    ``check_paths=False`` skips checks that need this machine (dataset present), so a
+    profile for another machine (the paper's ImageNet study) can still be validated.
+    """
+    path = Path(path) if path else DEFAULT_PARAMS
+    if not path.exists():
+        raise ParamsError(f"{path}: no such params file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from err
+    try:
+        return parse_params(raw, check_paths=check_paths)
+    except ParamsError as err:
+        raise ParamsError(f"{path}: {err}") from None
+
+
+def parse_params(raw: dict[str, Any], check_paths: bool = True) -> Params:
+    """Validate a params mapping (as read from YAML) into :class:`Params`."""
+    return build(Params, raw, "", check_paths)
+
+
+def with_overrides(params: Params, overrides: dict[str, Any], check_paths: bool = True) -> Params:
+    """A copy of ``params`` with dotted keys replaced (``{"train.lr_base": 1e-3}``), re-validated.
+
+    Used by the sweep (one value per trial) and by tests; unknown keys are refused as in
+    params.yaml.
+    """
+    return parse_params(replace_keys(params.to_dict(), overrides), check_paths=check_paths)

@@ -1,0 +1,96 @@
+"""A trained generator measured: balanced samples decoded to images, their features, the
+FD / FID with precision, recall and class accuracy, the class-row grid, G's size and cost.
+
+What :mod:`pipeline.fidelity` does for any images, this module does for a generator: the
+``evaluate`` stage and the training-time FD proxy both call it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from gat import flops
+from gat.sample import balanced_batches, balanced_labels, sample_latents
+from pipeline.fidelity import (
+    SOURCES,
+    Evaluator,
+    class_accuracy,
+    evaluator,
+    extract,
+    frechet_distance,
+    load_reference,
+    precision_recall,
+    reference_path,
+)
+from pipeline.layout import LAYOUT, Layout
+
+GRID_SEEDS = 10  # columns of the grid
+GRID_CLASSES = 16  # rows at most: ImageNet's 1000 classes are shown 16, evenly spaced
+
+
+def grid_classes(num_classes: int, rows: int = GRID_CLASSES) -> list[int]:
+    """All classes when they fit, else ``rows`` of them spread over the range."""
+    if num_classes <= rows:
+        return list(range(num_classes))
+    return [round(i * (num_classes - 1) / (rows - 1)) for i in range(rows)]
+
+
+def class_grid(gen, tokenizer, psi: float = 1.0) -> torch.Tensor:
+    """uint8 [rows * GRID_SEEDS, 3, H, W]: row r is one class, column s is seed s."""
+    latents, _ = sample_latents(gen, grid_classes(gen.num_classes), list(range(GRID_SEEDS)),
+                                psi=psi)
+    return tokenizer.decode(latents)
+
+
+def model_facts(gen, meta: dict) -> dict[str, float | int]:
+    """G's forward GFLOPs (one sample) and the G and D parameter counts of a trained G."""
+    return flops.model_facts(meta["name"], gen.channels, gen.size, gen.num_classes,
+                             meta.get("teacher_dim", 768))
+
+
+def sample_images(gen, tokenizer, num: int, batch: int = 250, psi: float = 1.0,
+                  seed: int = 0) -> Iterator[torch.Tensor]:
+    """uint8 image batches [B, 3, H, W] of ``num`` samples, classes balanced (labels:
+    :func:`gat.sample.balanced_labels`), decoded by ``tokenizer`` (pipeline Tokenizer)."""
+    for latents, _ in balanced_batches(gen, num, batch, psi=psi, seed=seed):
+        yield tokenizer.decode(latents)
+
+
+def generated_features(ev: Evaluator, gen, tokenizer, num: int, batch: int = 250,
+                       psi: float = 1.0, seed: int = 0, desc: str = "samples"
+                       ) -> dict[str, torch.Tensor]:
+    """:func:`extract` over ``num`` balanced samples of ``gen`` (in eval mode meanwhile)."""
+    was_training = gen.training
+    gen.eval()
+    try:
+        return extract(ev, sample_images(gen, tokenizer, num, batch, psi, seed), num, desc)
+    finally:
+        gen.train(was_training)
+
+
+def evaluate_generator(ev: Evaluator, gen, tokenizer, reference: dict[str, np.ndarray],
+                       num: int, batch: int = 250, psi: float = 1.0, seed: int = 0
+                       ) -> dict[str, float | int | str]:
+    """FD/FID, precision, recall and (classifier only) class accuracy of ``num`` samples."""
+    out = generated_features(ev, gen, tokenizer, num, batch, psi, seed)
+    precision, recall = precision_recall(out["features"], reference, seed)
+    metrics: dict[str, float | int | str] = {
+        "metric": ev.metric, "fd": frechet_distance(out["features"], reference),
+        "precision": precision, "recall": recall, "num_samples": num, "psi": psi}
+    if "logits" in out:
+        labels = balanced_labels(num, gen.num_classes)
+        metrics["class_accuracy"] = class_accuracy(out["logits"], labels)
+    return metrics
+
+
+def generator_fd(gen, tokenizer, num: int, layout: Layout = LAYOUT) -> float:
+    """FD of ``num`` samples of ``gen`` against data/reference, with the extractor that
+    made the reference (FD-classifier or FID): the training-time proxy."""
+    reference = load_reference(reference_path(layout))
+    source = SOURCES[str(reference["extractor"])]
+    ev = evaluator(source, str(layout.classifier) if source == "train" else None)
+    feats = generated_features(ev, gen, tokenizer, num, desc="fd proxy")["features"]
+    return frechet_distance(feats, reference)

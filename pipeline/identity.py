@@ -1,0 +1,90 @@
+"""What a training run *is*: the key that names its checkpoints and its MLflow run.
+
+A run's identity is everything that changes its result:
+- the model size and the seed;
+- the ``train`` params (the library's hyperparameters, batch, data order);
+- the data: the latent shards and, when REPA is on, the teacher tokens (their sha256s);
+- the code that computes a step or feeds it: :data:`TRAINING_CODE`;
+- the length, in steps.
+
+The run key is ``<base>-<steps>``, where ``base`` hashes all of it but the length: a longer
+run of the same base *continues* from the longest shorter run's last checkpoint (the
+schedule does not depend on the total length). Runtime knobs (``runtime.*``: workers, GPUs,
+logging, checkpoint frequency) and the MLflow store are not part of it: changing them
+resumes the same run. The *study* key is the same hash without the size: the size runs of
+one study configuration group under one MLflow study run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Params
+from pipeline.files import digest
+from pipeline.layout import LAYOUT, Layout
+from pipeline.shards import read_manifest
+
+# The code a training run's numbers depend on: the model library, the worker loop and its
+# outputs, the shard loader. Editing any of it starts a new run. Other code that the
+# train stage imports (params, tracking, files, the stage CLI) cannot change a trained
+# result: DVC reruns the stage for it, the run resumes finished, and re-emits the same
+# generator (tests/test_dvc_experiments.py checks it byte for byte).
+TRAINING_CODE = ("gat", "pipeline/training", "pipeline/shards.py")
+LENGTH_KEYS = ("iterations", "kimg")
+CODE_ROOT = Path(__file__).resolve().parent.parent  # the checkout this code runs from
+
+
+def total_steps(params: Params) -> int:
+    """Training length in steps: train.kimg (thousands of images) if set, else iterations."""
+    if params.train.kimg > 0:
+        return math.ceil(params.train.kimg * 1000 / params.train.batch)
+    return params.train.iterations
+
+
+def code_digest() -> str:
+    """sha256 over :data:`TRAINING_CODE` of the code running now (named relative to it)."""
+    return digest([CODE_ROOT / p for p in TRAINING_CODE], base=CODE_ROOT)
+
+
+def uses_teacher(params: Params, layout: Layout = LAYOUT) -> bool:
+    """REPA is on and the teacher tokens exist."""
+    return params.train.repa_weight > 0 and (layout.teacher_tokens / "manifest.json").exists()
+
+
+def _short(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:10]
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    size: str
+    base: str  # hash of everything but the length
+    steps: int
+    study: str  # hash of everything but the size
+
+    @property
+    def key(self) -> str:
+        """``<base>-<steps>``: the checkpoint folder's name and the MLflow run's tag."""
+        return f"{self.base}-{self.steps}"
+
+
+def training_inputs(params: Params, layout: Layout = LAYOUT) -> dict[str, Any]:
+    """Everything but the size and length that a training run's result depends on."""
+    train = {k: v for k, v in params.section("train").items() if k not in LENGTH_KEYS}
+    teacher = None
+    if uses_teacher(params, layout):
+        teacher = [s["sha256"] for s in read_manifest(layout.teacher_tokens)["shards"]]
+    return {"train": train, "seed": params.study.seed,
+            "shards": [s["sha256"] for s in read_manifest(layout.shards)["shards"]],
+            "teacher": teacher, "code": code_digest()}
+
+
+def run_identity(params: Params, size: str, layout: Layout = LAYOUT) -> RunIdentity:
+    inputs, steps = training_inputs(params, layout), total_steps(params)
+    return RunIdentity(size=size, base=_short({**inputs, "size": size}), steps=steps,
+                       study=_short({**inputs, "steps": steps}))

@@ -1,0 +1,124 @@
+"""Every path the pipeline reads or writes, and the model size's one filesystem form.
+
+Three places, three lifetimes:
+
+- ``data/`` and ``outputs/`` of the checkout a stage runs in: DVC-tracked artefacts
+  (cached, git-ignored): stand-ins, shards, teacher tokens, generators, sample grids.
+- ``results/`` of that checkout: small metrics, tables and plots, tracked by git. DVC
+  declares them ``cache: false``, so every experiment's commit keeps its own and
+  ``dvc exp show`` / ``dvc metrics diff`` / ``dvc plots diff`` compare them.
+- the *workspace*'s state, shared by every experiment of it: training checkpoints
+  (``outputs/checkpoints/<size>/<run key>``), Ray Tune experiments (``outputs/tune/``) and
+  the default MLflow store (``mlflow.db``, ``mlruns/``). A queued ``dvc exp run`` works in a
+  temporary copy of the repo; DVC then points ``$DVC_ROOT`` at the workspace, so its runs,
+  checkpoints and trials land beside the workspace's own, keyed by configuration.
+
+A model size is written on disk exactly as it is named: ``GAT-T1/4`` nests as
+``GAT-T1/4/``, as dvc.yaml's ``${item}`` does.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# The checkout: the package's parent, or $GAT_ROOT (tests run whole stages in a temporary
+# root this way).
+REPO_ROOT = Path(os.environ.get("GAT_ROOT") or Path(__file__).resolve().parent.parent)
+
+
+def size_path(size: str) -> Path:
+    """The relative path of a model size: ``GAT-T1/4`` -> ``GAT-T1/4`` (nested)."""
+    if not size or size.startswith("/") or ".." in Path(size).parts:
+        raise ValueError(f"model size {size!r} is not a relative name like GAT-T1/4")
+    return Path(size)
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path  # the checkout the stage runs in
+    workspace: Path  # the user's workspace (differs from root in a queued experiment)
+
+    @classmethod
+    def from_env(cls, root: Path | None = None) -> Layout:
+        """``root`` (default: the checkout); the workspace is ``$DVC_ROOT`` when DVC runs
+        the stage (the parent repo of a queued experiment's copy), else ``root``."""
+        root = Path(root or REPO_ROOT).resolve()
+        workspace = os.environ.get("DVC_ROOT") if root == REPO_ROOT.resolve() else None
+        return cls(root, Path(workspace).resolve() if workspace else root)
+
+    # -- data/: what every size shares
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.data / "tokenizer"
+
+    @property
+    def teacher_model(self) -> Path:
+        return self.data / "teacher_model"
+
+    @property
+    def classifier(self) -> Path:
+        return self.data / "classifier"
+
+    @property
+    def shards(self) -> Path:
+        return self.data / "shards" / "train"
+
+    @property
+    def teacher_tokens(self) -> Path:
+        return self.data / "teacher"
+
+    @property
+    def reference(self) -> Path:
+        return self.data / "reference"
+
+    # -- outputs/: per size, cached by DVC
+    def generator(self, size: str) -> Path:
+        return self.root / "outputs" / "train" / size_path(size) / "generator"
+
+    def samples(self, size: str) -> Path:
+        return self.root / "outputs" / "eval" / size_path(size) / "samples.png"
+
+    # -- results/: small, tracked by git, kept per experiment
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    def data_metrics(self, stage: str) -> Path:
+        return self.results / "data" / f"{stage}.json"
+
+    def train_results(self, size: str) -> Path:
+        """metrics.json and log.csv of one size's training."""
+        return self.results / "train" / size_path(size)
+
+    def eval_metrics(self, size: str) -> Path:
+        return self.results / "eval" / size_path(size) / "metrics.json"
+
+    @property
+    def scaling(self) -> Path:
+        return self.results / "scaling"
+
+    @property
+    def sweep(self) -> Path:
+        return self.results / "sweep"
+
+    # -- the workspace's state, shared by its experiments
+    def checkpoints(self, size: str) -> Path:
+        """Ray Train's storage for ``size``: one folder per run key inside."""
+        return self.workspace / "outputs" / "checkpoints" / size_path(size)
+
+    @property
+    def tune(self) -> Path:
+        return self.workspace / "outputs" / "tune"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.workspace / "mlflow.db"
+
+
+LAYOUT = Layout.from_env()

@@ -1,0 +1,177 @@
+"""What rank 0 writes: the live log (CSV + MLflow, each step exactly once), sample grids,
+the FD proxy, and at the end the EMA generator, metrics.json and log.csv.
+
+Exactly once: every logged row goes to the run folder's ``log.csv`` first, then to
+MLflow. A resumed run (after a kill, or a continuation of a shorter run) first sends MLflow
+the rows it lacks, then logs only steps after the last row: steps retrained after a
+resume are not logged twice, and none is missing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gat.io import save_generator
+from gat.train import GATTrainer
+from pipeline.files import atomic_path, write_json
+from pipeline.training.job import DIVERGED, LIVE_LOG, TrainJob
+
+LOG_FIELDS = ["step", "kimg", "loss_d", "loss_g", "d_adv", "r1", "r2", "repa", "logit_real",
+              "logit_fake", "logit_gap", "grad_norm_d", "grad_norm_g", "images_per_s",
+              "step_time_s", "fd"]
+PROGRESS = ("loss_d", "loss_g", "logit_gap", "repa", "images_per_s")
+
+
+def read_log(path: Path, until: int | None = None) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return [r for r in csv.DictReader(f) if until is None or int(r["step"]) <= until]
+
+
+def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _numbers(row: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in row.items() if k != "step" and v not in ("", None)}
+
+
+class RunOutputs:
+    """Rank 0's outputs of one training run (see the module docstring)."""
+
+    def __init__(self, job: TrainJob, trainer: GATTrainer, manifest: dict[str, Any],
+                 parent_log: Path | None = None):
+        self.job, self.trainer, self.manifest = job, trainer, manifest
+        self.log_path = job.run_dir / LIVE_LOG
+        self.tr, self.run_id = job.tracker, job.mlflow_run
+        self._tokenizer = None
+        if not self.log_path.exists() and parent_log is not None:
+            # A continuation: the shorter run's history up to the checkpoint it starts from.
+            _write_log(self.log_path, read_log(parent_log, until=trainer.step_count))
+        rows = read_log(self.log_path)
+        self.last_logged = max((int(r["step"]) for r in rows), default=0)
+        if self.tr:
+            self.tr.set_status(self.run_id, "RUNNING")
+            self.tr.set_tags(self.run_id, {f"runtime.{k}": v for k, v in
+                                           job.params.to_dict()["runtime"].items()})
+            sent = self.tr.last_step(self.run_id, "loss_d")
+            for row in rows:  # what MLflow lacks: a continuation's history, or a kill's race
+                if int(row["step"]) > sent:
+                    self.tr.log_metrics(self.run_id, _numbers(row), int(row["step"]))
+
+    def due(self, step: int) -> bool:
+        """Whether ``step`` is still to be logged (not logged by an earlier attempt)."""
+        return step > self.last_logged
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        """One row: live CSV, MLflow (and a sample grid when due), a progress line."""
+        step = int(metrics["step"])
+        if not self.due(step):
+            return
+        new = not self.log_path.exists()
+        with open(self.log_path, "a", newline="") as f:
+            writer = csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow({k: metrics.get(k, "") for k in LOG_FIELDS})
+        self.last_logged = step
+        print(f"[{self.job.size}] step {step}/{self.job.steps} " + " ".join(
+            f"{k} {metrics[k]:.4g}" for k in PROGRESS if k in metrics), flush=True)
+        if self.tr:
+            self.tr.log_metrics(self.run_id, {k: v for k, v in metrics.items() if k != "step"},
+                                step)
+            every = self.job.params.runtime.sample_every
+            if (every and step % every == 0) or step == self.job.steps:
+                self.log_grid(step)
+
+    def tokenizer(self):
+        """The tokenizer that made the shards (their manifest names it)."""
+        if self._tokenizer is None:
+            from pipeline.pretrained.tokenizer import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.manifest.get("tokenizer", "train"),
+                                             scale_factor=self.manifest["scale_factor"],
+                                             layout=self.job.layout)
+        return self._tokenizer
+
+    def log_grid(self, step: int, per_class: int = 8) -> None:
+        """A uint8 grid to MLflow: one row per class (up to 10), fixed seeds."""
+        from torchvision.utils import make_grid
+
+        classes = min(10, self.manifest["num_classes"])
+        z = torch.randn(classes * per_class, 64, generator=torch.Generator().manual_seed(0))
+        c = torch.arange(classes).repeat_interleave(per_class)
+        g = self.trainer.G_ema
+        device = next(g.parameters()).device
+        latents = g.sample(z.to(device), c.to(device)).float().cpu()
+        grid = make_grid(self.tokenizer().decode(latents), nrow=per_class, padding=1)
+        self.tr.client.log_image(self.run_id, grid.permute(1, 2, 0).numpy(),
+                                 f"samples/step_{step:07d}.png")
+
+    def fd(self) -> float:
+        """FD proxy of the EMA generator against data/reference (its extractor)."""
+        from pipeline.evaluation import generator_fd
+
+        return generator_fd(self.trainer.G_ema, self.tokenizer(),
+                            self.job.params.runtime.fd_samples, self.job.layout)
+
+    def finish(self, seconds: float, images: int) -> dict[str, Any]:
+        """Write the generator, results/.../metrics.json and log.csv; log the generator.
+
+        ``seconds``/``images``: this worker's loop in this process. When a rerun found the
+        run complete (nothing left to train), the rate is the mean of the logged rates.
+        """
+        job, rows = self.job, read_log(self.log_path)
+        ident = job.identity
+        meta = {"name": job.size, "lr": self.trainer.lr, "steps": job.steps,
+                "teacher_dim": self.trainer.D.repa[-1].out_features,
+                "scale_factor": self.manifest["scale_factor"],
+                "tokenizer": self.manifest.get("tokenizer", "train"),
+                "run_key": ident.key, "study_key": ident.study}
+        with atomic_path(job.generator_dir) as tmp:
+            save_generator(tmp, self.trainer.G_ema, meta)
+        rates = [float(r["images_per_s"]) for r in rows if r.get("images_per_s")]
+        rate = images / seconds if images else (sum(rates) / len(rates) if rates else 0.0)
+        final = {"size": job.size, "steps": job.steps, "lr": self.trainer.lr,
+                 "images_per_s_per_worker": rate,  # rank 0, loader and logging included
+                 "images_per_s": rate * job.workers, "workers": job.workers,
+                 "wall_s": seconds,
+                 "steps_this_run": images // (job.params.train.batch // job.workers),
+                 "kimg": job.steps * job.params.train.batch / 1000,
+                 "run_key": ident.key, "study_key": ident.study,
+                 "mlflow_run_id": self.run_id or ""}
+        final.update({f"final_{k}": float(v) for k, v in rows[-1].items()
+                      if v not in ("", None) and k not in ("step", "kimg", "fd")} if rows else {})
+        job.results_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(job.results_dir / "log.csv") as tmp:
+            shutil.copyfile(self.log_path, tmp)
+        write_json(job.results_dir / "metrics.json", final)
+        if self.tr:
+            self.tr.log_metrics(self.run_id, {"train_images_per_s": rate * job.workers,
+                                              "train_images_per_s_per_worker": rate,
+                                              "train_wall_s": seconds}, job.steps)
+            self.tr.log_artifacts(self.run_id, job.generator_dir, "generator")
+            self.tr.set_status(self.run_id, "FINISHED")
+        return final
+
+
+def write_diverged(run_dir: Path, message: str, step: int, rank: int) -> None:
+    """Record a divergence (first worker wins): the driver turns it into an error."""
+    path = run_dir / DIVERGED
+    if not path.exists():
+        write_json(path, {"message": message, "step": step, "rank": rank})
+
+
+def read_diverged(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / DIVERGED
+    return json.loads(path.read_text()) if path.exists() else None

@@ -1,0 +1,215 @@
+"""What every training worker runs: build the library's trainer, resume, step to the end.
+
+Each Ray Train worker (or one Tune trial, training on its own) runs :func:`train_loop` with
+the driver's :class:`~pipeline.training.job.TrainJob`. Workers read their own share of the
+shards; :class:`gat.train.GATTrainer` averages gradients across them. Every worker reports
+to Ray at the same steps (Ray's report is collective); rank 0 attaches the checkpoint and
+owns the outputs (:class:`~pipeline.training.outputs.RunOutputs`).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from gat.train import GATTrainer, NonFiniteError
+from pipeline.shards import make_train_loader, read_manifest
+from pipeline.training.job import LIVE_LOG, TrainJob
+from pipeline.training.outputs import RunOutputs, read_diverged, write_diverged
+
+STATE_FILE = "state.pt"
+
+
+class WorkerDiverged(RuntimeError):
+    """Raised by a worker whose guard fired while others may wait in an all-reduce."""
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Ray's entry point: ``config = {"job": TrainJob}``."""
+    Worker(config["job"]).run()
+
+
+def load_state(trainer: GATTrainer, checkpoint_dir: str | Path, device: torch.device) -> None:
+    state = torch.load(Path(checkpoint_dir) / STATE_FILE, map_location=device,
+                       weights_only=True)
+    trainer.load_state_dict(state)
+
+
+class Worker:
+    """One worker of one run: its Ray session, rank, device, trainer and (rank 0) outputs."""
+
+    def __init__(self, job: TrainJob):
+        self.job, self.params = job, job.params
+        if job.session == "tune":  # the trial is the only worker; Tune gave it its GPU
+            from ray import tune
+
+            self.session, self.rank, self.world = tune, 0, 1
+            self.device = torch.device("cuda" if self.params.runtime.use_gpu else "cpu")
+        else:
+            import ray.train
+            from ray.train.torch import get_device
+
+            ctx = ray.train.get_context()
+            self.session, self.rank, self.world = ray.train, ctx.get_world_rank(), \
+                ctx.get_world_size()
+            self.device = get_device() if self.params.runtime.use_gpu else torch.device("cpu")
+        self.outputs: RunOutputs | None = None
+
+    def run(self) -> None:
+        job = self.job
+        if read_diverged(job.run_dir):
+            return  # Ray restarted the workers after the divergence guard stopped one: stop
+        manifest = read_manifest(job.layout.shards)
+        self.trainer = self._build(manifest)
+        parent_log = self._restore()
+        # Distinct, reproducible noise per worker and per resume point.
+        torch.manual_seed(self.params.study.seed + 7919 * self.rank
+                          + 104729 * self.trainer.step_count)
+        if self.rank == 0:
+            self.outputs = RunOutputs(job, self.trainer, manifest, parent_log)
+        done = self._steps(self._batches())
+        if done is None:  # diverged
+            return
+        if "record_dir" in job.debug:
+            checksum = sum(p.double().sum().item() for p in [
+                *self.trainer.G.parameters(), *self.trainer.D.parameters(),
+                self.trainer.G.w_avg])
+            (Path(job.debug["record_dir"]) / f"params_rank{self.rank}.txt").write_text(
+                repr(checksum))
+        if self.outputs:
+            self.outputs.finish(*done)
+
+    def _build(self, manifest: dict[str, Any]) -> GATTrainer:
+        """The library's trainer for the shards' latent shape [C, h, w] and classes."""
+        job, rt = self.job, self.params.runtime
+        teacher_dim = 1
+        if job.use_teacher:
+            teacher_dim = read_manifest(job.layout.teacher_tokens)["token_shape"][-1]
+        cfg = self.params.train if job.use_teacher else _without_repa(self.params.train)
+        return GATTrainer(job.size, manifest["latent_shape"][0], manifest["latent_shape"][-1],
+                          manifest["num_classes"], teacher_dim, cfg, self.device,
+                          seed=self.params.study.seed, grad_accum=rt.grad_accum,
+                          grad_checkpointing=rt.grad_checkpointing)
+
+    def _restore(self) -> Path | None:
+        """Load Ray's latest checkpoint (a restart, or a rerun of the same command), else a
+        shorter run's last one (a continuation: returns that run's live log)."""
+        checkpoint = self.session.get_checkpoint()
+        if checkpoint:
+            with checkpoint.as_directory() as ckpt_dir:
+                load_state(self.trainer, ckpt_dir, self.device)
+            how, parent_log = "resumed from checkpoint", None
+        elif self.job.continue_from is not None:
+            load_state(self.trainer, self.job.continue_from, self.device)
+            how, parent_log = "continued from", self.job.continue_from.parent / LIVE_LOG
+        else:
+            return None
+        if self.rank == 0:
+            print(f"[{self.job.size}] {how} step {self.trainer.step_count}", flush=True)
+        return parent_log
+
+    def _batches(self):
+        job, rt = self.job, self.params.runtime
+        loader = make_train_loader(
+            job.layout.shards, self.params.train.batch // self.world, self.rank, self.world,
+            rt.loader_workers, self.params.study.seed + self.trainer.step_count,
+            self.params.train.shuffle_buffer,
+            job.layout.teacher_tokens if job.use_teacher else None,
+            with_keys="record_dir" in job.debug)
+        return iter(loader)
+
+    def _steps(self, loader) -> tuple[float, int] | None:
+        """Steps from the trainer's counter to the end; (seconds, images) of this worker,
+        or None when the divergence guard stopped the run (diverged.json written)."""
+        job, trainer = self.job, self.trainer
+        bar = tqdm(total=job.steps, initial=trainer.step_count, desc=job.size, unit="step",
+                   disable=self.rank != 0, mininterval=10, dynamic_ncols=False, ascii=True)
+        t_start, images = time.perf_counter(), 0
+        for step in range(trainer.step_count + 1, job.steps + 1):
+            batch = next(loader)
+            if job.debug:
+                self._debug_hooks(batch, step)
+            t0 = time.perf_counter()
+            try:
+                metrics = trainer.step(batch["latents"], batch["labels"], batch["teacher"])
+            except NonFiniteError as err:
+                bar.close()
+                self._diverged(err, step)
+                return None
+            dt = time.perf_counter() - t0
+            images += batch["latents"].shape[0]
+            metrics.update(step=step, kimg=step * self.params.train.batch / 1000,
+                           step_time_s=dt, images_per_s=batch["latents"].shape[0] / dt)
+            self._after_step(metrics)
+            bar.update()
+        bar.close()
+        return time.perf_counter() - t_start, images
+
+    def _after_step(self, metrics: dict[str, Any]) -> None:
+        """FD proxy, logging (rank 0) and the Ray report with a checkpoint when due."""
+        step, rt, out = metrics["step"], self.params.runtime, self.outputs
+        report = step % rt.log_every == 0 or step == self.job.steps
+        save = step % rt.checkpoint_every == 0 or step == self.job.steps
+        fd_now = rt.fd_every > 0 and step % rt.fd_every == 0
+        # A Tune trial reports the proxy every time (ASHA ranks on it); a training run
+        # computes it only for steps it still logs.
+        if fd_now and out and (self.job.session == "tune" or out.due(step)):
+            metrics["fd"] = out.fd()
+        report = report or fd_now  # every rank reports the same number of times
+        if out and report:
+            out.log(metrics)
+        if report or save:
+            self._report(metrics, save)
+
+    def _report(self, metrics: dict[str, Any], save: bool) -> None:
+        """``report`` from every worker; rank 0 attaches the checkpoint when ``save``.
+
+        A checkpoint folder holds state.pt (tensors only: G, D, EMA, both optimizers, w
+        averages as G's buffer, step, RNG; loaded with ``weights_only=True``) and step.json.
+        """
+        scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        if not (save and self.rank == 0):
+            self.session.report(scalars)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(self.trainer.state_dict(), Path(tmp) / STATE_FILE)
+            (Path(tmp) / "step.json").write_text(json.dumps({"step": self.trainer.step_count}))
+            self.session.report(scalars, checkpoint=self.session.Checkpoint.from_directory(tmp))
+
+    def _diverged(self, err: NonFiniteError, step: int) -> None:
+        """Record the divergence and stop this worker.
+
+        Alone, the worker just returns. With peers, it raises: a peer whose own loss was
+        finite waits in the gradient all-reduce for this one, so Ray must tear the group
+        down; a restarted group finds diverged.json and stops at once, and the driver turns
+        the failure into ``NonFiniteError``.
+        """
+        print(f"[rank {self.rank}] {err}", flush=True)
+        write_diverged(self.job.run_dir, str(err), step, self.rank)
+        if self.world > 1:
+            raise WorkerDiverged(f"rank {self.rank}: {err}") from err
+
+    def _debug_hooks(self, batch: dict, step: int) -> None:
+        """Tests: ``record_dir`` (sample keys and a G/D checksum per worker), ``nan_at_step``
+        (D outputs NaN from that step, on every rank or only on ``nan_rank``)."""
+        debug = self.job.debug
+        if "record_dir" in debug:
+            with open(Path(debug["record_dir"]) / f"keys_rank{self.rank}.txt", "a") as f:
+                f.write("".join(f"{step} {key}\n" for key in batch["keys"]))
+        if debug.get("nan_at_step") == step and debug.get("nan_rank", self.rank) == self.rank:
+            self.trainer.D.register_forward_hook(
+                lambda m, i, out: (out[0] * float("nan"), out[1]) if isinstance(out, tuple)
+                else out * float("nan"))
+
+
+def _without_repa(cfg):
+    """The same hyperparameters with REPA off (no teacher tokens to align with)."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, repa_weight=0.0)

@@ -4,7 +4,7 @@
 validate params, know paths, write files atomically, give stages their command line,
 record to MLflow and start Ray. Stages do not declare them as DVC dependencies (editing
 MLflow logging must not retrain a model), and the check of dvc.yaml against the code
-(tests/test_dvc_declarations.py) does not follow imports through them. Every other project
+(tests/stages/test_dvc_declarations.py) does not follow imports through them. Every other project
 module a stage imports must be declared in its ``deps``.
 """
 

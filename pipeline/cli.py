@@ -203,25 +203,24 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_cmd_info)
 
     sample = sub.add_parser("sample", help="images from a trained generator")
-    sample.add_argument("--generator", required=True,
-                        help="generator dir (outputs/train/SIZE/generator), or an MLflow "
-                             "run: runs:/RUN_ID (its generator artifact) or runs:/RUN_ID/PATH")
-    sample.add_argument("--tracking-uri", default=None,
-                        help="MLflow store of a runs:/ reference (default: "
-                             "$MLFLOW_TRACKING_URI), e.g. sqlite:///mlflow.db")
-    sample.add_argument("--decoder", required=True,
-                        help="the tokenizer: data/tokenizer (the stage's folder, whatever its "
-                             "source), a save_pretrained folder, or a hub id")
+    sample.add_argument("--generator", required=True, help=(
+        "generator dir (outputs/train/SIZE/generator), or an MLflow run: runs:/RUN_ID (its "
+        "generator artifact) or runs:/RUN_ID/PATH"))
+    sample.add_argument("--tracking-uri", help="MLflow store of a runs:/ reference "
+                        "(default: $MLFLOW_TRACKING_URI), e.g. sqlite:///mlflow.db")
+    sample.add_argument("--decoder", required=True, help=(
+        "the tokenizer: data/tokenizer (the stage's folder, whatever its source), a "
+        "save_pretrained folder, or a hub id"))
     sample.add_argument("--classes", default="all", help="comma list, or all (default)")
     sample.add_argument("--seeds", default="0-7", help="e.g. 0-7 or 1,5,9 (default 0-7)")
-    sample.add_argument("--psi", type=float, default=1.0, help="truncation in w (1: none)")
-    sample.add_argument("--guidance", type=float, default=1.0, help="w-space guidance scale")
-    sample.add_argument("--scale-factor", type=float, default=0.0,
-                        help="latent scale (default: the generator's metadata, else the "
-                             "decoder's)")
-    sample.add_argument("--out", required=True,
-                        help="grid.png (rows: classes, columns: seeds) or a folder (one PNG "
-                             "per sample: classCCCC_seedSSSSSS.png)")
+    for flag, default, what in (("--psi", 1.0, "truncation in w (1: none)"),
+                                ("--guidance", 1.0, "w-space guidance scale"),
+                                ("--scale-factor", 0.0, "latent scale (default: the "
+                                 "generator's metadata, else the decoder's)")):
+        sample.add_argument(flag, type=float, default=default, help=what)
+    sample.add_argument("--out", required=True, help=(
+        "grid.png (rows: classes, columns: seeds) or a folder (one PNG per sample: "
+        "classCCCC_seedSSSSSS.png)"))
     sample.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU")
     sample.set_defaults(func=_cmd_sample)
 

@@ -33,7 +33,7 @@ from pipeline.shards import read_manifest
 # outputs, the shard loader. Editing any of it starts a new run. Other code that the
 # train stage imports (params, tracking, files, the stage CLI) cannot change a trained
 # result: DVC reruns the stage for it, the run resumes finished, and re-emits the same
-# generator (tests/test_dvc_experiments.py checks it byte for byte).
+# generator (tests/stages/test_dvc_experiments.py checks it byte for byte).
 TRAINING_CODE = ("gat", "pipeline/training", "pipeline/shards.py")
 LENGTH_KEYS = ("iterations", "kimg")
 CODE_ROOT = Path(__file__).resolve().parent.parent  # the checkout this code runs from

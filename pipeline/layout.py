@@ -20,7 +20,7 @@ A model size is written on disk exactly as it is named: ``GAT-T1/4`` nests as
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # The checkout: the package's parent, or $GAT_ROOT (tests run whole stages in a temporary
@@ -35,10 +35,37 @@ def size_path(size: str) -> Path:
     return Path(size)
 
 
+# Fixed places, relative to the checkout (data/, results/) or to the workspace (state).
+IN_CHECKOUT = {"tokenizer": "data/tokenizer", "teacher_model": "data/teacher_model",
+               "classifier": "data/classifier", "shards": "data/shards/train",
+               "teacher_tokens": "data/teacher", "reference": "data/reference",
+               "results": "results", "scaling": "results/scaling", "sweep": "results/sweep"}
+IN_WORKSPACE = {"tune": "outputs/tune", "mlflow_db": "mlflow.db"}
+
+
 @dataclass(frozen=True)
 class Layout:
     root: Path  # the checkout the stage runs in
     workspace: Path  # the user's workspace (differs from root in a queued experiment)
+    # data/: what every size shares (DVC-cached)
+    tokenizer: Path = field(init=False)  # the tokenizer stage's folder
+    teacher_model: Path = field(init=False)
+    classifier: Path = field(init=False)  # the FD feature network
+    shards: Path = field(init=False)  # latent shards + manifest.json
+    teacher_tokens: Path = field(init=False)  # teacher tokens, aligned with the shards
+    reference: Path = field(init=False)  # stats.npz + info.json of the eval split
+    # results/: small, git-tracked, kept per experiment
+    results: Path = field(init=False)
+    scaling: Path = field(init=False)
+    sweep: Path = field(init=False)
+    # the workspace's state, shared by its experiments
+    tune: Path = field(init=False)  # Ray Tune experiments of the sweep
+    mlflow_db: Path = field(init=False)  # the default MLflow store
+
+    def __post_init__(self) -> None:
+        for base, places in ((self.root, IN_CHECKOUT), (self.workspace, IN_WORKSPACE)):
+            for name, relative in places.items():
+                object.__setattr__(self, name, base / relative)
 
     @classmethod
     def from_env(cls, root: Path | None = None) -> Layout:
@@ -48,49 +75,12 @@ class Layout:
         workspace = os.environ.get("DVC_ROOT") if root == REPO_ROOT.resolve() else None
         return cls(root, Path(workspace).resolve() if workspace else root)
 
-    # -- data/: what every size shares
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def tokenizer(self) -> Path:
-        return self.data / "tokenizer"
-
-    @property
-    def teacher_model(self) -> Path:
-        return self.data / "teacher_model"
-
-    @property
-    def classifier(self) -> Path:
-        return self.data / "classifier"
-
-    @property
-    def shards(self) -> Path:
-        return self.data / "shards" / "train"
-
-    @property
-    def teacher_tokens(self) -> Path:
-        return self.data / "teacher"
-
-    @property
-    def reference(self) -> Path:
-        return self.data / "reference"
-
-    # -- outputs/: per size, cached by DVC
+    # -- per size: outputs/ (DVC-cached), results/ (git), the workspace's checkpoints
     def generator(self, size: str) -> Path:
         return self.root / "outputs" / "train" / size_path(size) / "generator"
 
     def samples(self, size: str) -> Path:
         return self.root / "outputs" / "eval" / size_path(size) / "samples.png"
-
-    # -- results/: small, tracked by git, kept per experiment
-    @property
-    def results(self) -> Path:
-        return self.root / "results"
-
-    def data_metrics(self, stage: str) -> Path:
-        return self.results / "data" / f"{stage}.json"
 
     def train_results(self, size: str) -> Path:
         """metrics.json and log.csv of one size's training."""
@@ -99,26 +89,12 @@ class Layout:
     def eval_metrics(self, size: str) -> Path:
         return self.results / "eval" / size_path(size) / "metrics.json"
 
-    @property
-    def scaling(self) -> Path:
-        return self.results / "scaling"
+    def data_metrics(self, stage: str) -> Path:
+        return self.results / "data" / f"{stage}.json"
 
-    @property
-    def sweep(self) -> Path:
-        return self.results / "sweep"
-
-    # -- the workspace's state, shared by its experiments
     def checkpoints(self, size: str) -> Path:
         """Ray Train's storage for ``size``: one folder per run key inside."""
         return self.workspace / "outputs" / "checkpoints" / size_path(size)
-
-    @property
-    def tune(self) -> Path:
-        return self.workspace / "outputs" / "tune"
-
-    @property
-    def mlflow_db(self) -> Path:
-        return self.workspace / "mlflow.db"
 
 
 LAYOUT = Layout.from_env()

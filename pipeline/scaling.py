@@ -7,10 +7,18 @@ which makes no assumption about the noise of each point.
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from pipeline.layout import LAYOUT, Layout
+
+COLUMNS = ["size", "g_params", "d_params", "g_gflops", "fd", "metric", "precision", "recall",
+           "class_accuracy", "train_images_per_s", "study_key"]
 MIN_POINTS = 3  # two points always fit a line exactly: no evidence of a law
 
 
@@ -87,3 +95,75 @@ def fit_power_law(gflops, fd, draws: int = 1000, seed: int = 0, level: float = 0
 
     return PowerLaw(a, b, ci(0), ci(1), float(np.corrcoef(x, y)[0, 1]),
                     float(np.corrcoef(np.log(x), np.log(y))[0, 1]), len(x), boot)
+
+
+def read_json(path: Path) -> tuple[dict | None, str]:
+    """(contents, "") or (None, why it cannot be used)."""
+    if not path.exists():
+        return None, f"no {path}"
+    try:
+        return json.loads(path.read_text()), ""
+    except (OSError, json.JSONDecodeError) as err:
+        return None, f"unreadable {path} ({err})"
+
+
+def size_row(size: str, layout: Layout = LAYOUT) -> tuple[dict | None, str]:
+    """One size's table row, or (None, why it is left out)."""
+    train, why_train = read_json(layout.train_results(size) / "metrics.json")
+    ev, why_eval = read_json(layout.eval_metrics(size))
+    if train is None or ev is None:
+        return None, "; ".join(w for w in (why_train, why_eval) if w)
+    fd, gflops = ev.get("fd"), ev.get("g_gflops")
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in (fd, gflops)):
+        return None, f"{ev.get('metric', 'FD')} {fd}, GFLOPs {gflops}: not positive finite numbers"
+    row = {k: ev.get(k) for k in COLUMNS}
+    row.update(size=size, train_images_per_s=train.get("images_per_s"),
+               study_key=train.get("study_key", ""))
+    if ev.get("run_key") != train.get("run_key"):
+        return None, (f"evaluated generator {ev.get('run_key')} is not the trained one "
+                      f"{train.get('run_key')}: rerun evaluate@{size}")
+    return row, ""
+
+
+def collect(sizes: list[str], layout: Layout = LAYOUT) -> tuple[pd.DataFrame, list[str]]:
+    """The table of sizes with results (by GFLOPs), and "SIZE (why)" for the others."""
+    rows, missing = [], []
+    for size in sizes:
+        row, why = size_row(size, layout)
+        if row is None:
+            missing.append(f"{size} ({why})")
+        else:
+            rows.append(row)
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    return table.sort_values("g_gflops", ignore_index=True), missing
+
+class ScalingError(ValueError):
+    """The table cannot be fitted; the message says what is missing and what to run."""
+
+
+def check_table(table: pd.DataFrame, missing: list[str]) -> tuple[str, str]:
+    """(metric, study key) of a table that can be fitted, else :class:`ScalingError`."""
+    if len(table) < MIN_POINTS:
+        have = ", ".join(table["size"]) or "none"
+        raise ScalingError(
+            f"the power-law fit needs results for at least {MIN_POINTS} sizes; have "
+            f"{len(table)} ({have}). Missing: {'; '.join(missing) or 'none'}. Run their "
+            "train and evaluate stages, or list more sizes in study.sizes.")
+    labels = sorted(set(table["metric"]))
+    if len(labels) > 1:  # FID and FD-classifier are different scales: never fit them together
+        raise ScalingError(f"sizes were evaluated with different metrics {labels}; "
+                           "re-evaluate them all with one evaluator.source (dvc repro)")
+    studies = sorted(set(table["study_key"]))
+    if len(studies) > 1:
+        raise ScalingError(
+            f"the sizes were trained under different configurations (study keys "
+            f"{', '.join(studies)}), as a partial experiment leaves them; run `dvc repro` to "
+            "bring every size to the current params")
+    return labels[0], studies[0]
+
+
+def fit_metrics(law: PowerLaw, label: str, missing: list[str]) -> dict:
+    return {"metric": label, "a": law.a, "b": law.b, "a_ci_low": law.a_ci[0],
+            "a_ci_high": law.a_ci[1], "b_ci_low": law.b_ci[0], "b_ci_high": law.b_ci[1],
+            "pearson_r": law.pearson_r, "pearson_r_log": law.pearson_r_log, "sizes": law.n,
+            "bootstrap_fits": len(law.boot), "missing": missing}

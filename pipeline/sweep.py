@@ -23,6 +23,7 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from gat.models import model_config
+from gat.train import model_lr
 from pipeline import tracking
 from pipeline.config import Params, with_overrides
 from pipeline.identity import run_identity
@@ -153,12 +154,12 @@ def run_sweep(params: Params, size: str, lrs: list[float] | None = None,
                 name=name, storage_path=str(layout.tune), callbacks=[mlflow_cb], verbose=1,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
         )
-    table = _trials_table(tuner.fit(), model_config(size).width, params)
+    table = _trials_table(tuner.fit(), size, params)
     tr.set_status(sweep_run, "FINISHED")
     return table.assign(sweep_run=sweep_run)
 
 
-def _trials_table(results: tune.ResultGrid, width: int, params: Params) -> pd.DataFrame:
+def _trials_table(results: tune.ResultGrid, size: str, params: Params) -> pd.DataFrame:
     rows = []
     for result in results:
         history = result.metrics_dataframe
@@ -170,7 +171,7 @@ def _trials_table(results: tune.ResultGrid, width: int, params: Params) -> pd.Da
         rows.append({
             "lr_base": lr_base,
             "c_base": c_base,
-            "lr": lr_base * c_base / width,
+            "lr": model_lr(replace(params.train, lr_base=lr_base, c_base=c_base), size),
             "fd": float(fd.iloc[-1]) if len(fd) else float("nan"),
             "best_fd": float(fd.min()) if len(fd) else float("nan"),
             "reports": len(fd),
@@ -179,6 +180,26 @@ def _trials_table(results: tune.ResultGrid, width: int, params: Params) -> pd.Da
             "error": str(result.error) if result.error else "",
         })
     return pd.DataFrame(rows).sort_values("lr_base").reset_index(drop=True)
+
+
+def transfer_check(params: Params, best_base: float) -> pd.DataFrame:
+    """Train sweep.transfer_size three ways and compare the final proxies."""
+    size = params.sweep.transfer_size
+    width = model_config(size).width
+    own = run_sweep(params, size)
+    both = run_sweep(params, size, lrs=[best_base],
+                     c_bases=[params.train.c_base, width], scheduler=False)
+    rule = both[both["c_base"] == params.train.c_base].head(1)
+    unchanged = both[both["c_base"] == width].head(1)
+    own_best = own[own["lr_base"] == best_lr(own)]
+    rows = []
+    for how, frame in (("width-aware rule", rule), ("base lr unchanged", unchanged),
+                       ("own sweep's best", own_best)):
+        row = frame.iloc[0] if len(frame) else None
+        rows.append({"size": size, "how": how,
+                     "lr": float(row["lr"]) if row is not None else float("nan"),
+                     "fd": float(row["fd"]) if row is not None else float("nan")})
+    return pd.DataFrame(rows)
 
 
 def _expected_reports(params: Params) -> int:

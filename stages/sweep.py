@@ -13,10 +13,6 @@ from __future__ import annotations
 
 import argparse
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import pandas as pd
 
 from gat.models import model_config
@@ -24,60 +20,11 @@ from pipeline import fidelity, tracking
 from pipeline.config import Params
 from pipeline.files import atomic_path, write_json
 from pipeline.layout import LAYOUT
+from pipeline.plots import sweep_plot, transfer_plot
 from pipeline.stage import stage_main
-from pipeline.sweep import best_lr, lr_grid, run_sweep
+from pipeline.sweep import best_lr, lr_grid, run_sweep, transfer_check
 
 OUT = LAYOUT.sweep
-
-
-def transfer_check(params: Params, best_base: float) -> pd.DataFrame:
-    """Train sweep.transfer_size three ways and compare the final proxies."""
-    size = params.sweep.transfer_size
-    width = model_config(size).width
-    own = run_sweep(params, size)
-    both = run_sweep(params, size, lrs=[best_base],
-                     c_bases=[params.train.c_base, width], scheduler=False)
-    rule = both[both["c_base"] == params.train.c_base].head(1)
-    unchanged = both[both["c_base"] == width].head(1)
-    own_best = own[own["lr_base"] == best_lr(own)]
-    rows = []
-    for how, frame in (("width-aware rule", rule), ("base lr unchanged", unchanged),
-                       ("own sweep's best", own_best)):
-        row = frame.iloc[0] if len(frame) else None
-        rows.append({"size": size, "how": how,
-                     "lr": float(row["lr"]) if row is not None else float("nan"),
-                     "fd": float(row["fd"]) if row is not None else float("nan")})
-    return pd.DataFrame(rows)
-
-
-def plot_sweep(table: pd.DataFrame, label: str, size: str, path) -> None:
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    done = table[~table["stopped_early"]]
-    stopped = table[table["stopped_early"]]
-    ax.plot(done["lr_base"], done["fd"], "o-", label="ran to the end")
-    ax.plot(stopped["lr_base"], stopped["fd"], "x", color="C3", label="stopped by ASHA")
-    ax.set_xscale("log")
-    ax.set_xlabel("lr_base")
-    ax.set_ylabel(f"{label} (last report)")
-    ax.set_title(f"lr sweep at {size}")
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-
-
-def plot_transfer(table: pd.DataFrame, label: str, path) -> None:
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.bar(table["how"], table["fd"], color=["C0", "C3", "C2"])
-    for i, lr in enumerate(table["lr"]):
-        ax.text(i, 0, f"lr {lr:.2g}", ha="center", va="bottom", color="white")
-    ax.set_ylabel(label)
-    ax.set_title(f"lr transfer to {table['size'].iloc[0]}")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
@@ -91,12 +38,12 @@ def run(params: Params, args: argparse.Namespace) -> None:
     best = best_lr(table)
     with atomic_path(OUT / "trials.csv") as tmp:
         table.to_csv(tmp, index=False)
-    plot_sweep(table, label, size, OUT / "lr_vs_fd.png")
+    sweep_plot(table, label, size, OUT / "lr_vs_fd.png")
     transfer = transfer_check(params, best) if params.sweep.transfer else pd.DataFrame()
     if not transfer.empty:
         with atomic_path(OUT / "transfer.csv") as tmp:
             transfer.to_csv(tmp, index=False)
-        plot_transfer(transfer, label, OUT / "transfer.png")
+        transfer_plot(transfer, label, OUT / "transfer.png")
     result = {"enabled": True, "size": size, "best_lr_base": best, "metric": label,
               "trials": len(table), "stopped_early": int(table["stopped_early"].sum())}
     write_json(OUT / "best.json", result)

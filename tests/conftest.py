@@ -56,7 +56,7 @@ def tiny_study(tmp_path_factory):
     copy_repo(work)
     shutil.copy(work / "profiles" / "tiny.yaml", work / "params.yaml")
     env, venv = dvc_env(), Path(sys.executable).parent
-    # Every params key each stage's processes read (tests/test_dvc_declarations.py).
+    # Every params key each stage's processes read (tests/stages/test_dvc_declarations.py).
     env[TRACE_ENV] = str(params_trace(work))
     params_trace(work).mkdir()
     if (venv.parent / ".requirements.installed").exists():  # a venv made by setup.sh
@@ -69,3 +69,15 @@ def tiny_study(tmp_path_factory):
         result = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
         assert result.returncode == 0, f"{cmd}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
     return work
+
+
+@pytest.fixture(scope="session")
+def parts(tmp_path_factory):
+    """A generator (2 real training steps), a tokenizer and a classifier directory, tiny,
+    saved as their stages save them (tests/eval_helpers.py), built once a session."""
+    from tests.eval_helpers import save_classifier_dir, save_generator_dir, save_tokenizer_dir
+
+    root = tmp_path_factory.mktemp("parts")
+    return {"generator": save_generator_dir(root / "generator"),
+            "tokenizer": save_tokenizer_dir(root / "tokenizer"),
+            "classifier": save_classifier_dir(root / "classifier")}

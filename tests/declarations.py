@@ -38,7 +38,7 @@ def _imports(path: Path, name: str) -> set[str]:
     """Project modules named by import statements anywhere in ``path``."""
     found: set[str] = set()
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in _executed(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -49,6 +49,16 @@ def _imports(path: Path, name: str) -> set[str]:
             found.add(base)
             found |= {f"{base}.{a.name}" for a in node.names}  # `from pkg import module`
     return {m for m in found if m.split(".")[0] in PACKAGES and module_file(m)}
+
+
+def _executed(tree: ast.AST):
+    """Every node, except those under ``if TYPE_CHECKING:`` (never run)."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
+            yield from (n for child in node.orelse for n in ast.walk(child))
+            continue
+        yield node
+        yield from _executed(node)
 
 
 def closure(module: str, root: Path = REPO) -> set[str]:

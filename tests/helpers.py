@@ -79,6 +79,18 @@ def make_synthetic_shards(root: Path, samples: int = 256, shard_size: int = 32,
                                  "token_shape": list(tokens)})
 
 
+def synthetic_root(root: Path) -> Path:
+    """A root with synthetic shards, teacher tokens and a real (untrained) AutoencoderKL as
+    the `train` tokenizer (the training sample grids decode with it)."""
+    from pipeline.config import TokenizerParams
+    from pipeline.pretrained.tokenizer import small_autoencoder
+
+    make_synthetic_shards(root)
+    small_autoencoder(TokenizerParams(block_out_channels=[8, 16])).save_pretrained(
+        root / "data" / "tokenizer")
+    return root
+
+
 def tiny_params(tmp: Path, mlflow_uri: str, **overrides: object) -> Params:
     """The tiny profile with a test's MLflow store and overrides of train.* or runtime.*
     keys, given by their names (``batch=8, workers=2``)."""

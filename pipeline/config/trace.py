@@ -4,7 +4,7 @@ With ``$GAT_TRACE_PARAMS`` set to a folder, every read of a params key (``params
 batch``) after validation appends ``{"stage": $DVC_STAGE, "key": "train.batch"}`` to a
 file of that folder, one file per process: Ray workers inherit the variable, so keys read
 inside training workers and Tune trials count for the stage that started them.
-``tests/test_dvc_declarations.py`` compares these reads with dvc.yaml. Unset (the
+``tests/stages/test_dvc_declarations.py`` compares these reads with dvc.yaml. Unset (the
 default), a read costs one global lookup.
 """
 

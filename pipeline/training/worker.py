@@ -9,7 +9,9 @@ owns the outputs (:class:`~pipeline.training.outputs.RunOutputs`).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +34,17 @@ class WorkerDiverged(RuntimeError):
 
 def train_loop(config: dict[str, Any]) -> None:
     """Ray's entry point: ``config = {"job": TrainJob}``."""
+    _quiet_report_logs()
     Worker(config["job"]).run()
+
+
+def _quiet_report_logs() -> None:
+    """Ray Train logs every report at INFO, metrics and all, through the driver: keep the
+    stage's own progress lines readable (warnings and errors still show)."""
+    with contextlib.suppress(ImportError):
+        from ray.train.v2._internal.execution import context
+
+        logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def load_state(trainer: GATTrainer, checkpoint_dir: str | Path, device: torch.device) -> None:

@@ -7,10 +7,6 @@ distance), with a small calibrated CNN saved as the classifier stage saves it.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -18,8 +14,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor
 
 from pipeline import fidelity
-from tests.eval_helpers import image_folder, save_classifier_dir, stage_params, synthetic_images
-from tests.helpers import REPO, dvc_env, write_params
+from tests.eval_helpers import save_classifier_dir, synthetic_images
 
 
 @pytest.fixture(scope="module")
@@ -95,16 +90,3 @@ def test_reference_refuses_missing_or_foreign_statistics(tmp_path):
         fidelity.load_reference(tmp_path / "fid.npz", metric="FD-classifier")
 
 
-def test_reference_stage_writes_statistics(tmp_path, mlflow_uri):
-    image_folder(tmp_path / "images")
-    save_classifier_dir(tmp_path / "data" / "classifier")
-    write_params(stage_params(tmp_path, mlflow_uri), tmp_path / "params.yaml")
-    env = {**dvc_env(), "GAT_ROOT": str(tmp_path), "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "stages.reference"], cwd=REPO, env=env,
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    info = json.loads((tmp_path / "data" / "reference" / "info.json").read_text())
-    assert info["metric"] == "FD-classifier" and info["images"] == 24 and info["features"] == 32
-    stats = fidelity.load_reference(tmp_path / "data" / "reference" / "stats.npz")
-    assert stats["mu"].shape == (32,) and stats["sigma"].shape == (32, 32)
-    assert stats["features"].shape == (24, 32)

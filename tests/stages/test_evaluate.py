@@ -13,31 +13,18 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 
-from gat.sample import balanced_labels, parse_classes, parse_seeds, sample_latents
-from pipeline.cli import main as gat_main
 from tests.eval_helpers import (
     CLASSES,
     SIZE,
     check_grid_shape,
     image_folder,
-    save_classifier_dir,
-    save_generator_dir,
-    save_tokenizer_dir,
     stage_params,
 )
 from tests.helpers import REPO, dvc_env, write_params
 
-
-@pytest.fixture(scope="module")
-def parts(tmp_path_factory) -> dict[str, Path]:
-    """Generator (2 training steps), tokenizer and classifier directories, built once."""
-    root = tmp_path_factory.mktemp("parts")
-    return {"generator": save_generator_dir(root / "generator"),
-            "tokenizer": save_tokenizer_dir(root / "tokenizer"),
-            "classifier": save_classifier_dir(root / "classifier")}
+pytestmark = pytest.mark.slow
 
 
 def _stage(root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -86,43 +73,3 @@ def test_evaluate_stage_writes_grid_metrics_and_mlflow(tmp_path, parts, mlflow_u
     assert logged == {"eval/samples.png"}
 
 
-def test_balanced_labels_and_seeded_latents(parts):
-    from gat.io import load_generator
-
-    counts = torch.bincount(balanced_labels(10, 4), minlength=4)
-    assert counts.tolist() == [3, 3, 2, 2]
-    gen, _ = load_generator(parts["generator"])
-    a, pairs = sample_latents(gen, [0, 3], [5, 6])
-    b, _ = sample_latents(gen, [3], [6], psi=1.0)
-    assert pairs == [(0, 5), (0, 6), (3, 5), (3, 6)] and a.shape == (4, 4, 16, 16)
-    torch.testing.assert_close(a[3:], b)  # a seed's sample does not depend on the batch
-    assert parse_seeds("0-2,7") == [0, 1, 2, 7] and parse_classes("all", 3) == [0, 1, 2]
-    with pytest.raises(ValueError, match="out of range"):
-        parse_classes("0,9", 4)
-    with pytest.raises(ValueError, match="backwards"):
-        parse_seeds("5-1")
-
-
-def test_gat_sample_writes_files_and_grid(tmp_path, parts, capsys):
-    base = ["sample", "--generator", str(parts["generator"]), "--decoder",
-            str(parts["tokenizer"]), "--cpu"]
-    assert gat_main([*base, "--classes", "0,3", "--seeds", "1-3", "--out",
-                     str(tmp_path / "one")]) == 0
-    names = sorted(p.name for p in (tmp_path / "one").iterdir())
-    assert names == [f"class{c:04d}_seed{s:06d}.png" for c in (0, 3) for s in (1, 2, 3)]
-    assert gat_main([*base, "--seeds", "0-4", "--psi", "0.7", "--guidance", "1.5",
-                     "--out", str(tmp_path / "grid.png")]) == 0
-    check_grid_shape(tmp_path / "grid.png", rows=CLASSES, cols=5)  # all classes x 5 seeds
-    assert gat_main([*base, "--classes", "7", "--out", str(tmp_path / "x.png")]) == 2
-    assert "out of range" in capsys.readouterr().err
-
-
-def test_gat_sample_from_an_mlflow_run(tmp_path, parts, mlflow_uri):
-    client = MlflowClient(mlflow_uri)
-    exp = client.create_experiment("sample-test", artifact_location=(tmp_path / "art").as_uri())
-    run_id = client.create_run(exp).info.run_id
-    client.log_artifacts(run_id, str(parts["generator"]), "generator")  # as training logs it
-    assert gat_main(["sample", "--generator", f"runs:/{run_id}", "--tracking-uri", mlflow_uri,
-                     "--decoder", str(parts["tokenizer"]), "--classes", "1", "--seeds", "0",
-                     "--cpu", "--out", str(tmp_path / "from_run")]) == 0
-    assert [p.name for p in (tmp_path / "from_run").iterdir()] == ["class0001_seed000000.png"]

@@ -20,15 +20,9 @@ from mlflow.tracking import MlflowClient
 
 from gat.models import model_config
 from pipeline.config import load_params
-from pipeline.sweep import lr_grid
 from tests.helpers import FASHION, REPO, dvc_env, write_params
 
-
-def test_lr_grid_is_log_spaced_centre_first():
-    params = load_params(REPO / "profiles" / "tiny.yaml", check_paths=False)
-    params = dataclasses.replace(params, sweep=dataclasses.replace(
-        params.sweep, lr_min=1e-4, lr_max=1e-2, num_trials=3))
-    assert lr_grid(params) == pytest.approx([1e-3, 1e-4, 1e-2])
+pytestmark = pytest.mark.slow
 
 
 @pytest.mark.skipif(not FASHION.exists(), reason="needs dataset-fashion-mnist")

@@ -17,7 +17,8 @@ from mlflow.tracking import MlflowClient
 
 from tests.helpers import FASHION, dvc_env
 
-pytestmark = pytest.mark.skipif(not FASHION.exists(), reason="needs dataset-fashion-mnist")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not FASHION.exists(), reason="needs dataset-fashion-mnist")]
 
 
 def test_dvc_repro_tiny_profile(tiny_study):

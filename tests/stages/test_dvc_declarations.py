@@ -13,7 +13,8 @@ from pipeline.config.trace import read_traces
 from tests import declarations as decl
 from tests.helpers import FASHION, REPO, params_trace
 
-pytestmark = pytest.mark.skipif(not FASHION.exists(), reason="needs dataset-fashion-mnist")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not FASHION.exists(), reason="needs dataset-fashion-mnist")]
 
 
 def _study(tiny_study):

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,7 +9,6 @@ import torch.nn.functional as F
 from gat.flops import generator_gflops
 from gat.models import GAT_MODELS, apply_rope, build_models, count_params, rope_2d
 from gat.optim import width_aware_lr
-from pipeline.cli import model_info
 
 # Paper Table 2 / SPEC 1 and SPEC 6 (GFLOPs in the DiT convention).
 PAPER = {
@@ -136,22 +131,6 @@ def test_truncation_and_guidance_in_w_space():
     collapsed = gen.sample(z, c, psi=0.0)  # every sample becomes the class mean
     assert collapsed.std(0).max() < 1e-5 < full.std(0).max()
     assert not torch.allclose(gen.sample(z, c, guidance=2.0), full)
-
-
-def test_gat_info_json_cli():
-    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "info", "GAT-S/2", "--json"],
-                         capture_output=True, text=True, check=True)
-    info = json.loads(out.stdout)
-    assert {"g_params", "d_params", "g_gflops", "lr"} <= set(info)
-    assert info["lr"] == pytest.approx(4e-4)
-    assert info["g_gflops"] == pytest.approx(6.06, rel=0.02)
-    assert info["g_params"] == model_info("GAT-S/2")["g_params"]
-
-
-def test_gat_info_rejects_unknown_model():
-    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "info", "GAT-Q/2"],
-                         capture_output=True, text=True)
-    assert out.returncode != 0 and "GAT-S/2" in out.stderr
 
 
 def test_sdpa_matches_explicit_attention():

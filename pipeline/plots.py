@@ -1,0 +1,66 @@
+"""The pipeline's figures: files only (Agg), written atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and in DVC runs
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from pipeline.files import atomic_path
+
+if TYPE_CHECKING:
+    from pipeline.scaling import PowerLaw
+
+
+def save(fig, path: Path, dpi: int = 130) -> None:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+
+
+def scaling_plot(table: pd.DataFrame, law: PowerLaw, label: str, path: Path) -> None:
+    """Log-log: the sizes, the fitted law and its 95% bootstrap band."""
+    xs = np.geomspace(table["g_gflops"].min() / 1.25, table["g_gflops"].max() * 1.25, 100)
+    lo, hi = law.band(xs)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.fill_between(xs, lo, hi, alpha=0.2, label="95% bootstrap band")
+    ax.plot(xs, law(xs), "-", label=f"{label} = {law.a:.3g} * GFLOPs^{law.b:.3f}")
+    ax.scatter(table["g_gflops"], table["fd"], zorder=3, color="k", label="sizes")
+    for _, row in table.iterrows():
+        ax.annotate(row["size"], (row["g_gflops"], row["fd"]), textcoords="offset points",
+                    xytext=(4, 4), fontsize=8)
+    ax.set(xscale="log", yscale="log", xlabel="G forward GFLOPs (one sample, multiply-add = 1)",
+           ylabel=label, title=f"{label} vs compute (Pearson r = {law.pearson_r:.2f})")
+    ax.legend(fontsize=8)
+    save(fig, path)
+
+
+def sweep_plot(table: pd.DataFrame, label: str, size: str, path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    done = table[~table["stopped_early"]]
+    stopped = table[table["stopped_early"]]
+    ax.plot(done["lr_base"], done["fd"], "o-", label="ran to the end")
+    ax.plot(stopped["lr_base"], stopped["fd"], "x", color="C3", label="stopped by ASHA")
+    ax.set_xscale("log")
+    ax.set_xlabel("lr_base")
+    ax.set_ylabel(f"{label} (last report)")
+    ax.set_title(f"lr sweep at {size}")
+    ax.legend()
+    save(fig, path, dpi=120)
+
+
+def transfer_plot(table: pd.DataFrame, label: str, path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.bar(table["how"], table["fd"], color=["C0", "C3", "C2"])
+    for i, lr in enumerate(table["lr"]):
+        ax.text(i, 0, f"lr {lr:.2g}", ha="center", va="bottom", color="white")
+    ax.set_ylabel(label)
+    ax.set_title(f"lr transfer to {table['size'].iloc[0]}")
+    save(fig, path, dpi=120)

@@ -71,19 +71,56 @@ def generated_features(ev: Evaluator, gen, tokenizer, num: int, batch: int = 250
         gen.train(was_training)
 
 
-def evaluate_generator(ev: Evaluator, gen, tokenizer, reference: dict[str, np.ndarray],
-                       num: int, batch: int = 250, psi: float = 1.0, seed: int = 0
-                       ) -> dict[str, float | int | str]:
-    """FD/FID, precision, recall and (classifier only) class accuracy of ``num`` samples."""
-    out = generated_features(ev, gen, tokenizer, num, batch, psi, seed)
+def score(ev: Evaluator, out: dict[str, torch.Tensor], labels: torch.Tensor,
+          reference: dict[str, np.ndarray], seed: int = 0) -> dict[str, float | int | str]:
+    """FD/FID, precision, recall and (classifier only) class accuracy of extracted features
+    ``out`` (from :func:`extract`) whose images were meant to show ``labels`` [N]."""
     precision, recall = precision_recall(out["features"], reference, seed)
     metrics: dict[str, float | int | str] = {
         "metric": ev.metric, "fd": frechet_distance(out["features"], reference),
-        "precision": precision, "recall": recall, "num_samples": num, "psi": psi}
+        "precision": precision, "recall": recall, "num_samples": len(labels)}
     if "logits" in out:
-        labels = balanced_labels(num, gen.num_classes)
         metrics["class_accuracy"] = class_accuracy(out["logits"], labels)
     return metrics
+
+
+def evaluate_generator(ev: Evaluator, gen, tokenizer, reference: dict[str, np.ndarray],
+                       num: int, batch: int = 250, psi: float = 1.0, seed: int = 0
+                       ) -> dict[str, float | int | str]:
+    """:func:`score` of ``num`` class-balanced samples of ``gen``, decoded by ``tokenizer``."""
+    out = generated_features(ev, gen, tokenizer, num, batch, psi, seed)
+    return {**score(ev, out, balanced_labels(num, gen.num_classes), reference, seed),
+            "psi": psi}
+
+
+def balanced_indices(labels: np.ndarray, num: int, seed: int = 0) -> np.ndarray:
+    """``num`` indices of ``labels`` [N], classes balanced (counts differ by at most one),
+    drawn without replacement from one seeded stream, in class-interleaved order."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    picked = [per_class[i % len(classes)][i // len(classes)] for i in range(num)]
+    return np.asarray(picked, dtype=np.int64)
+
+
+def floors(ev: Evaluator, dataset, tokenizer, reference: dict[str, np.ndarray], num: int,
+           batch: int = 250, seed: int = 0) -> dict[str, dict[str, float | int | str]]:
+    """What no generator in this latent space can beat, scored like one: ``num``
+    class-balanced real training images (``real``), and the same images encoded and
+    decoded by the tokenizer (``reconstructed``: the posterior mean, scaled as the shards
+    store it). ``dataset``: a :class:`pipeline.data.Dataset` split."""
+    idx = balanced_indices(dataset.labels, num, seed)
+    labels = torch.as_tensor(dataset.labels[idx])
+    chunks = [idx[i:i + batch] for i in range(0, num, batch)]
+
+    def reconstructed(chunk: np.ndarray) -> torch.Tensor:
+        mean, _ = tokenizer.encode(dataset.load(chunk))
+        return tokenizer.decode(mean * tokenizer.scale_factor)
+
+    real = extract(ev, (dataset.load(c) for c in chunks), num, "real images")
+    recon = extract(ev, (reconstructed(c) for c in chunks), num, "reconstructed")
+    return {"real": score(ev, real, labels, reference, seed),
+            "reconstructed": score(ev, recon, labels, reference, seed)}
 
 
 def generator_fd(gen, tokenizer, num: int, layout: Layout = LAYOUT) -> float:

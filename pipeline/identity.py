@@ -1,7 +1,7 @@
 """What a training run *is*: the key that names its checkpoints and its MLflow run.
 
 A run's identity is everything that changes its result:
-- the model size and the seed;
+- the model size and the training seed (``study.train_seeds``);
 - the ``train`` params (the library's hyperparameters, batch, data order);
 - the data: the latent shards and, when REPA is on, the teacher tokens (their sha256s);
 - the code that computes a step or feeds it: :data:`TRAINING_CODE`;
@@ -11,8 +11,8 @@ The run key is ``<base>-<steps>``, where ``base`` hashes all of it but the lengt
 run of the same base *continues* from the longest shorter run's last checkpoint (the
 schedule does not depend on the total length). Runtime knobs (``runtime.*``: workers, GPUs,
 logging, checkpoint frequency) and the MLflow store are not part of it: changing them
-resumes the same run. The *study* key is the same hash without the size: the size runs of
-one study configuration group under one MLflow study run.
+resumes the same run. The *study* key is the same hash without the size and the seed: the
+size runs of one study configuration, every seed of them, group under one MLflow study run.
 """
 
 from __future__ import annotations
@@ -63,9 +63,10 @@ def _short(obj: Any) -> str:
 @dataclass(frozen=True)
 class RunIdentity:
     size: str
+    seed: int  # the training seed: init, noise, data order
     base: str  # hash of everything but the length
     steps: int
-    study: str  # hash of everything but the size
+    study: str  # hash of everything but the size and the seed
 
     @property
     def key(self) -> str:
@@ -74,17 +75,20 @@ class RunIdentity:
 
 
 def training_inputs(params: Params, layout: Layout = LAYOUT) -> dict[str, Any]:
-    """Everything but the size and length that a training run's result depends on."""
+    """Everything but the size, seed and length that a training run's result depends on."""
     train = {k: v for k, v in params.section("train").items() if k not in LENGTH_KEYS}
     teacher = None
     if uses_teacher(params, layout):
         teacher = [s["sha256"] for s in read_manifest(layout.teacher_tokens)["shards"]]
-    return {"train": train, "seed": params.study.seed,
+    return {"train": train,
             "shards": [s["sha256"] for s in read_manifest(layout.shards)["shards"]],
             "teacher": teacher, "code": code_digest()}
 
 
-def run_identity(params: Params, size: str, layout: Layout = LAYOUT) -> RunIdentity:
+def run_identity(params: Params, size: str, seed: int, layout: Layout = LAYOUT) -> RunIdentity:
+    """The identity of training ``size`` with training seed ``seed``: its study is the same
+    configuration without the size and the seed (seeds replicate a configuration)."""
     inputs, steps = training_inputs(params, layout), total_steps(params)
-    return RunIdentity(size=size, base=_short({**inputs, "size": size}), steps=steps,
+    return RunIdentity(size=size, seed=seed, steps=steps,
+                       base=_short({**inputs, "size": size, "seed": seed}),
                        study=_short({**inputs, "steps": steps}))

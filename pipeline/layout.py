@@ -43,6 +43,11 @@ IN_CHECKOUT = {"tokenizer": "data/tokenizer", "teacher_model": "data/teacher_mod
 IN_WORKSPACE = {"tune": "outputs/tune", "mlflow_db": "mlflow.db"}
 
 
+def run_path(size: str, seed: int) -> Path:
+    """``GAT-T1/4``, seed 0 -> ``GAT-T1/4/seed0``: as dvc.yaml names the per-seed outputs."""
+    return size_path(size) / f"seed{seed}"
+
+
 @dataclass(frozen=True)
 class Layout:
     root: Path  # the checkout the stage runs in
@@ -75,19 +80,19 @@ class Layout:
         workspace = os.environ.get("DVC_ROOT") if root == REPO_ROOT.resolve() else None
         return cls(root, Path(workspace).resolve() if workspace else root)
 
-    # -- per size: outputs/ (DVC-cached), results/ (git), the workspace's checkpoints
-    def generator(self, size: str) -> Path:
-        return self.root / "outputs" / "train" / size_path(size) / "generator"
+    # -- per size and training seed: outputs/ (DVC-cached), results/ (git); checkpoints
+    def generator(self, size: str, seed: int) -> Path:
+        return self.root / "outputs" / "train" / run_path(size, seed) / "generator"
 
-    def samples(self, size: str) -> Path:
-        return self.root / "outputs" / "eval" / size_path(size) / "samples.png"
+    def samples(self, size: str, seed: int) -> Path:
+        return self.root / "outputs" / "eval" / run_path(size, seed) / "samples.png"
 
-    def train_results(self, size: str) -> Path:
-        """metrics.json and log.csv of one size's training."""
-        return self.results / "train" / size_path(size)
+    def train_results(self, size: str, seed: int) -> Path:
+        """metrics.json and log.csv of one size's training with one seed."""
+        return self.results / "train" / run_path(size, seed)
 
-    def eval_metrics(self, size: str) -> Path:
-        return self.results / "eval" / size_path(size) / "metrics.json"
+    def eval_metrics(self, size: str, seed: int) -> Path:
+        return self.results / "eval" / run_path(size, seed) / "metrics.json"
 
     def data_metrics(self, stage: str) -> Path:
         return self.results / "data" / f"{stage}.json"

@@ -25,14 +25,27 @@ def save(fig, path: Path, dpi: int = 130) -> None:
     plt.close(fig)
 
 
-def scaling_plot(table: pd.DataFrame, law: PowerLaw, label: str, path: Path) -> None:
-    """Log-log: the sizes, the fitted law and its 95% bootstrap band."""
+def scaling_plot(table: pd.DataFrame, law: PowerLaw, label: str, path: Path,
+                 floors: dict[str, float] | None = None, runs: pd.DataFrame | None = None
+                 ) -> None:
+    """Log-log: the sizes (seeds' means, their range as error bars, every seed's point from
+    ``runs`` when there are several), the fitted law and its 95% bootstrap band; ``floors``
+    (name -> FD, e.g. real and tokenizer-reconstructed images) as horizontal lines."""
     xs = np.geomspace(table["g_gflops"].min() / 1.25, table["g_gflops"].max() * 1.25, 100)
     lo, hi = law.band(xs)
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ax.fill_between(xs, lo, hi, alpha=0.2, label="95% bootstrap band")
     ax.plot(xs, law(xs), "-", label=f"{label} = {law.a:.3g} * GFLOPs^{law.b:.3f}")
-    ax.scatter(table["g_gflops"], table["fd"], zorder=3, color="k", label="sizes")
+    several = "seeds" in table and table["seeds"].max() > 1
+    if several and runs is not None:
+        ax.scatter(runs["g_gflops"], runs["fd"], s=10, color="0.5", zorder=2, label="seeds")
+    if several:
+        ax.errorbar(table["g_gflops"], table["fd"], fmt="none", ecolor="k", capsize=3,
+                    yerr=[table["fd"] - table["fd_min"], table["fd_max"] - table["fd"]])
+    ax.scatter(table["g_gflops"], table["fd"], zorder=3, color="k",
+               label="sizes (mean of seeds)" if several else "sizes")
+    for i, (name, fd) in enumerate((floors or {}).items()):
+        ax.axhline(fd, color=f"C{i + 1}", linestyle="--", linewidth=1, label=f"{name}: {fd:.3g}")
     for _, row in table.iterrows():
         ax.annotate(row["size"], (row["g_gflops"], row["fd"]), textcoords="offset points",
                     xytext=(4, 4), fontsize=8)

@@ -17,8 +17,8 @@ import pandas as pd
 
 from pipeline.layout import LAYOUT, Layout
 
-COLUMNS = ["size", "g_params", "d_params", "g_gflops", "fd", "metric", "precision", "recall",
-           "class_accuracy", "train_images_per_s", "study_key"]
+COLUMNS = ["size", "seed", "g_params", "d_params", "g_gflops", "fd", "metric", "precision",
+           "recall", "class_accuracy", "train_images_per_s", "study_key"]
 MIN_POINTS = 3  # two points always fit a line exactly: no evidence of a law
 
 
@@ -51,15 +51,21 @@ def fit_log_log(gflops: np.ndarray, fd: np.ndarray) -> tuple[float, float]:
     return float(np.exp(log_a)), float(b)
 
 
-def bootstrap(gflops: np.ndarray, fd: np.ndarray, draws: int, seed: int = 0) -> np.ndarray:
-    """[M, 2] (a, b) refitted on resampled points; draws with < 2 distinct x are skipped
-    (a line through one x is undefined), so M <= draws."""
-    rng = np.random.default_rng(seed)
+def bootstrap(gflops: np.ndarray, replicas: list[np.ndarray], draws: int, seed: int = 0
+              ) -> np.ndarray:
+    """[M, 2] (a, b) refitted on resampled data: sizes drawn with replacement, and for each
+    drawn size its seeds' FDs (``replicas[i]``) drawn with replacement and averaged, so the
+    interval holds both the spread over sizes and over seeds. Draws with < 2 distinct x are
+    skipped (a line through one x is undefined), so M <= draws."""
+    # Two streams: the draws of sizes do not depend on how many seeds each size has.
+    size_rng, seed_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     fits = []
     for _ in range(draws):
-        idx = rng.integers(0, len(gflops), len(gflops))
-        if len(np.unique(gflops[idx])) >= 2:
-            fits.append(fit_log_log(gflops[idx], fd[idx]))
+        idx = size_rng.integers(0, len(gflops), len(gflops))
+        if len(np.unique(gflops[idx])) < 2:
+            continue
+        fd = np.array([seed_rng.choice(replicas[i], len(replicas[i])).mean() for i in idx])
+        fits.append(fit_log_log(gflops[idx], fd))
     return np.array(fits).reshape(-1, 2)
 
 
@@ -78,13 +84,18 @@ def _check(gflops: np.ndarray, fd: np.ndarray) -> None:
         raise ValueError(f"all sizes have the same GFLOPs ({gflops[0]}): nothing to fit")
 
 
-def fit_power_law(gflops, fd, draws: int = 1000, seed: int = 0, level: float = 0.95
-                  ) -> PowerLaw:
-    """Fit FD = a * GFLOPs^b to points ([N] each, N >= 3) with a bootstrap interval."""
+def fit_power_law(gflops, fd, draws: int = 1000, seed: int = 0, level: float = 0.95,
+                  replicas: list | None = None) -> PowerLaw:
+    """Fit FD = a * GFLOPs^b to points ([N] each, N >= 3) with a bootstrap interval.
+
+    ``replicas``: for each point, the FDs of its seeds (``fd`` is then their mean); the
+    bootstrap resamples them too. Default: one value per point.
+    """
     x, y = np.asarray(gflops, float), np.asarray(fd, float)
     _check(x, y)
+    reps = [np.asarray(r, float) for r in replicas] if replicas is not None else y[:, None]
     a, b = fit_log_log(x, y)
-    boot = bootstrap(x, y, draws, seed)
+    boot = bootstrap(x, list(reps), draws, seed)
     if not len(boot):
         boot = np.array([[a, b]])
     tail = 100 * (1 - level) / 2
@@ -107,35 +118,50 @@ def read_json(path: Path) -> tuple[dict | None, str]:
         return None, f"unreadable {path} ({err})"
 
 
-def size_row(size: str, layout: Layout = LAYOUT) -> tuple[dict | None, str]:
-    """One size's table row, or (None, why it is left out)."""
-    train, why_train = read_json(layout.train_results(size) / "metrics.json")
-    ev, why_eval = read_json(layout.eval_metrics(size))
+def run_row(size: str, seed: int, layout: Layout = LAYOUT) -> tuple[dict | None, str]:
+    """One (size, training seed)'s row, or (None, why it is left out)."""
+    train, why_train = read_json(layout.train_results(size, seed) / "metrics.json")
+    ev, why_eval = read_json(layout.eval_metrics(size, seed))
     if train is None or ev is None:
         return None, "; ".join(w for w in (why_train, why_eval) if w)
     fd, gflops = ev.get("fd"), ev.get("g_gflops")
     if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in (fd, gflops)):
         return None, f"{ev.get('metric', 'FD')} {fd}, GFLOPs {gflops}: not positive finite numbers"
     row = {k: ev.get(k) for k in COLUMNS}
-    row.update(size=size, train_images_per_s=train.get("images_per_s"),
+    row.update(size=size, seed=seed, train_images_per_s=train.get("images_per_s"),
                study_key=train.get("study_key", ""))
     if ev.get("run_key") != train.get("run_key"):
         return None, (f"evaluated generator {ev.get('run_key')} is not the trained one "
-                      f"{train.get('run_key')}: rerun evaluate@{size}")
+                      f"{train.get('run_key')}: rerun its evaluate stage")
     return row, ""
 
 
-def collect(sizes: list[str], layout: Layout = LAYOUT) -> tuple[pd.DataFrame, list[str]]:
-    """The table of sizes with results (by GFLOPs), and "SIZE (why)" for the others."""
+def collect(sizes: list[str], seeds: list[int], layout: Layout = LAYOUT
+            ) -> tuple[pd.DataFrame, list[str]]:
+    """One row per (size, seed) with results, by GFLOPs; "SIZE seed N (why)" for the
+    others."""
     rows, missing = [], []
     for size in sizes:
-        row, why = size_row(size, layout)
-        if row is None:
-            missing.append(f"{size} ({why})")
-        else:
-            rows.append(row)
+        for seed in seeds:
+            row, why = run_row(size, seed, layout)
+            if row is None:
+                missing.append(f"{size} seed {seed} ({why})")
+            else:
+                rows.append(row)
     table = pd.DataFrame(rows, columns=COLUMNS)
-    return table.sort_values("g_gflops", ignore_index=True), missing
+    return table.sort_values(["g_gflops", "seed"], ignore_index=True), missing
+
+
+def per_size(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per size: the seeds' mean of each measurement, and the FD's spread
+    (``fd_std``, ``fd_min``, ``fd_max``; ``seeds``: how many)."""
+    mean = ["fd", "precision", "recall", "class_accuracy", "train_images_per_s"]
+    fixed = ["g_params", "d_params", "g_gflops", "metric", "study_key"]
+    grouped = runs.groupby("size", sort=False)
+    table = grouped[fixed].first().join(grouped[mean].mean())
+    table = table.join(grouped["fd"].agg(fd_std=lambda v: v.std(ddof=1) if len(v) > 1 else 0.0,
+                                         fd_min="min", fd_max="max", seeds="count"))
+    return table.reset_index().sort_values("g_gflops", ignore_index=True)
 
 class ScalingError(ValueError):
     """The table cannot be fitted; the message says what is missing and what to run."""
@@ -143,11 +169,12 @@ class ScalingError(ValueError):
 
 def check_table(table: pd.DataFrame, missing: list[str]) -> tuple[str, str]:
     """(metric, study key) of a table that can be fitted, else :class:`ScalingError`."""
-    if len(table) < MIN_POINTS:
-        have = ", ".join(table["size"]) or "none"
+    sizes = list(dict.fromkeys(table["size"]))
+    if len(sizes) < MIN_POINTS:
+        have = ", ".join(sizes) or "none"
         raise ScalingError(
             f"the power-law fit needs results for at least {MIN_POINTS} sizes; have "
-            f"{len(table)} ({have}). Missing: {'; '.join(missing) or 'none'}. Run their "
+            f"{len(sizes)} ({have}). Missing: {'; '.join(missing) or 'none'}. Run their "
             "train and evaluate stages, or list more sizes in study.sizes.")
     labels = sorted(set(table["metric"]))
     if len(labels) > 1:  # FID and FD-classifier are different scales: never fit them together
@@ -162,8 +189,17 @@ def check_table(table: pd.DataFrame, missing: list[str]) -> tuple[str, str]:
     return labels[0], studies[0]
 
 
-def fit_metrics(law: PowerLaw, label: str, missing: list[str]) -> dict:
+def fit_metrics(law: PowerLaw, label: str, missing: list[str], seeds: int = 1) -> dict:
     return {"metric": label, "a": law.a, "b": law.b, "a_ci_low": law.a_ci[0],
             "a_ci_high": law.a_ci[1], "b_ci_low": law.b_ci[0], "b_ci_high": law.b_ci[1],
             "pearson_r": law.pearson_r, "pearson_r_log": law.pearson_r_log, "sizes": law.n,
-            "bootstrap_fits": len(law.boot), "missing": missing}
+            "seeds": seeds, "bootstrap_fits": len(law.boot), "missing": missing}
+
+
+def fit_sizes(runs: pd.DataFrame, draws: int, seed: int = 0) -> tuple[pd.DataFrame, PowerLaw]:
+    """The per-size table (seeds' means and spread) and the law fitted on its means, the
+    bootstrap resampling sizes and seeds; the table gains ``fd_fit``."""
+    table = per_size(runs)
+    replicas = [runs.loc[runs["size"] == size, "fd"].to_numpy() for size in table["size"]]
+    law = fit_power_law(table["g_gflops"], table["fd"], draws, seed, replicas=replicas)
+    return table.assign(fd_fit=law(table["g_gflops"].to_numpy())), law

@@ -1,7 +1,8 @@
 """The command line every stage shares: ``python -m stages.NAME [--params F] [--dry-run]``.
 
 A stage module defines ``run(params, args)`` and ends with ``stage_main(__doc__, run)``;
-stages that work per model size declare ``size=True`` and get a positional SIZE argument.
+stages that work per model size declare ``size=True`` and get a positional SIZE argument
+and ``--seed`` (a training seed of study.train_seeds, default the first).
 ``--dry-run`` prints the resolved, validated config and exits before any work.
 """
 
@@ -26,11 +27,24 @@ def stage_parser(doc: str | None, size: bool = False) -> argparse.ArgumentParser
     if size:
         parser.add_argument("size", metavar="SIZE",
                             help="model size from study.sizes, e.g. GAT-T1/4")
+        parser.add_argument("--seed", type=int, default=None,
+                            help="training seed from study.train_seeds (default: the first)")
     parser.add_argument("--params", default=str(DEFAULT_PARAMS),
                         help="params file (default: params.yaml at the repo root)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the resolved, validated config and exit")
     return parser
+
+
+def _check_size_and_seed(params: Params, args: argparse.Namespace) -> None:
+    """SIZE must be in study.sizes, --seed in study.train_seeds (default: the first)."""
+    with untraced():  # refusing an unknown SIZE or seed is validation, not a use of them
+        sizes, seeds = params.study.sizes, params.study.train_seeds
+        if args.size not in sizes:
+            raise ParamsError(f"SIZE {args.size!r} is not in study.sizes ({', '.join(sizes)})")
+        args.seed = seeds[0] if args.seed is None else args.seed
+        if args.seed not in seeds:
+            raise ParamsError(f"--seed {args.seed} is not in study.train_seeds ({seeds})")
 
 
 def stage_main(
@@ -52,12 +66,8 @@ def stage_main(
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
-        with untraced():  # refusing an unknown SIZE is validation, not a use of the list
-            unknown = size and args.size not in params.study.sizes
-        if unknown:
-            raise ParamsError(
-                f"SIZE {args.size!r} is not in study.sizes ({', '.join(params.study.sizes)})"
-            )
+        if size:
+            _check_size_and_seed(params, args)
     except ParamsError as err:
         sys.exit(f"error: {err}")
     if args.dry_run:

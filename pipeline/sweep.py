@@ -88,8 +88,8 @@ def _trainable(params: Params, size: str, trials: Path, layout: Layout):
         p = trial_params(params, config["lr_base"], config.get("c_base"))
         out = trials / trial_name(config)
         out.mkdir(parents=True, exist_ok=True)
-        job = replace(make_job(p, size, layout, session="tune"), run_dir=out,
-                      generator_dir=out / "generator", results_dir=out)
+        job = replace(make_job(p, size, p.study.train_seeds[0], layout, session="tune"),
+                      run_dir=out, generator_dir=out / "generator", results_dir=out)
         Worker(job).run()
         if read_diverged(out):  # rank it last rather than by its last good report
             tune.report({METRIC: float("inf"), "diverged": 1.0})
@@ -100,8 +100,10 @@ def _trainable(params: Params, size: str, trials: Path, layout: Layout):
 def experiment_name(params: Params, size: str, lrs: list[float], c_bases: list[int] | None,
                     layout: Layout = LAYOUT) -> str:
     """``lr_sweep-<hash>`` over what shapes the trials: the training inputs at this size
-    (train params, seed, shards, teacher, code), the sweep params and the grid."""
-    key = json.dumps({"run": run_identity(params, size, layout).base,
+    (train params, the first training seed, shards, teacher, code), the sweep params and
+    the grid."""
+    key = json.dumps({"run": run_identity(params, size, params.study.train_seeds[0],
+                                          layout).base,
                       "sweep": params.section("sweep"), "lrs": lrs, "c_bases": c_bases},
                      sort_keys=True)
     return f"lr_sweep-{hashlib.sha256(key.encode()).hexdigest()[:10]}"

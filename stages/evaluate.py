@@ -1,15 +1,15 @@
 """Evaluate one trained size: FID (Inception) or FD-classifier (offline stand-in), GFLOPs.
 
-    python -m stages.evaluate GAT-T1/4
+    python -m stages.evaluate GAT-T1/4 [--seed 0]
 
-Reads the EMA generator in outputs/train/<SIZE>/generator, and decodes with the tokenizer
-it was trained on. Draws evaluate.num_samples
+Reads the EMA generator in outputs/train/<SIZE>/seed<N>/generator (training seed N), and
+decodes with the tokenizer it was trained on. Draws evaluate.num_samples
 samples, classes balanced, in batches of evaluate.batch (truncation evaluate.psi), decodes
 them with the tokenizer and measures, through torch-fidelity against the `reference`
 statistics: the Frechet distance, precision and recall, and (classifier only) how often
 the classifier recognises the conditioning class. Adds G's forward GFLOPs (one sample,
-multiply-add = 1) and G/D parameter counts. Writes results/eval/<SIZE>/metrics.json and
-outputs/eval/<SIZE>/samples.png (one row per class), and logs both to the MLflow run of
+multiply-add = 1) and G/D parameter counts. Writes results/eval/<SIZE>/seed<N>/metrics.json
+and outputs/eval/<SIZE>/seed<N>/samples.png (one row per class), and logs both to the MLflow run of
 the training configuration that made the generator (metrics as ``eval.*`` and the FD under
 its own name, FID or FD-classifier, at the generator's last training step).
 """
@@ -49,25 +49,26 @@ def log_to_mlflow(params: Params, meta: dict, metrics: dict, grid: Path) -> str:
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
-    size = args.size
+    size, seed = args.size, args.seed
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    gen, meta = load_generator(LAYOUT.generator(size), device)
+    gen, meta = load_generator(LAYOUT.generator(size, seed), device)
     tokenizer = load_tokenizer(meta["tokenizer"], device, meta["scale_factor"])
     ev = fidelity.evaluator(params.evaluator.source)
     reference = fidelity.load_reference(fidelity.reference_path(), metric=ev.metric)
-    metrics = {"size": size, **evaluation.evaluate_generator(
+    metrics = {"size": size, "seed": seed, **evaluation.evaluate_generator(
         ev, gen, tokenizer, reference, params.evaluate.num_samples, params.evaluate.batch,
         params.evaluate.psi, seed=params.study.seed + 1),  # +1: not the training z stream
         **evaluation.model_facts(gen, meta)}
-    grid = LAYOUT.samples(size)
+    grid = LAYOUT.samples(size, seed)
     with atomic_path(grid) as tmp:
         save_image(evaluation.class_grid(gen, tokenizer, params.evaluate.psi).float() / 255, tmp,
                    nrow=evaluation.GRID_SEEDS, padding=1, format="png")
     metrics["mlflow_run_id"] = log_to_mlflow(params, meta, metrics, grid)
     metrics["run_key"] = meta["run_key"]
-    write_json(LAYOUT.eval_metrics(size), metrics)
-    print(f"{size}: {metrics['metric']} {metrics['fd']:.4g} ({metrics['num_samples']} samples)"
-          f", precision {metrics['precision']:.3f}, recall {metrics['recall']:.3f}"
+    write_json(LAYOUT.eval_metrics(size, seed), metrics)
+    print(f"{size} seed {seed}: {metrics['metric']} {metrics['fd']:.4g} "
+          f"({metrics['num_samples']} samples), precision {metrics['precision']:.3f}, "
+          f"recall {metrics['recall']:.3f}"
           + (f", class accuracy {metrics['class_accuracy']:.3f}" if "class_accuracy" in metrics
              else "") + f", G {metrics['g_gflops']:.4g} GFLOPs")
 

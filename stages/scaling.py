@@ -2,17 +2,22 @@
 
     python -m stages.scaling
 
-Reads results/train/<SIZE>/metrics.json and results/eval/<SIZE>/metrics.json of every
-size in study.sizes. Writes to results/scaling/:
-- scaling.csv: size, G and D params, G GFLOPs, FD (FID or FD-classifier), precision,
-  recall, train images/s, and the fitted FD at that size (the dvc plot's data);
-- metrics.json: FD = a * GFLOPs^b fitted by least squares in log-log, 95% bootstrap
-  intervals (scaling.bootstrap draws), Pearson r of FD with GFLOPs (the paper: -0.95);
-- scaling.png: points, fit and bootstrap band, log-log.
-All logged to the MLflow study run of the sizes' training configuration, with the
-stand-ins' quality (results/data/*.json). A size without usable results is named and left
-out; fewer than 3 sizes left is an error (exit status 1), and so are sizes trained under
-different configurations (a partial experiment: run `dvc repro`).
+Reads results/{train,eval}/<SIZE>/seed<N>/metrics.json of every size in study.sizes and
+training seed in study.train_seeds. Writes to results/scaling/:
+- runs.csv: one row per size and seed;
+- scaling.csv: one row per size: G and D params, G GFLOPs, the seeds' mean FD (FID or
+  FD-classifier) with its spread (fd_std, fd_min, fd_max, seeds), precision, recall,
+  class accuracy, train images/s, and the fitted FD at that size (the dvc plot's data);
+- metrics.json: FD = a * GFLOPs^b fitted by least squares in log-log on the means, 95%
+  bootstrap intervals (scaling.bootstrap draws, resampling sizes and, within each, seeds),
+  Pearson r of FD with GFLOPs (the paper: -0.95);
+- scaling.png: every seed's point, the means with their range, fit and bootstrap band.
+The floors (results/data/floors.json: real and tokenizer-reconstructed images) are drawn
+as lines and added to metrics.json. All logged to the MLflow study run of the sizes'
+training configuration, with the stand-ins' quality (results/data/*.json). A size without
+usable results is named and left out; fewer than 3 sizes left is an error (exit status 1),
+and so are sizes trained under different configurations (a partial experiment: run
+`dvc repro`).
 """
 
 from __future__ import annotations
@@ -30,13 +35,14 @@ from pipeline.scaling import (
     check_table,
     collect,
     fit_metrics,
-    fit_power_law,
+    fit_sizes,
     read_json,
 )
 from pipeline.stage import stage_main
 
 OUT = LAYOUT.scaling
-STAND_INS = ("tokenizer", "teacher", "classifier", "encode")
+STAND_INS = ("tokenizer", "teacher", "classifier", "encode", "floors")
+FLOORS = {"real": "real images", "reconstructed": "tokenizer reconstruction"}
 
 
 def log_study(params: Params, study_key: str, fit: dict) -> None:
@@ -47,26 +53,29 @@ def log_study(params: Params, study_key: str, fit: dict) -> None:
     for stage in STAND_INS:
         found, _ = read_json(LAYOUT.data_metrics(stage))
         tr.log_metrics(run_id, {f"{stage}.{k}": v for k, v in (found or {}).items()})
-    for name in ("scaling.csv", "scaling.png", "metrics.json"):
+    for name in ("scaling.csv", "runs.csv", "scaling.png", "metrics.json"):
         tr.log_artifact(run_id, OUT / name, "scaling")
     tr.set_status(run_id, "FINISHED")
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
-    table, missing = collect(params.study.sizes)
+    runs, missing = collect(params.study.sizes, params.study.train_seeds)
     for line in missing:
         print(f"scaling: left out {line}", file=sys.stderr)
     try:
-        label, study_key = check_table(table, missing)
+        label, study_key = check_table(runs, missing)
     except ScalingError as err:
         sys.exit(f"error: {err}")
-    law = fit_power_law(table["g_gflops"], table["fd"], params.scaling.bootstrap,
-                        params.study.seed)
-    table["fd_fit"] = law(table["g_gflops"].to_numpy())
-    with atomic_path(OUT / "scaling.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    scaling_plot(table, law, label, OUT / "scaling.png")
-    fit = fit_metrics(law, label, missing)
+    table, law = fit_sizes(runs, params.scaling.bootstrap, params.study.seed)
+    for name, frame in (("scaling.csv", table), ("runs.csv", runs)):
+        with atomic_path(OUT / name) as tmp:
+            frame.to_csv(tmp, index=False)
+    floors, _ = read_json(LAYOUT.data_metrics("floors"))
+    floor_fd = {name: floors[f"{row}_fd"] for row, name in FLOORS.items()
+                if floors and f"{row}_fd" in floors}
+    scaling_plot(table, law, label, OUT / "scaling.png", floor_fd, runs)
+    fit = {**fit_metrics(law, label, missing, int(table["seeds"].max())),
+           **{f"floor_{row}_fd": floors[f"{row}_fd"] for row in FLOORS if floor_fd}}
     write_json(OUT / "metrics.json", fit)
     log_study(params, study_key, fit)
     print(table.to_string(index=False))

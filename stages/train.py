@@ -1,9 +1,10 @@
-"""Train one model size with Ray Train (workers, GPUs and length from params.yaml).
+"""Train one model size with one training seed, with Ray Train (workers, GPUs and length
+from params.yaml).
 
-    python -m stages.train GAT-T1/4 [--dry-run]
+    python -m stages.train GAT-T1/4 [--seed 0] [--dry-run]
 
-Writes outputs/train/<SIZE>/generator/ (EMA generator: generator.pt + config.json) and
-results/train/<SIZE>/{metrics.json,log.csv} (per-step losses, logit gap, R1, R2, REPA,
+Writes outputs/train/<SIZE>/seed<N>/generator/ (EMA generator: generator.pt + config.json)
+and results/train/<SIZE>/seed<N>/{metrics.json,log.csv} (per-step losses, logit gap, R1, R2, REPA,
 grad norms, images/s), and logs all of it to the MLflow run of this training
 configuration. To resume after a kill, run the same command again: it continues from the
 last checkpoint with the same step counter. A larger train.iterations continues the
@@ -26,13 +27,14 @@ from pipeline.training.job import derived
 def run(params: Params, args: argparse.Namespace) -> None:
     """Train args.size; exit naming the step if it diverged, or the URI if MLflow is down."""
     try:
-        metrics = run_training(params, args.size)
+        metrics = run_training(params, args.size, args.seed)
     except NonFiniteError as err:
         sys.exit(f"error: training {args.size} diverged: {err}")
     except TrackingError as err:
         sys.exit(f"error: {err}")
-    print(f"{args.size}: {metrics['steps']} steps, {metrics['images_per_s_per_worker']:.1f} "
-          f"images/s per worker; MLflow run {metrics['mlflow_run_id']}")
+    print(f"{args.size} seed {args.seed}: {metrics['steps']} steps, "
+          f"{metrics['images_per_s_per_worker']:.1f} images/s per worker; MLflow run "
+          f"{metrics['mlflow_run_id']}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import ast
+import itertools
 import sys
 from pathlib import Path
 
@@ -93,18 +94,31 @@ def _has_code(path: Path | None) -> bool:
 
 
 def stages(dvc_yaml: Path = REPO / "dvc.yaml", params: dict | None = None) -> dict[str, dict]:
-    """Stage name (``train@GAT-T1/4``) -> {"cmd", "deps", "params"}, foreach expanded."""
+    """Stage name (``train@GAT-T1/4-0``) -> {"cmd", "deps", "params"}, foreach and matrix
+    stages expanded as DVC names them."""
     spec = yaml.safe_load(dvc_yaml.read_text())["stages"]
     params = params or yaml.safe_load((dvc_yaml.parent / "params.yaml").read_text())
+    def lookup(ref: str):
+        section, key = ref.strip("${} ").split(".")
+        return params[section][key]
+
     out = {}
     for name, stage in spec.items():
-        if "foreach" not in stage:
+        if "foreach" in stage:
+            for item in lookup(stage["foreach"]):
+                body = yaml.safe_dump(stage["do"]).replace("${item}", str(item))
+                out[f"{name}@{item}"] = yaml.safe_load(body)
+        elif "matrix" in stage:  # DVC names them stage@value1-value2
+            axes = {k: lookup(v) if isinstance(v, str) else v
+                    for k, v in stage["matrix"].items()}
+            template = yaml.safe_dump({k: v for k, v in stage.items() if k != "matrix"})
+            for values in itertools.product(*axes.values()):
+                body = template
+                for key, value in zip(axes, values):
+                    body = body.replace(f"${{item.{key}}}", str(value))
+                out[f"{name}@{'-'.join(map(str, values))}"] = yaml.safe_load(body)
+        else:
             out[name] = stage
-            continue
-        section, key = stage["foreach"].strip("${} ").split(".")
-        for item in params[section][key]:
-            body = yaml.safe_dump(stage["do"]).replace("${item}", item)
-            out[f"{name}@{item}"] = yaml.safe_load(body)
     return out
 
 

@@ -47,16 +47,21 @@ def _known_size(where: str, key: str, name: str) -> None:
 @dataclass(frozen=True)
 class StudyParams(Traced):
     SECTION = "study"
-    seed: int = 0
+    seed: int = 0  # the data side: stand-ins, evaluation draws, floors
     sizes: list[str] = field(default_factory=lambda: ["GAT-T1/4"])
+    train_seeds: list[int] = field(default_factory=lambda: [0])  # every size, once per seed
 
     def check(self, where: str) -> None:
         if not self.sizes:
             raise ParamsError(f"{where}.sizes: empty; list at least one model, e.g. GAT-S/2")
         for name in self.sizes:
             _known_size(where, "sizes", name)
-        if len(set(self.sizes)) != len(self.sizes):
-            raise ParamsError(f"{where}.sizes: {self.sizes} lists a size twice")
+        for key in ("sizes", "train_seeds"):
+            values = getattr(self, key)
+            if len(set(values)) != len(values):
+                raise ParamsError(f"{where}.{key}: {values} lists a value twice")
+        if not self.train_seeds:
+            raise ParamsError(f"{where}.train_seeds: empty; list at least one seed, e.g. [0]")
 
 
 @dataclass(frozen=True)

@@ -47,11 +47,11 @@ def training_config(job: TrainJob) -> dict[str, Any]:
     """MLflow params of a training run: its whole configuration, a function of the key."""
     params, ident = job.params, job.identity
     return {**{f"train.{k}": v for k, v in params.section("train").items()},
-            "seed": params.study.seed, "size": job.size, "lr": job.lr, "steps": job.steps,
+            "seed": job.seed, "size": job.size, "lr": job.lr, "steps": job.steps,
             "run_key": ident.key, "study_key": ident.study}
 
 
-def prepare(params: Params, size: str, layout: Layout = LAYOUT, track: bool = True,
+def prepare(params: Params, size: str, seed: int, layout: Layout = LAYOUT, track: bool = True,
             debug: dict[str, Any] | None = None) -> TrainJob:
     """The job for ``size``: identity, folders, continuation source, MLflow run.
 
@@ -60,7 +60,7 @@ def prepare(params: Params, size: str, layout: Layout = LAYOUT, track: bool = Tr
     """
     from pipeline import tracking
 
-    job = make_job(params, size, layout, debug=debug or {})
+    job = make_job(params, size, seed, layout, debug=debug or {})
     job.run_dir.mkdir(parents=True, exist_ok=True)
     (job.run_dir / "diverged.json").unlink(missing_ok=True)  # a rerun retries from the last
     parent = None if latest_checkpoint(job.run_dir) else shorter_run(job)
@@ -72,13 +72,14 @@ def prepare(params: Params, size: str, layout: Layout = LAYOUT, track: bool = Tr
     tr.check()
     tags = {"gat.continued_from": parent[1].parent.name} if parent else {}
     run_id = tracking.training_run(tr, params, size, job.identity.key, job.identity.study,
-                                   training_config(job), tags)
+                                   training_config(job), {"gat.seed": str(seed), **tags})
     return replace(job, tracker=tr, mlflow_run=run_id)
 
 
-def run_training(params: Params, size: str, layout: Layout = LAYOUT, track: bool = True,
-                 debug: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train ``size`` with a Ray TorchTrainer; returns results/train/SIZE/metrics.json.
+def run_training(params: Params, size: str, seed: int | None = None, layout: Layout = LAYOUT,
+                 track: bool = True, debug: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train ``size`` with training seed ``seed`` (default: the first of
+    study.train_seeds) with a Ray TorchTrainer; returns its results' metrics.json.
 
     Raises ``NonFiniteError`` if training diverged (the last good checkpoint is kept).
     ``debug`` is for tests (see :meth:`Worker._debug_hooks`).
@@ -94,12 +95,14 @@ def run_training(params: Params, size: str, layout: Layout = LAYOUT, track: bool
 
     from pipeline.ray_utils import init_ray
 
-    job = prepare(params, size, layout, track, debug)
+    seed = params.study.train_seeds[0] if seed is None else seed
+    job = prepare(params, size, seed, layout, track, debug)
     rt = params.runtime
     init_ray()
     how = (f"continuing from {job.continue_from.parent.name} step "
            f"{latest_checkpoint(job.continue_from.parent)[0]}; " if job.continue_from else "")
-    print(f"training {size} (lr {job.lr:.4g}) for {job.steps} steps; {how}run {job.run_dir}"
+    print(f"training {size} seed {seed} (lr {job.lr:.4g}) for {job.steps} steps; {how}run "
+          f"{job.run_dir}"
           f"{f', MLflow run {job.mlflow_run}' if job.mlflow_run else ''}. To resume after a "
           "kill, run the same command again.", flush=True)
     trainer = TorchTrainer(

@@ -26,6 +26,7 @@ class TrainJob:
 
     params: Params
     size: str
+    seed: int  # the training seed (study.train_seeds): init, noise and data order
     identity: RunIdentity
     layout: Layout
     run_dir: Path  # the run's state: Ray checkpoints, the live log, diverged.json
@@ -57,13 +58,15 @@ class TrainJob:
         return 1 if self.session == "tune" else self.params.runtime.workers
 
 
-def make_job(params: Params, size: str, layout: Layout = LAYOUT, **kw: Any) -> TrainJob:
-    """The job of the ``train`` stage for ``size``: Ray's storage, outputs under the layout."""
-    identity = run_identity(params, size, layout)
-    return TrainJob(params=params, size=size, identity=identity, layout=layout,
+def make_job(params: Params, size: str, seed: int, layout: Layout = LAYOUT,
+             **kw: Any) -> TrainJob:
+    """The ``train`` stage's job for ``size`` and training seed ``seed``: Ray's storage,
+    outputs under the layout."""
+    identity = run_identity(params, size, seed, layout)
+    return TrainJob(params=params, size=size, seed=seed, identity=identity, layout=layout,
                     run_dir=layout.checkpoints(size) / identity.key,
-                    generator_dir=layout.generator(size),
-                    results_dir=layout.train_results(size),
+                    generator_dir=layout.generator(size, seed),
+                    results_dir=layout.train_results(size, seed),
                     use_teacher=uses_teacher(params, layout), **kw)
 
 

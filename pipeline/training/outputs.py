@@ -133,7 +133,7 @@ class RunOutputs:
         """
         job, rows = self.job, read_log(self.log_path)
         ident = job.identity
-        meta = {"name": job.size, "lr": self.trainer.lr, "steps": job.steps,
+        meta = {"name": job.size, "seed": job.seed, "lr": self.trainer.lr, "steps": job.steps,
                 "teacher_dim": self.trainer.D.repa[-1].out_features,
                 "scale_factor": self.manifest["scale_factor"],
                 "tokenizer": self.manifest.get("tokenizer", "train"),
@@ -142,7 +142,7 @@ class RunOutputs:
             save_generator(tmp, self.trainer.G_ema, meta)
         rates = [float(r["images_per_s"]) for r in rows if r.get("images_per_s")]
         rate = images / seconds if images else (sum(rates) / len(rates) if rates else 0.0)
-        final = {"size": job.size, "steps": job.steps, "lr": self.trainer.lr,
+        final = {"size": job.size, "seed": job.seed, "steps": job.steps, "lr": self.trainer.lr,
                  "images_per_s_per_worker": rate,  # rank 0, loader and logging included
                  "images_per_s": rate * job.workers, "workers": job.workers,
                  "wall_s": seconds,

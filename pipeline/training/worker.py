@@ -81,8 +81,7 @@ class Worker:
         self.trainer = self._build(manifest)
         parent_log = self._restore()
         # Distinct, reproducible noise per worker and per resume point.
-        torch.manual_seed(self.params.study.seed + 7919 * self.rank
-                          + 104729 * self.trainer.step_count)
+        torch.manual_seed(job.seed + 7919 * self.rank + 104729 * self.trainer.step_count)
         if self.rank == 0:
             self.outputs = RunOutputs(job, self.trainer, manifest, parent_log)
         done = self._steps(self._batches())
@@ -106,7 +105,7 @@ class Worker:
         cfg = self.params.train if job.use_teacher else _without_repa(self.params.train)
         return GATTrainer(job.size, manifest["latent_shape"][0], manifest["latent_shape"][-1],
                           manifest["num_classes"], teacher_dim, cfg, self.device,
-                          seed=self.params.study.seed, grad_accum=rt.grad_accum,
+                          seed=job.seed, grad_accum=rt.grad_accum,
                           grad_checkpointing=rt.grad_checkpointing)
 
     def _restore(self) -> Path | None:
@@ -130,7 +129,7 @@ class Worker:
         job, rt = self.job, self.params.runtime
         loader = make_train_loader(
             job.layout.shards, self.params.train.batch // self.world, self.rank, self.world,
-            rt.loader_workers, self.params.study.seed + self.trainer.step_count,
+            rt.loader_workers, job.seed + self.trainer.step_count,
             self.params.train.shuffle_buffer,
             job.layout.teacher_tokens if job.use_teacher else None,
             with_keys="record_dir" in job.debug)

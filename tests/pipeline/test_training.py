@@ -32,7 +32,7 @@ def test_two_workers_disjoint_data_identical_weights_mlflow(ray_cluster, root, t
     record = tmp_path / "record"
     record.mkdir()
     layout = Layout(root, root)
-    metrics = run_training(params, "GAT-T1/4", layout, debug={"record_dir": str(record)})
+    metrics = run_training(params, "GAT-T1/4", 0, layout, debug={"record_dir": str(record)})
     assert metrics["steps"] == 16
     keys = {r: [line.split()[1] for line in (record / f"keys_rank{r}.txt").read_text().split("\n")
                 if line] for r in (0, 1)}
@@ -43,12 +43,12 @@ def test_two_workers_disjoint_data_identical_weights_mlflow(ray_cluster, root, t
     assert sorted(keys[0] + keys[1]) == [f"{j:09d}" for j in range(256)]
     checksums = {(record / f"params_rank{r}.txt").read_text() for r in (0, 1)}
     assert len(checksums) == 1, "G and D differ across workers"
-    assert (layout.generator("GAT-T1/4") / "generator.pt").exists()
-    run_dir = make_job(params, "GAT-T1/4", layout).run_dir
+    assert (layout.generator("GAT-T1/4", 0) / "generator.pt").exists()
+    run_dir = make_job(params, "GAT-T1/4", 0, layout).run_dir
     assert run_dir == root / "outputs/checkpoints/GAT-T1/4" / metrics["run_key"]
     kept = [d for d in run_dir.glob("checkpoint_*") if d.is_dir()]
     assert 1 <= len(kept) <= KEEP_CHECKPOINTS
-    log = pd.read_csv(layout.train_results("GAT-T1/4") / "log.csv")
+    log = pd.read_csv(layout.train_results("GAT-T1/4", 0) / "log.csv")
     assert list(log["step"]) == [4, 8, 12, 16]
     client = MlflowClient(mlflow_uri)
     run = client.get_run(metrics["mlflow_run_id"])
@@ -71,12 +71,12 @@ def test_divergence_guard_stops_with_the_step(ray_cluster, root, tmp_path, mlflo
     layout = Layout(tmp_path / "copy", tmp_path / "copy")
     shutil.copytree(root / "data", layout.root / "data")
     with pytest.raises(NonFiniteError, match=r"non-finite D logit .* at step 6") as err:
-        run_training(params, "GAT-T1/4", layout, track=False,
+        run_training(params, "GAT-T1/4", 0, layout, track=False,
                      debug={"nan_at_step": 6, "nan_rank": 1})
     assert time.time() - t0 < 120, "the guard must not wait for the gloo timeout"
     assert "last good checkpoint kept" in str(err.value)
-    assert not layout.generator("GAT-T1/4").exists()
-    ckpts = make_job(params, "GAT-T1/4", layout).run_dir
+    assert not layout.generator("GAT-T1/4", 0).exists()
+    ckpts = make_job(params, "GAT-T1/4", 0, layout).run_dir
     assert json.loads((ckpts / "diverged.json").read_text())["rank"] == 1
     steps = [json.loads(p.read_text())["step"] for p in ckpts.glob("checkpoint_*/step.json")]
     assert max(steps) == 4, "the last good checkpoint is step 4's"

@@ -30,7 +30,7 @@ def test_every_stage_declares_the_params_it_reads_and_only_those(tiny_study):
         assert not decl.undeclared_keys(stage, reads[name], params), name
         assert not decl.unread_keys(stage, reads[name], params), name
     # The train workers (other processes) and the sweep's Tune trials were traced too.
-    assert "train.agp_sigma" in reads["train@GAT-T1/4"] and "train.mng" in reads["sweep"]
+    assert "train.agp_sigma" in reads["train@GAT-T1/4-0"] and "train.mng" in reads["sweep"]
 
 
 def test_every_stage_declares_the_modules_it_imports_and_only_those():
@@ -57,9 +57,9 @@ def test_the_check_fails_when_a_declaration_is_missing(tiny_study):
 
 def test_runtime_and_tracking_reads_need_no_declaration(tiny_study):
     stages, params = _study(tiny_study)
-    reads = read_traces(params_trace(tiny_study))["train@GAT-T1/4"]
+    reads = read_traces(params_trace(tiny_study))["train@GAT-T1/4-0"]
     assert {"runtime.workers", "runtime.log_every"} <= reads  # read, yet never declared
-    assert not decl.undeclared_keys(stages["train@GAT-T1/4"], reads, params)
+    assert not decl.undeclared_keys(stages["train@GAT-T1/4-0"], reads, params)
 
 
 @pytest.mark.parametrize("profile", ["tiny", "embedded", "paper"])

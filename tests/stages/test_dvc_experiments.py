@@ -25,6 +25,7 @@ from tests.helpers import FASHION, dvc_env
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not FASHION.exists(), reason="needs dataset-fashion-mnist")]
 SIZE = "GAT-T1/4"
+STAGE = f"train@{SIZE}-0"  # DVC names matrix stages by their values: size, seed
 
 
 def copy_study(src: Path, dst: Path) -> None:
@@ -79,25 +80,25 @@ def test_what_cannot_change_a_result_retriggers_nothing(study):
     # DVC reruns the stage, the run resumes finished and re-emits the same generator.
     with open(study / "pipeline/evaluation.py", "a") as f:
         f.write("# edited\n")
-    assert f"train@{SIZE}" in _run(study, "dvc", "status").stdout
-    before = _generator_hash(study, f"train@{SIZE}")
-    _run(study, "dvc", "repro", "--single-item", f"train@{SIZE}")
-    metrics = json.loads((study / "results/train" / SIZE / "metrics.json").read_text())
+    assert STAGE in _run(study, "dvc", "status").stdout
+    before = _generator_hash(study, STAGE)
+    _run(study, "dvc", "repro", "--single-item", STAGE)
+    metrics = json.loads((study / "results/train" / SIZE / "seed0/metrics.json").read_text())
     assert metrics["steps_this_run"] == 0
-    assert _generator_hash(study, f"train@{SIZE}") == before  # the generator, byte for byte
+    assert _generator_hash(study, STAGE) == before  # the generator, byte for byte
     _run(study, "git", "checkout", "--", ".")
     assert "up to date" in _run(study, "dvc", "status").stdout
 
 
 def test_exp_run_with_a_changed_param_is_a_new_mlflow_run(study):
-    done = _run(study, "dvc", "exp", "run", "-S", "train.iterations=24", f"train@{SIZE}")
+    done = _run(study, "dvc", "exp", "run", "-S", "train.iterations=24", STAGE)
     name = done.stdout.split("Ran experiment(s): ")[1].split()[0]
     runs = {r.data.params["train.iterations"]: r for r in _train_runs(study)}
     assert set(runs) == {"12", "24"}  # one run per configuration, none changed
     new, base = runs["24"], runs["12"]
     assert new.data.tags["dvc.exp_name"] == name and "dvc.exp_name" not in base.data.tags
     assert new.data.tags["gat.continued_from"] == base.data.tags["gat.run_key"]
-    metrics = json.loads((study / "results/train" / SIZE / "metrics.json").read_text())
+    metrics = json.loads((study / "results/train" / SIZE / "seed0/metrics.json").read_text())
     assert metrics["mlflow_run_id"] == new.info.run_id
     assert metrics["steps"] == 24 and metrics["steps_this_run"] == 12  # continued, not redone
     history = MlflowClient(f"sqlite:///{study / 'mlflow.db'}").get_metric_history(
@@ -110,7 +111,7 @@ def test_exp_run_with_a_changed_param_is_a_new_mlflow_run(study):
 
 def test_queued_experiments_log_to_the_workspace_store(study):
     for lr in ("0.002", "0.008"):
-        _run(study, "dvc", "exp", "run", "--queue", "-S", f"train.lr_base={lr}", f"train@{SIZE}")
+        _run(study, "dvc", "exp", "run", "--queue", "-S", f"train.lr_base={lr}", STAGE)
     _run(study, "dvc", "queue", "start")
     deadline = time.time() + 600
     while time.time() < deadline:
@@ -129,5 +130,5 @@ def test_queued_experiments_log_to_the_workspace_store(study):
     # each experiment's plots are kept: dvc plots diff compares them
     plots = json.loads(_run(study, "dvc", "plots", "diff", *names, "--json").stdout)["data"]
     assert set(plots["fd_vs_gflops"][0]["revisions"]) == set(names)
-    log = plots[f"results/train/{SIZE}/log.csv"][0]
+    log = plots[f"results/train/{SIZE}/seed0/log.csv"][0]
     assert set(log["revisions"]) == set(names)

@@ -38,7 +38,7 @@ def _study_root(root: Path, parts: dict[str, Path], mlflow_uri: str) -> None:
     image_folder(root / "images")
     shutil.copytree(parts["tokenizer"], root / "data" / "tokenizer")
     shutil.copytree(parts["classifier"], root / "data" / "classifier")
-    shutil.copytree(parts["generator"], root / "outputs" / "train" / SIZE / "generator")
+    shutil.copytree(parts["generator"], root / "outputs/train" / SIZE / "seed0/generator")
     write_params(stage_params(root, mlflow_uri, num_samples=64, batch=32),
                  root / "params.yaml")
 
@@ -48,8 +48,8 @@ def test_evaluate_stage_writes_grid_metrics_and_mlflow(tmp_path, parts, mlflow_u
     for stage in (["stages.reference"], ["stages.evaluate", SIZE]):
         done = _stage(tmp_path, *stage)
         assert done.returncode == 0, f"{stage}: {done.stderr[-3000:]}"
-    out = tmp_path / "outputs" / "eval" / SIZE
-    metrics = json.loads((tmp_path / "results" / "eval" / SIZE / "metrics.json").read_text())
+    out = tmp_path / "outputs" / "eval" / SIZE / "seed0"
+    metrics = json.loads((tmp_path / "results/eval" / SIZE / "seed0/metrics.json").read_text())
     assert metrics["metric"] == "FD-classifier" and metrics["num_samples"] == 64
     assert metrics["fd"] > 0 and 0 <= metrics["precision"] <= 1 and 0 <= metrics["recall"] <= 1
     assert 0 <= metrics["class_accuracy"] <= 1

@@ -30,8 +30,11 @@ def test_dvc_repro_tiny_profile(tiny_study):
     metrics = json.loads((work / "results" / "scaling" / "metrics.json").read_text())
     assert -1.0 <= metrics["pearson_r"] <= 1.0 and metrics["sizes"] == 3
     assert (work / "results" / "scaling" / "scaling.png").stat().st_size > 1000
-    for stand_in in ("tokenizer", "teacher", "classifier", "encode"):
+    for stand_in in ("tokenizer", "teacher", "classifier", "encode", "floors"):
         assert (work / "results" / "data" / f"{stand_in}.json").exists()
+    floors = json.loads((work / "results" / "data" / "floors.json").read_text())
+    assert floors["real_fd"] < floors["reconstructed_fd"]  # the tiny tokenizer is poor
+    assert metrics["floor_real_fd"] == floors["real_fd"]
     # results/ is what git keeps per experiment: nothing in it is ignored
     ignored = subprocess.run(["git", "check-ignore", "-q", "results/scaling/metrics.json"],
                              cwd=work)
@@ -51,20 +54,20 @@ def test_evaluate_outputs_and_mlflow(tiny_study):
         size = run.data.tags["gat.size"]
         assert run.data.tags["mlflow.parentRunId"] == study.info.run_id
         assert run.info.status == "FINISHED"
-        ev = json.loads((work / "results" / "eval" / size / "metrics.json").read_text())
-        train = json.loads((work / "results" / "train" / size / "metrics.json").read_text())
+        ev = json.loads((work / "results/eval" / size / "seed0/metrics.json").read_text())
+        train = json.loads((work / "results/train" / size / "seed0/metrics.json").read_text())
         assert ev["mlflow_run_id"] == train["mlflow_run_id"] == run.info.run_id
         assert run.data.metrics["FD-classifier"] == pytest.approx(ev["fd"])
         assert {"eval.precision", "eval.recall", "eval.class_accuracy"} <= set(run.data.metrics)
         assert "loss_d" in run.data.metrics  # training logged to the same run
         assert [a.path for a in client.list_artifacts(run.info.run_id, "eval")] == [
             "eval/samples.png"]
-        assert (work / "outputs" / "eval" / size / "samples.png").stat().st_size > 500
+        assert (work / "outputs/eval" / size / "seed0/samples.png").stat().st_size > 500
 
 
 def test_gat_sample_writes_requested_images(tiny_study, tmp_path):
     work = tiny_study
-    gen = work / "outputs" / "train" / "GAT-T1" / "4" / "generator"
+    gen = work / "outputs" / "train" / "GAT-T1" / "4" / "seed0" / "generator"
     base = [sys.executable, "-m", "pipeline.cli", "sample", "--generator", str(gen),
             "--decoder", str(work / "data" / "tokenizer"), "--cpu"]
     one = [*base, "--classes", "0,3", "--seeds", "1-3", "--out", str(tmp_path / "one")]

@@ -21,19 +21,20 @@ pytestmark = pytest.mark.slow
 
 
 def _write_results(root: Path, size: str, gflops: float, fd: float,
-                   metric: str = "FD-classifier", study: str = "s1") -> None:
-    run = {"run_key": f"{size}-k", "study_key": study}
+                   metric: str = "FD-classifier", study: str = "s1", seed: int = 0) -> None:
+    run = {"run_key": f"{size}-{seed}-k", "study_key": study}
     for stage, data in (("train", {"images_per_s": 10.0, **run}),
                         ("eval", {"fd": fd, "g_gflops": gflops, "g_params": 1, "d_params": 2,
                                   "metric": metric, "precision": 0.5, "recall": 0.4, **run})):
-        out = root / "results" / stage / size
+        out = root / "results" / stage / size / f"seed{seed}"
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(data))
 
 
-def _run_scaling(root: Path, sizes: list[str], uri: str) -> subprocess.CompletedProcess:
+def _run_scaling(root: Path, sizes: list[str], uri: str, seeds: tuple[int, ...] = (0,)
+                 ) -> subprocess.CompletedProcess:
     params = dataclasses.replace(
-        Params(), study=StudyParams(sizes=sizes),
+        Params(), study=StudyParams(sizes=sizes, train_seeds=list(seeds)),
         tracking=dataclasses.replace(Params().tracking, uri=uri, experiment="scaling-test",
                                      study_name="s"),
         scaling=dataclasses.replace(Params().scaling, bootstrap=100))
@@ -49,7 +50,7 @@ def test_scaling_names_missing_size_and_refuses_fewer_than_three(tmp_path, mlflo
     done = _run_scaling(tmp_path, ["GAT-T1/4", "GAT-T2/4", "GAT-T3/4"], mlflow_uri)
     assert done.returncode == 1
     assert "at least 3 sizes" in done.stderr and "have 2 (GAT-T1/4, GAT-T2/4)" in done.stderr
-    assert "GAT-T3/4 (no " in done.stderr  # named, with the file it lacks
+    assert "GAT-T3/4 seed 0 (no " in done.stderr  # named, with the file it lacks
     assert not (tmp_path / "results" / "scaling").exists()
 
 
@@ -60,7 +61,8 @@ def test_scaling_fits_the_rest_and_logs_to_the_study_run(tmp_path, mlflow_uri):
     sizes = ["GAT-T1/4", "GAT-T2/4", "GAT-T3/4", "GAT-T4/4", "GAT-T1/2"]
     done = _run_scaling(tmp_path, sizes, mlflow_uri)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "left out GAT-T4/4 (no " in done.stderr and "left out GAT-T1/2 (" in done.stderr
+    assert "left out GAT-T4/4 seed 0 (no " in done.stderr
+    assert "left out GAT-T1/2 seed 0 (" in done.stderr
 
     out = tmp_path / "results" / "scaling"
     metrics = json.loads((out / "metrics.json").read_text())
@@ -80,7 +82,8 @@ def test_scaling_fits_the_rest_and_logs_to_the_study_run(tmp_path, mlflow_uri):
     assert run.data.tags["gat.study_key"] == "s1" and run.info.status == "FINISHED"
     assert run.data.metrics["scaling.b"] == pytest.approx(-0.5, rel=1e-6)
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "scaling")}
-    assert logged == {"scaling/scaling.csv", "scaling/scaling.png", "scaling/metrics.json"}
+    assert logged == {"scaling/scaling.csv", "scaling/runs.csv", "scaling/scaling.png",
+                      "scaling/metrics.json"}
 
 
 def test_scaling_refuses_to_fit_fid_and_fd_classifier_together(tmp_path, mlflow_uri):
@@ -98,3 +101,27 @@ def test_scaling_refuses_sizes_trained_under_different_configurations(tmp_path, 
     done = _run_scaling(tmp_path, ["GAT-T1/4", "GAT-T2/4", "GAT-T3/4"], mlflow_uri)
     assert done.returncode == 1 and "different configurations" in done.stderr
     assert "s1" in done.stderr and "s2" in done.stderr and "dvc repro" in done.stderr
+
+
+def test_scaling_over_seeds_reports_their_spread_and_widens_the_interval(tmp_path,
+                                                                        mlflow_uri):
+    """Three seeds per size: the table gives each size's mean and range, the fit runs on
+    the means, and its bootstrap interval holds the seeds' spread."""
+    sizes = ["GAT-T1/4", "GAT-T2/4", "GAT-T3/4"]
+    for i, size in enumerate(sizes):
+        for seed, noise in zip((0, 1, 2), (0.8, 1.0, 1.25)):
+            _write_results(tmp_path, size, 0.001 * 2**i, 30.0 * 2 ** (-0.5 * i) * noise,
+                           seed=seed)
+    done = _run_scaling(tmp_path, sizes, mlflow_uri, seeds=(0, 1, 2))
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = tmp_path / "results" / "scaling"
+    table = pd.read_csv(out / "scaling.csv")
+    assert table["seeds"].tolist() == [3, 3, 3]
+    expected = 30.0 * 2 ** (-0.5 * np.arange(3)) * (0.8 + 1.0 + 1.25) / 3
+    np.testing.assert_allclose(table["fd"], expected, rtol=1e-9)
+    np.testing.assert_allclose(table["fd_max"] / table["fd_min"], 1.25 / 0.8, rtol=1e-9)
+    assert len(pd.read_csv(out / "runs.csv")) == 9
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["b"] == pytest.approx(-0.5, rel=1e-6) and metrics["seeds"] == 3
+    # the means lie exactly on a law, yet the seeds' spread widens the interval
+    assert metrics["b_ci_high"] - metrics["b_ci_low"] > 0.05

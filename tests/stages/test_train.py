@@ -48,7 +48,7 @@ def test_sigkill_then_same_command_resumes(root, tmp_path, mlflow_uri):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     proc.wait()
-    out = root / "results" / "train" / "GAT-T2" / "4"
+    out = root / "results" / "train" / "GAT-T2" / "4" / "seed0"
     assert not (out / "metrics.json").exists()
     run_dir = next(root.glob(registered)).parent
     killed_at = pd.read_csv(run_dir / "log.csv")["step"].max()
@@ -60,7 +60,7 @@ def test_sigkill_then_same_command_resumes(root, tmp_path, mlflow_uri):
     assert steps == list(range(5, 45, 5))
     assert killed_at >= 10
     metrics = json.loads((out / "metrics.json").read_text())
-    generator = root / "outputs" / "train" / "GAT-T2" / "4" / "generator"
+    generator = root / "outputs" / "train" / "GAT-T2" / "4" / "seed0" / "generator"
     assert metrics["steps"] == 40 and (generator / "config.json").exists()
     # Resumed, not restarted: the rerun trained only the steps after its checkpoint (the
     # workers' "resumed from checkpoint" line may not reach the driver before it exits).

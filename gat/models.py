@@ -404,16 +404,21 @@ def build_models(
     size: int = 32,
     num_classes: int = 1000,
     teacher_dim: int = 768,
+    d_name: str | None = None,
 ) -> tuple[Generator, Discriminator]:
     """Build G and D for a model name (``GAT-XL/2``) and a latent shape [channels, size, size].
 
-    Call under ``torch.device("meta")`` to count parameters without allocating memory.
+    ``d_name``: D's own size when it differs from G's (the paper's Fig. 7a scales G and D
+    apart). Call under ``torch.device("meta")`` to count parameters without allocating
+    memory.
     """
-    cfg = model_config(name)
-    if size % cfg.patch:
-        raise ValueError(f"latent size {size} is not divisible by {name}'s patch {cfg.patch}")
-    gen = Generator(cfg, channels, size, num_classes)
-    disc = Discriminator(cfg, channels, size, num_classes, teacher_dim)
+    g_cfg, d_cfg = model_config(name), model_config(d_name or name)
+    for cfg, which in ((g_cfg, name), (d_cfg, d_name or name)):
+        if size % cfg.patch:
+            raise ValueError(f"latent size {size} is not divisible by {which}'s patch "
+                             f"{cfg.patch}")
+    gen = Generator(g_cfg, channels, size, num_classes)
+    disc = Discriminator(d_cfg, channels, size, num_classes, teacher_dim)
     return gen, disc
 
 

@@ -27,15 +27,17 @@ def _param_groups(params: list[nn.Parameter], slow: list[nn.Parameter], lr: floa
 
 
 def build_optimizers(
-    gen: nn.Module, disc: nn.Module, lr: float
+    gen: nn.Module, disc: nn.Module, lr: float, lr_d: float | None = None
 ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
-    """AdamW (betas (0, 0.99), no weight decay) for G and D, each with a slow group."""
+    """AdamW (betas (0, 0.99), no weight decay) for G (at ``lr``) and D (at ``lr_d``, default
+    ``lr``), each with a slow group."""
+    lr_d = lr if lr_d is None else lr_d
     opt_g = torch.optim.AdamW(
         _param_groups(list(gen.parameters()), gen.mapping_parameters(), lr),
         betas=ADAM_BETAS, weight_decay=0.0,
     )
     opt_d = torch.optim.AdamW(
-        _param_groups(list(disc.parameters()), disc.slow_parameters(), lr),
+        _param_groups(list(disc.parameters()), disc.slow_parameters(), lr_d),
         betas=ADAM_BETAS, weight_decay=0.0,
     )
     return opt_g, opt_d

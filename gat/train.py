@@ -54,6 +54,12 @@ def model_lr(cfg: TrainConfig, name: str) -> float:
     return width_aware_lr(cfg.lr_base, cfg.c_base, model_config(name).width)
 
 
+def lr_base_for(cfg: TrainConfig, name: str, lr: float) -> float:
+    """The ``lr_base`` under which :func:`model_lr` gives model ``name`` the learning rate
+    ``lr`` (with ``cfg.c_base``): how to train one size at another size's lr."""
+    return lr * model_config(name).width / cfg.c_base
+
+
 class NonFiniteError(RuntimeError):
     """A loss or logit became NaN/inf: training diverged."""
 
@@ -105,6 +111,7 @@ class GATTrainer:
     Args:
         name: model size, e.g. ``GAT-S/2``. channels/size: latent shape [channels, size, size].
         num_classes: classes of the conditioning. teacher_dim: width of the REPA teacher.
+        d_name: D's size when it differs from G's (its own width-aware lr then).
         grad_accum: micro-batches per step (same result, less memory).
         grad_checkpointing: recompute activations in backward (same result, less memory).
     """
@@ -112,19 +119,19 @@ class GATTrainer:
     def __init__(
         self, name: str, channels: int, size: int, num_classes: int, teacher_dim: int,
         cfg: TrainConfig = TrainConfig(), device: str | torch.device = "cpu", seed: int = 0,
-        grad_accum: int = 1, grad_checkpointing: bool = False,
+        grad_accum: int = 1, grad_checkpointing: bool = False, d_name: str | None = None,
     ):
         self.cfg, self.name, self.device = cfg, name, torch.device(device)
         self.grad_accum = grad_accum
         torch.manual_seed(seed)  # identical initialisation on every worker
-        self.G, self.D = build_models(name, channels, size, num_classes, teacher_dim)
+        self.G, self.D = build_models(name, channels, size, num_classes, teacher_dim, d_name)
         self.G.to(self.device).train()
         self.D.to(self.device).train()
         self.G.grad_checkpointing = self.D.grad_checkpointing = grad_checkpointing
         broadcast_module(self.G)
         broadcast_module(self.D)
-        self.lr = model_lr(cfg, name)
-        self.opt_g, self.opt_d = build_optimizers(self.G, self.D, self.lr)
+        self.lr, self.lr_d = model_lr(cfg, name), model_lr(cfg, d_name or name)
+        self.opt_g, self.opt_d = build_optimizers(self.G, self.D, self.lr, self.lr_d)
         self.ema = EMA(self.G, cfg.ema_decay)
         self.alphas = mng_alphas(cfg.mng, MNG_LEVELS)
         self.step_count = 0

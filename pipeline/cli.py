@@ -26,15 +26,19 @@ DEFAULTS = TrainConfig()  # the paper's lr_base, tuned at GAT-S (width c_base)
 
 def model_info(name: str, channels: int = 4, size: int = 32, num_classes: int = 1000,
                teacher_dim: int = 768, lr_base: float = DEFAULTS.lr_base,
-               c_base: int = DEFAULTS.c_base) -> dict:
-    """Shape, parameter counts, G GFLOPs (one sample, DiT convention), width-aware lr."""
+               c_base: int = DEFAULTS.c_base, d_name: str | None = None) -> dict:
+    """Shape, parameter counts, G GFLOPs (one sample, DiT convention), width-aware lr; with
+    ``d_name``, D is that size (and has its own lr)."""
     cfg = model_config(name)
-    facts = model_facts(name, channels, size, num_classes, teacher_dim)
-    return {"name": name, "depth": cfg.depth, "width": cfg.width, "heads": cfg.heads,
+    facts = model_facts(name, channels, size, num_classes, teacher_dim, d_name)
+    rule = TrainConfig(lr_base=lr_base, c_base=c_base)
+    info = {"name": name, "depth": cfg.depth, "width": cfg.width, "heads": cfg.heads,
             "patch": cfg.patch, "latent": [channels, size, size], "num_classes": num_classes,
             "g_params": facts["g_params"], "d_params": facts["d_params"],
-            "g_gflops": round(facts["g_gflops"], 4),
-            "lr": model_lr(TrainConfig(lr_base=lr_base, c_base=c_base), name)}
+            "g_gflops": round(facts["g_gflops"], 4), "lr": model_lr(rule, name)}
+    if d_name:
+        info.update(d_name=d_name, d_lr=model_lr(rule, d_name))
+    return info
 
 
 def _parse_latent(text: str) -> tuple[int, int]:
@@ -48,7 +52,7 @@ def _parse_latent(text: str) -> tuple[int, int]:
 def _cmd_info(args: argparse.Namespace) -> int:
     channels, size = args.latent
     info = model_info(args.model, channels, size, args.classes, args.teacher_dim,
-                      args.lr_base, args.c_base)
+                      args.lr_base, args.c_base, args.d_model)
     if args.json:
         print(json.dumps(info))
         return 0
@@ -58,9 +62,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
          f"{info['depth']} / {info['width']} / {info['heads']} / {info['patch']}"),
         ("latent", "x".join(map(str, info["latent"]))),
         ("G params", f"{info['g_params'] / 1e6:.2f}M"),
-        ("D params", f"{info['d_params'] / 1e6:.2f}M"),
+        (f"D params{' (' + info['d_name'] + ')' if 'd_name' in info else ''}",
+         f"{info['d_params'] / 1e6:.2f}M"),
         ("G GFLOPs (1 sample, MAC=1)", f"{info['g_gflops']:.2f}"),
-        (f"lr (base {args.lr_base:g} at width {args.c_base})", f"{info['lr']:.4g}"),
+        (f"lr (base {args.lr_base:g} at width {args.c_base})", f"{info['lr']:.4g}"
+         + (f" (D: {info['d_lr']:.4g})" if "d_lr" in info else "")),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
@@ -200,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--teacher-dim", type=int, default=768, help="REPA teacher width")
     info.add_argument("--lr-base", type=float, default=DEFAULTS.lr_base)
     info.add_argument("--c-base", type=int, default=DEFAULTS.c_base)
+    info.add_argument("--d-model", choices=list(GAT_MODELS), metavar="MODEL", default=None,
+                      help="D's size when it differs from G's (G and D scaled apart)")
     info.set_defaults(func=_cmd_info)
 
     sample = sub.add_parser("sample", help="images from a trained generator")

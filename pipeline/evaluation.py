@@ -8,12 +8,15 @@ What :mod:`pipeline.fidelity` does for any images, this module does for a genera
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from gat import flops
 from gat.sample import balanced_batches, balanced_labels, sample_latents
+from pipeline.config import Params
 from pipeline.fidelity import (
     SOURCES,
     Evaluator,
@@ -25,6 +28,7 @@ from pipeline.fidelity import (
     precision_recall,
     reference_path,
 )
+from pipeline.files import atomic_path
 from pipeline.layout import LAYOUT, Layout
 
 GRID_SEEDS = 10  # columns of the grid
@@ -48,7 +52,7 @@ def class_grid(gen, tokenizer, psi: float = 1.0) -> torch.Tensor:
 def model_facts(gen, meta: dict) -> dict[str, float | int]:
     """G's forward GFLOPs (one sample) and the G and D parameter counts of a trained G."""
     return flops.model_facts(meta["name"], gen.channels, gen.size, gen.num_classes,
-                             meta.get("teacher_dim", 768))
+                             meta.get("teacher_dim", 768), meta.get("d_name") or None)
 
 
 def sample_images(gen, tokenizer, num: int, batch: int = 250, psi: float = 1.0,
@@ -121,6 +125,69 @@ def floors(ev: Evaluator, dataset, tokenizer, reference: dict[str, np.ndarray], 
     recon = extract(ev, (reconstructed(c) for c in chunks), num, "reconstructed")
     return {"real": score(ev, real, labels, reference, seed),
             "reconstructed": score(ev, recon, labels, reference, seed)}
+
+
+def evaluate_folder(params: Params, generator_dir: Path, grid: Path,
+                    layout: Layout = LAYOUT) -> dict[str, Any]:
+    """Evaluate the EMA generator in ``generator_dir`` as the ``evaluate`` stage does:
+    evaluate.num_samples balanced samples against data/reference (evaluator.source), G's
+    GFLOPs and sizes, the class-row grid written to ``grid``; all of it logged to the
+    MLflow run of the training configuration that made it. Returns the metrics, with
+    ``run_key`` and ``mlflow_run_id``."""
+    from gat.io import load_generator
+    from pipeline.pretrained.tokenizer import load_tokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    gen, meta = load_generator(generator_dir, device)
+    tokenizer = load_tokenizer(meta["tokenizer"], device, meta["scale_factor"], layout)
+    ev = evaluator(params.evaluator.source,
+                   str(layout.classifier) if params.evaluator.source == "train" else None)
+    reference = load_reference(reference_path(layout), metric=ev.metric)
+    ev_cfg = params.evaluate
+    metrics = {**evaluate_generator(ev, gen, tokenizer, reference, ev_cfg.num_samples,
+                                    ev_cfg.batch, ev_cfg.psi,
+                                    seed=params.study.seed + 1),  # not the training z stream
+               **model_facts(gen, meta)}
+    save_grid(class_grid(gen, tokenizer, ev_cfg.psi), grid)
+    return {**metrics, "run_key": meta["run_key"],
+            "mlflow_run_id": log_evaluation(params, meta, metrics, grid, layout)}
+
+
+def save_grid(images: torch.Tensor, path: Path) -> None:
+    """uint8 [rows * GRID_SEEDS, 3, H, W] as a PNG grid, atomically."""
+    from torchvision.utils import save_image
+
+    with atomic_path(path) as tmp:
+        save_image(images.float() / 255, tmp, nrow=GRID_SEEDS, padding=1, format="png")
+
+
+def log_evaluation(params: Params, meta: dict, metrics: dict, grid: Path,
+                   layout: Layout = LAYOUT) -> str:
+    """Into the generator's training run: the metric under its own name (FID or
+    FD-classifier) and ``eval.*`` at its last step, settings as tags, the grid."""
+    from pipeline import tracking
+
+    tr = tracking.tracker(params, layout)
+    run_id = tracking.training_run(
+        tr, params, meta["name"], meta["run_key"], meta["study_key"],
+        {k: meta[k] for k in ("name", "steps", "run_key", "study_key")})
+    step = int(meta["steps"])
+    tr.log_metrics(run_id, {metrics["metric"]: metrics["fd"]}, step)
+    tr.log_metrics(run_id, {f"eval.{k}": v for k, v in metrics.items()}, step)
+    # tags, not params: evaluation settings may change while the training run stays
+    tr.set_tags(run_id, {"eval.metric": metrics["metric"],
+                         "eval.num_samples": metrics["num_samples"], "eval.psi": metrics["psi"]})
+    tr.log_artifact(run_id, grid, "eval")
+    return run_id
+
+
+def describe_metrics(metrics: dict[str, Any]) -> str:
+    """One line: the FD under its name, precision, recall, class accuracy, GFLOPs."""
+    line = (f"{metrics['metric']} {metrics['fd']:.4g} ({metrics['num_samples']} samples), "
+            f"precision {metrics['precision']:.3f}, recall {metrics['recall']:.3f}")
+    if "class_accuracy" in metrics:
+        line += f", class accuracy {metrics['class_accuracy']:.3f}"
+    return line + (f", G {metrics['g_gflops']:.4g} GFLOPs" if "g_gflops" in metrics else "")
 
 
 def generator_fd(gen, tokenizer, num: int, layout: Layout = LAYOUT) -> float:

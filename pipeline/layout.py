@@ -39,7 +39,8 @@ def size_path(size: str) -> Path:
 IN_CHECKOUT = {"tokenizer": "data/tokenizer", "teacher_model": "data/teacher_model",
                "classifier": "data/classifier", "shards": "data/shards/train",
                "teacher_tokens": "data/teacher", "reference": "data/reference",
-               "results": "results", "scaling": "results/scaling", "sweep": "results/sweep"}
+               "results": "results", "scaling": "results/scaling", "sweep": "results/sweep",
+               "claims": "results/claims", "report": "results/report"}
 IN_WORKSPACE = {"tune": "outputs/tune", "mlflow_db": "mlflow.db"}
 
 
@@ -63,6 +64,8 @@ class Layout:
     results: Path = field(init=False)
     scaling: Path = field(init=False)
     sweep: Path = field(init=False)
+    claims: Path = field(init=False)  # one folder per claim: summary.json, runs.csv, plot
+    report: Path = field(init=False)  # report.md: every claim's verdict, and the figures
     # the workspace's state, shared by its experiments
     tune: Path = field(init=False)  # Ray Tune experiments of the sweep
     mlflow_db: Path = field(init=False)  # the default MLflow store
@@ -96,6 +99,9 @@ class Layout:
 
     def data_metrics(self, stage: str) -> Path:
         return self.results / "data" / f"{stage}.json"
+
+    def claim_generator(self, claim: str, variant: str, seed: int) -> Path:
+        return self.root / "outputs" / "claims" / claim / variant / f"seed{seed}" / "generator"
 
     def checkpoints(self, size: str) -> Path:
         """Ray Train's storage for ``size``: one folder per run key inside."""

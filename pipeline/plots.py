@@ -18,6 +18,14 @@ if TYPE_CHECKING:
     from pipeline.scaling import PowerLaw
 
 
+def note_plot(text: str, path: Path) -> None:
+    """A figure that says why the figure is missing (outputs always exist)."""
+    fig, ax = plt.subplots(figsize=(5, 1.6))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9, wrap=True)
+    save(fig, path, dpi=100)
+
+
 def save(fig, path: Path, dpi: int = 130) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -77,3 +85,50 @@ def transfer_plot(table: pd.DataFrame, label: str, path) -> None:
     ax.set_ylabel(label)
     ax.set_title(f"lr transfer to {table['size'].iloc[0]}")
     save(fig, path, dpi=120)
+
+
+def claim_plot(summary: dict, rows: list[dict], path: Path) -> None:
+    """One bar per variant (seeds' mean FD, 95% interval), every seed's FD as a dot; a
+    variant whose seeds all diverged is marked instead of drawn. Title: the verdict."""
+    variants = summary["variants"]
+    fig, ax = plt.subplots(figsize=(1.3 + 1.2 * len(variants), 3.6))
+    finite = [r["fd"] for r in rows if isinstance(r["fd"], float) and np.isfinite(r["fd"])]
+    top = max(finite, default=1.0) * 1.15
+    for i, v in enumerate(variants):
+        if v["mean"] == "diverged":
+            ax.text(i, top * 0.5, "diverged", ha="center", rotation=90, color="C3")
+            continue
+        low = v["low"] if isinstance(v["low"], float) else v["mean"]
+        high = v["high"] if isinstance(v["high"], float) else top
+        ax.bar(i, v["mean"], color="C0", alpha=0.6)
+        ax.errorbar(i, v["mean"], yerr=[[v["mean"] - low], [high - v["mean"]]], color="k",
+                    capsize=4)
+        seeds = [r["fd"] for r in rows if r["variant"] == v["variant"]]
+        ax.scatter([i] * len(seeds), [min(f, top) for f in seeds], s=12, color="k", zorder=3)
+    ax.set_xticks(range(len(variants)), [v["label"] for v in variants], rotation=20,
+                  ha="right", fontsize=8)
+    ax.set_ylim(0, top)
+    ax.set_ylabel(summary["metric"])
+    ax.set_title(f"{summary['figure']}: {summary['verdict']}", fontsize=9)
+    save(fig, path, dpi=120)
+
+
+def compute_plot(traj: pd.DataFrame, final: pd.DataFrame, law: PowerLaw, label: str,
+                 path: Path) -> None:
+    """The paper's Fig. 21: every size's FD trajectory against the training compute spent
+    (log-log), the final points, and FD = a * C^b fitted on them."""
+    fig, ax = plt.subplots(figsize=(5.8, 4.2))
+    for i, (size, runs) in enumerate(traj.groupby("size", sort=False)):
+        for j, (_, run) in enumerate(runs.groupby("seed")):
+            run = run.sort_values("step")
+            ax.plot(run["compute_gflops"], run["fd"], "-", color=f"C{i}", alpha=0.6,
+                    label=size if j == 0 else None)
+    xs = np.geomspace(final["compute_gflops"].min() / 1.3, final["compute_gflops"].max() * 1.3)
+    lo, hi = law.band(xs)
+    ax.fill_between(xs, lo, hi, color="k", alpha=0.1)
+    ax.plot(xs, law(xs), "k--", label=f"{label} = {law.a:.3g} * C^{law.b:.3f}")
+    ax.scatter(final["compute_gflops"], final["fd"], color="k", zorder=3, s=20)
+    ax.set(xscale="log", yscale="log", xlabel="training compute C (GFLOPs, counted)",
+           ylabel=label, title="FD vs training compute (paper Fig. 21: FID = 3.52e5 C^-0.456)")
+    ax.legend(fontsize=7)
+    save(fig, path)

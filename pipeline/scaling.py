@@ -203,3 +203,48 @@ def fit_sizes(runs: pd.DataFrame, draws: int, seed: int = 0) -> tuple[pd.DataFra
     replicas = [runs.loc[runs["size"] == size, "fd"].to_numpy() for size in table["size"]]
     law = fit_power_law(table["g_gflops"], table["fd"], draws, seed, replicas=replicas)
     return table.assign(fd_fit=law(table["g_gflops"].to_numpy())), law
+
+
+# ----------------------------------------------------------------------------- compute law
+
+PAPER_COMPUTE_LAW = (3.52e5, -0.456)  # Fig. 21: FID-50K = a * C^b, C in training GFLOPs
+
+
+def trajectories(sizes: list[str], seeds: list[int], layout: Layout = LAYOUT) -> pd.DataFrame:
+    """Every FD proxy the training logged (runtime.fd_every), against the training compute
+    spent so far: one row per (size, seed, step) with ``compute_gflops`` = the counted
+    GFLOPs of one iteration x the step. Runs without a counted step or proxy are left out."""
+    rows = []
+    for size in sizes:
+        for seed in seeds:
+            folder = layout.train_results(size, seed)
+            metrics, _ = read_json(folder / "metrics.json")
+            per_iter = (metrics or {}).get("train_gflops_per_iter")
+            if not per_iter or not (folder / "log.csv").exists():
+                continue
+            log = pd.read_csv(folder / "log.csv")
+            if "fd" not in log:
+                continue
+            log = log[log["fd"].notna()]
+            rows += [{"size": size, "seed": seed, "step": int(step),
+                      "compute_gflops": per_iter * step, "fd": float(fd)}
+                     for step, fd in zip(log["step"], log["fd"])]
+    return pd.DataFrame(rows, columns=["size", "seed", "step", "compute_gflops", "fd"])
+
+
+def compute_law(traj: pd.DataFrame, draws: int, seed: int = 0
+                ) -> tuple[pd.DataFrame, PowerLaw] | None:
+    """FD = a * C^b fitted, as the paper's Eq. 21, on the final point of each size (the
+    seeds' mean, their spread in the bootstrap); None with fewer than 3 sizes."""
+    if traj.empty:
+        return None
+    last = traj.sort_values("step").groupby(["size", "seed"], sort=False).tail(1)
+    final = (last.groupby("size", sort=False)
+             .agg(compute_gflops=("compute_gflops", "mean"), fd=("fd", "mean"),
+                  seeds=("fd", "count"))
+             .reset_index().sort_values("compute_gflops", ignore_index=True))
+    if len(final) < MIN_POINTS:
+        return None
+    replicas = [last.loc[last["size"] == size, "fd"].to_numpy() for size in final["size"]]
+    law = fit_power_law(final["compute_gflops"], final["fd"], draws, seed, replicas=replicas)
+    return final.assign(fd_fit=law(final["compute_gflops"].to_numpy())), law

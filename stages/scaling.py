@@ -25,24 +25,49 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline import tracking
+from pipeline import fidelity, tracking
 from pipeline.config import Params
 from pipeline.files import atomic_path, write_json
 from pipeline.layout import LAYOUT
-from pipeline.plots import scaling_plot
+from pipeline.plots import compute_plot, note_plot, scaling_plot
 from pipeline.scaling import (
     ScalingError,
     check_table,
     collect,
+    compute_law,
     fit_metrics,
     fit_sizes,
     read_json,
+    trajectories,
 )
 from pipeline.stage import stage_main
 
 OUT = LAYOUT.scaling
 STAND_INS = ("tokenizer", "teacher", "classifier", "encode", "floors")
 FLOORS = {"real": "real images", "reconstructed": "tokenizer reconstruction"}
+
+
+def compute(params: Params) -> dict:
+    """The paper's Fig. 21 when the training logged its FD proxy (runtime.fd_every > 0):
+    trajectories.csv, compute.png, and the law's a and b with their intervals."""
+    traj = trajectories(params.study.sizes, params.study.train_seeds)
+    with atomic_path(OUT / "trajectories.csv") as tmp:
+        traj.to_csv(tmp, index=False)
+    found = compute_law(traj, params.scaling.bootstrap, params.study.seed)
+    if found is None:
+        why = ("no FD trajectories of 3 sizes: training logs its FD proxy only with "
+               "runtime.fd_every > 0")
+        print(f"scaling: {why}; the compute law (Fig. 21) is left out", file=sys.stderr)
+        note_plot(f"Fig. 21 not recorded:\n{why}", OUT / "compute.png")
+        return {"compute_law": "not recorded (runtime.fd_every is 0)"}
+    final, law = found
+    label = fidelity.proxy_name(params.runtime.fd_samples)
+    compute_plot(traj, final, law, label, OUT / "compute.png")
+    print(f"{label} = {law.a:.4g} * C^{law.b:.4f} (b 95% CI {law.b_ci[0]:.3f}..{law.b_ci[1]:.3f})"
+          f" over training compute C; the paper: FID-50K = 3.52e5 * C^-0.456")
+    return {"compute_metric": label, "compute_a": law.a, "compute_b": law.b,
+            "compute_b_ci_low": law.b_ci[0], "compute_b_ci_high": law.b_ci[1],
+            "compute_a_ci_low": law.a_ci[0], "compute_a_ci_high": law.a_ci[1]}
 
 
 def log_study(params: Params, study_key: str, fit: dict) -> None:
@@ -53,7 +78,8 @@ def log_study(params: Params, study_key: str, fit: dict) -> None:
     for stage in STAND_INS:
         found, _ = read_json(LAYOUT.data_metrics(stage))
         tr.log_metrics(run_id, {f"{stage}.{k}": v for k, v in (found or {}).items()})
-    for name in ("scaling.csv", "runs.csv", "scaling.png", "metrics.json"):
+    for name in ("scaling.csv", "runs.csv", "scaling.png", "metrics.json",
+                 "trajectories.csv", "compute.png"):
         tr.log_artifact(run_id, OUT / name, "scaling")
     tr.set_status(run_id, "FINISHED")
 
@@ -75,7 +101,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
                 if floors and f"{row}_fd" in floors}
     scaling_plot(table, law, label, OUT / "scaling.png", floor_fd, runs)
     fit = {**fit_metrics(law, label, missing, int(table["seeds"].max())),
-           **{f"floor_{row}_fd": floors[f"{row}_fd"] for row in FLOORS if floor_fd}}
+           **{f"floor_{row}_fd": floors[f"{row}_fd"] for row in FLOORS if floor_fd},
+           **compute(params)}
     write_json(OUT / "metrics.json", fit)
     log_study(params, study_key, fit)
     print(table.to_string(index=False))

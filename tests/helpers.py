@@ -54,6 +54,18 @@ def copy_repo(dst: Path) -> None:
             shutil.copy2(src, dst / rel)
 
 
+def copy_study(src: Path, dst: Path) -> None:
+    """A finished study with its git repo, DVC cache, checkpoints and MLflow store, the
+    store's absolute artifact locations moved along (tests that change it use a copy)."""
+    import sqlite3
+
+    shutil.copytree(src, dst, symlinks=True)
+    with sqlite3.connect(dst / "mlflow.db") as db:
+        for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
+            db.execute(f"update {table} set {column} = replace({column}, ?, ?)",
+                       (str(src), str(dst)))
+
+
 def make_synthetic_shards(root: Path, samples: int = 256, shard_size: int = 32,
                           classes: int = 4, latent=(4, 8, 8), tokens=(1 + 4, 8)) -> None:
     """data/shards/train and data/teacher under ``root`` with Gaussian latents per class

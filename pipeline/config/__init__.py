@@ -3,7 +3,9 @@ the trace of which keys each stage reads (:mod:`.trace`)."""
 
 from pipeline.config.coerce import ParamsError
 from pipeline.config.schema import (
+    CLAIM_NAMES,
     DEFAULT_PARAMS,
+    ClaimsParams,
     DataParams,
     EvaluateParams,
     EvaluatorParams,
@@ -22,8 +24,23 @@ from pipeline.config.schema import (
 )
 
 __all__ = [
-    "DEFAULT_PARAMS", "DataParams", "EvaluateParams", "EvaluatorParams", "Params",
-    "ParamsError", "RuntimeParams", "ScalingParams", "StudyParams", "SweepParams",
-    "TeacherParams", "TokenizerParams", "TrackingParams", "TrainParams", "load_params",
-    "parse_params", "with_overrides",
+    "CLAIM_NAMES",
+    "DEFAULT_PARAMS",
+    "ClaimsParams",
+    "DataParams",
+    "EvaluateParams",
+    "EvaluatorParams",
+    "Params",
+    "ParamsError",
+    "RuntimeParams",
+    "ScalingParams",
+    "StudyParams",
+    "SweepParams",
+    "TeacherParams",
+    "TokenizerParams",
+    "TrackingParams",
+    "TrainParams",
+    "load_params",
+    "parse_params",
+    "with_overrides",
 ]

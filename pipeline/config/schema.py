@@ -158,6 +158,7 @@ class TrainParams(Traced, TrainConfig):
     EMA, aGP, REPA, augmentation) plus the batch, the length and the data order."""
 
     SECTION = "train"
+    d_size: str = ""  # D's model when it differs from G's (the size); empty: the same
     batch: int = 32  # global batch over all workers and accumulation steps
     iterations: int = 200
     kimg: float = 0.0  # >0: train for this many thousand images instead of iterations
@@ -165,6 +166,8 @@ class TrainParams(Traced, TrainConfig):
 
     def check(self, where: str) -> None:
         positive(self, where, "batch", "lr_base", "c_base", "shuffle_buffer")
+        if self.d_size:
+            _known_size(where, "d_size", self.d_size)
         if self.iterations <= 0 and self.kimg <= 0:
             raise ParamsError(f"{where}.iterations / {where}.kimg: set one of them above 0")
         for key in ("ema_decay", "w_avg_beta"):
@@ -216,6 +219,43 @@ class SweepParams(Traced):
         positive(self, where, "lr_min", "lr_max", "num_trials", "iterations", "grace_period")
         if self.lr_min >= self.lr_max:
             raise ParamsError(f"{where}.lr_min must be below {where}.lr_max")
+
+
+CLAIM_NAMES = ("mng", "repa", "lr_transfer", "g_vs_d", "patch")
+
+
+@dataclass(frozen=True)
+class ClaimsParams(Traced):
+    """The paper's claims (pipeline/claims.py): which run, at what sizes, seeds, length."""
+
+    SECTION = "claims"
+    run: list[str] = field(default_factory=list)  # claim@NAME stages; empty: none (default)
+    size: str = "GAT-T2/4"  # the single-size ablations (MNG, REPA) and G vs D's base
+    small: str = "GAT-T1/4"  # the lr transfer: each of the two at the other's lr
+    large: str = "GAT-T3/4"
+    bigger: str = "GAT-T3/4"  # G vs D: G, or D, scaled up from `size` to this
+    patch_sizes: list[str] = field(default_factory=lambda: ["GAT-T2/2", "GAT-T2/4"])
+    iterations: int = 400  # every variant: equal steps
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+
+    def check(self, where: str) -> None:
+        from gat.models import model_config
+
+        for name in self.run:
+            if name not in CLAIM_NAMES:
+                raise ParamsError(f"{where}.run: unknown claim {name!r}. "
+                                  f"Allowed: {', '.join(CLAIM_NAMES)}")
+        for key in ("size", "small", "large", "bigger"):
+            _known_size(where, key, getattr(self, key))
+        for name in self.patch_sizes:
+            _known_size(where, "patch_sizes", name)
+        shapes = {(model_config(n).depth, model_config(n).width) for n in self.patch_sizes}
+        if len(self.patch_sizes) < 2 or len(shapes) > 1:
+            raise ParamsError(f"{where}.patch_sizes: {self.patch_sizes} must list at least two "
+                              "models of one width and depth, e.g. [GAT-T2/2, GAT-T2/4]")
+        positive(self, where, "iterations")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ParamsError(f"{where}.seeds: {self.seeds} must list distinct seeds")
 
 
 # ----------------------------------------------------------------------------- how and where
@@ -274,6 +314,7 @@ class Params:
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     scaling: ScalingParams = field(default_factory=ScalingParams)
     sweep: SweepParams = field(default_factory=SweepParams)
+    claims: ClaimsParams = field(default_factory=ClaimsParams)
     runtime: RuntimeParams = field(default_factory=RuntimeParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
 

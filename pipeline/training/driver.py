@@ -52,7 +52,7 @@ def training_config(job: TrainJob) -> dict[str, Any]:
 
 
 def prepare(params: Params, size: str, seed: int, layout: Layout = LAYOUT, track: bool = True,
-            debug: dict[str, Any] | None = None) -> TrainJob:
+            debug: dict[str, Any] | None = None, out_dir: Path | None = None) -> TrainJob:
     """The job for ``size``: identity, folders, continuation source, MLflow run.
 
     The MLflow store is checked here, before any Ray worker starts: an unreachable one
@@ -60,7 +60,7 @@ def prepare(params: Params, size: str, seed: int, layout: Layout = LAYOUT, track
     """
     from pipeline import tracking
 
-    job = make_job(params, size, seed, layout, debug=debug or {})
+    job = make_job(params, size, seed, layout, out_dir, debug=debug or {})
     job.run_dir.mkdir(parents=True, exist_ok=True)
     (job.run_dir / "diverged.json").unlink(missing_ok=True)  # a rerun retries from the last
     parent = None if latest_checkpoint(job.run_dir) else shorter_run(job)
@@ -77,12 +77,14 @@ def prepare(params: Params, size: str, seed: int, layout: Layout = LAYOUT, track
 
 
 def run_training(params: Params, size: str, seed: int | None = None, layout: Layout = LAYOUT,
-                 track: bool = True, debug: dict[str, Any] | None = None) -> dict[str, Any]:
+                 track: bool = True, debug: dict[str, Any] | None = None,
+                 out_dir: Path | None = None) -> dict[str, Any]:
     """Train ``size`` with training seed ``seed`` (default: the first of
     study.train_seeds) with a Ray TorchTrainer; returns its results' metrics.json.
 
     Raises ``NonFiniteError`` if training diverged (the last good checkpoint is kept).
-    ``debug`` is for tests (see :meth:`Worker._debug_hooks`).
+    ``debug`` is for tests (see :meth:`Worker._debug_hooks`); ``out_dir`` puts the outputs
+    there instead of the train stage's places (see :func:`make_job`).
     """
     from ray.train import (
         CheckpointConfig,
@@ -96,7 +98,7 @@ def run_training(params: Params, size: str, seed: int | None = None, layout: Lay
     from pipeline.ray_utils import init_ray
 
     seed = params.study.train_seeds[0] if seed is None else seed
-    job = prepare(params, size, seed, layout, track, debug)
+    job = prepare(params, size, seed, layout, track, debug, out_dir)
     rt = params.runtime
     init_ray()
     how = (f"continuing from {job.continue_from.parent.name} step "

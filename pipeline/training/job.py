@@ -59,14 +59,16 @@ class TrainJob:
 
 
 def make_job(params: Params, size: str, seed: int, layout: Layout = LAYOUT,
-             **kw: Any) -> TrainJob:
-    """The ``train`` stage's job for ``size`` and training seed ``seed``: Ray's storage,
-    outputs under the layout."""
+             out_dir: Path | None = None, **kw: Any) -> TrainJob:
+    """The job for ``size`` and training seed ``seed``: Ray's storage under the layout;
+    the outputs where the ``train`` stage puts them, or in ``out_dir`` (generator/,
+    metrics.json, log.csv: a claim's variant)."""
     identity = run_identity(params, size, seed, layout)
     return TrainJob(params=params, size=size, seed=seed, identity=identity, layout=layout,
                     run_dir=layout.checkpoints(size) / identity.key,
-                    generator_dir=layout.generator(size, seed),
-                    results_dir=layout.train_results(size, seed),
+                    generator_dir=(out_dir / "generator" if out_dir
+                                   else layout.generator(size, seed)),
+                    results_dir=out_dir or layout.train_results(size, seed),
                     use_teacher=uses_teacher(params, layout), **kw)
 
 

@@ -26,6 +26,7 @@ LOG_FIELDS = ["step", "kimg", "loss_d", "loss_g", "d_adv", "r1", "r2", "repa", "
               "logit_fake", "logit_gap", "grad_norm_d", "grad_norm_g", "images_per_s",
               "step_time_s", "fd"]
 PROGRESS = ("loss_d", "loss_g", "logit_gap", "repa", "images_per_s")
+FLOPS_FILE = "flops.json"  # in the run folder: one iteration's counted GFLOPs
 
 
 def read_log(path: Path, until: int | None = None) -> list[dict[str, str]]:
@@ -68,6 +69,18 @@ class RunOutputs:
             for row in rows:  # what MLflow lacks: a continuation's history, or a kill's race
                 if int(row["step"]) > sent:
                     self.tr.log_metrics(self.run_id, _numbers(row), int(row["step"]))
+
+    def gflops_per_iteration(self) -> float | None:
+        """The counted training GFLOPs of one iteration (all workers), once recorded."""
+        path = self.job.run_dir / FLOPS_FILE
+        return json.loads(path.read_text())["gflops_per_iteration"] if path.exists() else None
+
+    def record_gflops(self, gflops: float, step: int) -> None:
+        """Store one iteration's counted GFLOPs (G and D forward and backward, the K MNG
+        levels, the aGP copies, the REPA head; no VAE: a step never decodes)."""
+        write_json(self.job.run_dir / FLOPS_FILE, {
+            "gflops_per_iteration": gflops, "counted_at_step": step,
+            "workers": self.job.workers, "batch": self.job.params.train.batch})
 
     def due(self, step: int) -> bool:
         """Whether ``step`` is still to be logged (not logged by an earlier attempt)."""
@@ -133,7 +146,8 @@ class RunOutputs:
         """
         job, rows = self.job, read_log(self.log_path)
         ident = job.identity
-        meta = {"name": job.size, "seed": job.seed, "lr": self.trainer.lr, "steps": job.steps,
+        meta = {"name": job.size, "d_name": job.params.train.d_size or job.size,
+                "seed": job.seed, "lr": self.trainer.lr, "steps": job.steps,
                 "teacher_dim": self.trainer.D.repa[-1].out_features,
                 "scale_factor": self.manifest["scale_factor"],
                 "tokenizer": self.manifest.get("tokenizer", "train"),
@@ -150,6 +164,10 @@ class RunOutputs:
                  "kimg": job.steps * job.params.train.batch / 1000,
                  "run_key": ident.key, "study_key": ident.study,
                  "mlflow_run_id": self.run_id or ""}
+        per_iteration = self.gflops_per_iteration()
+        if per_iteration is not None:  # the compute axis of the paper's Fig. 21
+            final.update(train_gflops_per_iter=per_iteration,
+                         train_gflops_total=per_iteration * job.steps)
         final.update({f"final_{k}": float(v) for k, v in rows[-1].items()
                       if v not in ("", None) and k not in ("step", "kimg", "fd")} if rows else {})
         job.results_dir.mkdir(parents=True, exist_ok=True)
@@ -157,9 +175,10 @@ class RunOutputs:
             shutil.copyfile(self.log_path, tmp)
         write_json(job.results_dir / "metrics.json", final)
         if self.tr:
-            self.tr.log_metrics(self.run_id, {"train_images_per_s": rate * job.workers,
-                                              "train_images_per_s_per_worker": rate,
-                                              "train_wall_s": seconds}, job.steps)
+            self.tr.log_metrics(self.run_id, {
+                "train_images_per_s": rate * job.workers, "train_images_per_s_per_worker": rate,
+                "train_wall_s": seconds, "train_gflops_per_iter": per_iteration or 0.0},
+                job.steps)
             self.tr.log_artifacts(self.run_id, job.generator_dir, "generator")
             self.tr.set_status(self.run_id, "FINISHED")
         return final

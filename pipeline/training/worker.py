@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from gat.flops import counted
 from gat.train import GATTrainer, NonFiniteError
 from pipeline.shards import make_train_loader, read_manifest
 from pipeline.training.job import LIVE_LOG, TrainJob
@@ -106,7 +107,8 @@ class Worker:
         return GATTrainer(job.size, manifest["latent_shape"][0], manifest["latent_shape"][-1],
                           manifest["num_classes"], teacher_dim, cfg, self.device,
                           seed=job.seed, grad_accum=rt.grad_accum,
-                          grad_checkpointing=rt.grad_checkpointing)
+                          grad_checkpointing=rt.grad_checkpointing,
+                          d_name=self.params.train.d_size or None)
 
     def _restore(self) -> Path | None:
         """Load Ray's latest checkpoint (a restart, or a rerun of the same command), else a
@@ -142,13 +144,20 @@ class Worker:
         bar = tqdm(total=job.steps, initial=trainer.step_count, desc=job.size, unit="step",
                    disable=self.rank != 0, mininterval=10, dynamic_ncols=False, ascii=True)
         t_start, images = time.perf_counter(), 0
+        count = self.outputs is not None and self.outputs.gflops_per_iteration() is None
         for step in range(trainer.step_count + 1, job.steps + 1):
             batch = next(loader)
             if job.debug:
                 self._debug_hooks(batch, step)
             t0 = time.perf_counter()
+            inputs = (batch["latents"], batch["labels"], batch["teacher"])
             try:
-                metrics = trainer.step(batch["latents"], batch["labels"], batch["teacher"])
+                if count:  # rank 0's first step, counted: the run's compute per iteration
+                    metrics, gflops = counted(trainer.step, *inputs)
+                    self.outputs.record_gflops(gflops * self.world, step)
+                    count = False
+                else:
+                    metrics = trainer.step(*inputs)
             except NonFiniteError as err:
                 bar.close()
                 self._diverged(err, step)

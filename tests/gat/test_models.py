@@ -148,3 +148,17 @@ def test_sdpa_matches_explicit_attention():
     ref = F.softmax(q @ k.transpose(-1, -2) / 4.0, -1) @ v
     torch.testing.assert_close(out, attn.proj(ref.transpose(1, 2).reshape(b, n, c)),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_g_and_d_can_differ_in_size():
+    """The paper's Fig. 7a scales G and D apart: D takes its own size and its own lr."""
+    from gat.train import GATTrainer, TrainConfig
+
+    gen, disc = build_models("GAT-T2/4", 4, 16, 10, 8, d_name="GAT-T3/4")
+    assert gen.cfg.width == 48 and disc.cfg.width == 64
+    trainer = GATTrainer("GAT-T2/4", 4, 16, 10, 8, TrainConfig(c_base=32), d_name="GAT-T3/4")
+    assert trainer.lr == pytest.approx(4e-4 * 32 / 48)
+    assert trainer.lr_d == pytest.approx(4e-4 * 32 / 64)
+    assert trainer.opt_d.param_groups[0]["lr"] == pytest.approx(trainer.lr_d)
+    with pytest.raises(ValueError, match="GAT-T3/8's patch"):
+        build_models("GAT-T2/4", 4, 12, 10, 8, d_name="GAT-T3/8")

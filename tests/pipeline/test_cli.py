@@ -53,3 +53,10 @@ def test_gat_sample_from_an_mlflow_run(tmp_path, parts, mlflow_uri):
                      "--decoder", str(parts["tokenizer"]), "--classes", "1", "--seeds", "0",
                      "--cpu", "--out", str(tmp_path / "from_run")]) == 0
     assert [p.name for p in (tmp_path / "from_run").iterdir()] == ["class0001_seed000000.png"]
+
+
+def test_gat_info_with_a_different_d():
+    info = model_info("GAT-T2/4", 4, 16, 10, 8, d_name="GAT-T3/4")
+    same = model_info("GAT-T2/4", 4, 16, 10, 8)
+    assert info["g_params"] == same["g_params"] and info["d_params"] > same["d_params"]
+    assert info["d_lr"] < info["lr"] and "d_name" not in same

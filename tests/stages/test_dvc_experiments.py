@@ -10,8 +10,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -20,22 +18,12 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import FASHION, dvc_env
+from tests.helpers import FASHION, copy_study, dvc_env
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not FASHION.exists(), reason="needs dataset-fashion-mnist")]
 SIZE = "GAT-T1/4"
 STAGE = f"train@{SIZE}-0"  # DVC names matrix stages by their values: size, seed
-
-
-def copy_study(src: Path, dst: Path) -> None:
-    """The study with its git repo, DVC cache, checkpoints and MLflow store, the store's
-    absolute artifact locations moved along."""
-    shutil.copytree(src, dst, symlinks=True)
-    with sqlite3.connect(dst / "mlflow.db") as db:
-        for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
-            db.execute(f"update {table} set {column} = replace({column}, ?, ?)",
-                       (str(src), str(dst)))
 
 
 def _run(work: Path, *cmd: str, timeout: int = 600) -> subprocess.CompletedProcess:

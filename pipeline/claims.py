@@ -1,0 +1,262 @@
+"""The paper's claims as targets: variants of one training, compared under several seeds.
+
+A claim names its variants (a model, and params that differ from the study's: MNG
+schedule, REPA weight, learning rate, D's size, patch size) and the comparisons the paper
+makes between them ("exp beats lin"). Every variant trains under every seed of
+``claims.seeds`` through the train stage's own code (so identical configurations share
+one run and one MLflow run), is evaluated like the ladder, and each comparison gets a
+verdict from the seeds' 95% intervals:
+
+- ``holds``: the intervals do not overlap and the paper's order is seen;
+- ``reversed``: they do not overlap and the opposite order is seen;
+- ``inconclusive (intervals overlap)``, or ``(one seed: no interval)``.
+
+A diverged run counts as worse than any finite FD; a variant is "diverged" when every
+seed diverged. The claim's verdict sums up its comparisons.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gat.models import model_config
+from gat.train import lr_base_for, model_lr
+from pipeline.config import CLAIM_NAMES, Params, with_overrides
+from pipeline.files import digest, write_json
+from pipeline.layout import LAYOUT, Layout
+
+HOLDS, REVERSED, OVERLAP, ONE_SEED = ("holds", "reversed", "inconclusive (intervals overlap)",
+                                      "inconclusive (one seed: no interval)")
+CLAIMS = CLAIM_NAMES
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str  # unique within its claim: a folder name
+    label: str  # for tables and plots
+    size: str  # G's model (and D's, unless train.d_size says otherwise)
+    overrides: dict[str, Any] = field(default_factory=dict)  # dotted params keys
+
+
+@dataclass(frozen=True)
+class Claim:
+    name: str
+    figure: str  # where the paper shows it
+    statement: str  # what the paper claims, in words
+    variants: list[Variant]
+    comparisons: list[tuple[str, str]]  # (better, worse): lower FD expected for `better`
+    paper: dict[str, float] = field(default_factory=dict)  # variant -> the paper's number
+    paper_metric: str = ""  # what the paper's numbers are (e.g. "FID-5K, S/2 and B/2")
+
+
+def claims(params: Params) -> dict[str, Claim]:
+    """Every claim, with its variants built from ``params.claims``."""
+    c = params.claims
+    found = [_mng(c.size), _repa(c.size), _lr_transfer(params, c.small, c.large),
+             _g_vs_d(c.size, c.bigger), _patch(c.patch_sizes)]
+    return {claim.name: claim for claim in found}
+
+
+def _mng(size: str) -> Claim:
+    names = {"exp": "MNG exp", "lin": "MNG lin", "none": "w/o MNG", "msg": "MSG"}
+    return Claim(
+        "mng", "Fig. 5a", "exponential MNG beats linear, which beats none; MSG is worst",
+        [Variant(n, label, size, {"train.mng": n}) for n, label in names.items()],
+        [("exp", "lin"), ("lin", "none"), ("none", "msg")])
+
+
+def _repa(size: str) -> Claim:
+    return Claim(
+        "repa", "Fig. 5c, Tab. 10", "REPA on D lowers FID",
+        [Variant("on", "REPA on", size, {}), Variant("off", "REPA off", size,
+                                                     {"train.repa_weight": 0.0})],
+        [("on", "off")], {"on": 30.09, "off": 51.43}, "FID-5K, S/2 after 10 epochs")
+
+
+def _lr_transfer(params: Params, small: str, large: str) -> Claim:
+    """Each size at its own width-adapted lr and at the other size's (both directions)."""
+    def at_lr_of(size: str, like: str) -> dict[str, Any]:
+        lr = model_lr(params.train, like)
+        return {"train.lr_base": lr_base_for(params.train, size, lr)}
+
+    return Claim(
+        "lr_transfer", "Fig. 5b, Tab. 4",
+        "the larger size at the smaller size's lr degrades or diverges; the smaller size at "
+        "the larger size's lr learns slower",
+        [Variant("small_own", f"{small} own lr", small, {}),
+         Variant("small_at_large", f"{small} at {large}'s lr", small, at_lr_of(small, large)),
+         Variant("large_own", f"{large} own lr", large, {}),
+         Variant("large_at_small", f"{large} at {small}'s lr", large, at_lr_of(large, small))],
+        [("large_own", "large_at_small"), ("small_own", "small_at_large")],
+        {"small_own": 22.08, "small_at_large": 26.41, "large_own": 15.61,
+         "large_at_small": 56.72}, "FID-5K, S/2 and B/2")
+
+
+def _g_vs_d(size: str, bigger: str) -> Claim:
+    return Claim(
+        "g_vs_d", "Fig. 7a (text: Fig. 6a)",
+        "scaling G or D alone helps, and scaling D helps more, at equal steps",
+        [Variant("base", f"G {size}, D {size}", size, {}),
+         Variant("bigger_g", f"G {bigger}, D {size}", bigger, {"train.d_size": size}),
+         Variant("bigger_d", f"G {size}, D {bigger}", size, {"train.d_size": bigger})],
+        [("bigger_g", "base"), ("bigger_d", "base"), ("bigger_d", "bigger_g")])
+
+
+def _patch(sizes: list[str]) -> Claim:
+    """``sizes`` from the smallest patch (most compute) to the largest."""
+    ordered = sorted(sizes, key=lambda s: model_config(s).patch)
+    variants = [Variant(f"patch{model_config(s).patch}", s, s, {}) for s in ordered]
+    return Claim("patch", "Fig. 3b", "a smaller patch (more tokens, more compute) is better",
+                 variants, [(a.name, b.name) for a, b in itertools.pairwise(variants)])
+
+
+# ----------------------------------------------------------------------------- verdicts
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One variant over its seeds: mean FD and a 95% interval [low, high] of it.
+
+    Student t over the seeds' FDs. A diverged seed (FD ``inf``) makes the variant worse
+    than its finite seeds by an unknown amount: [lowest finite FD, inf]; every seed
+    diverged: [inf, inf]. One finite seed: [FD, FD], but no interval to compare with.
+    """
+
+    mean: float
+    low: float
+    high: float
+    seeds: int
+    diverged: int
+
+    @classmethod
+    def of(cls, fds: list[float]) -> Summary:
+        """``fds``: one FD per seed, ``inf`` for a diverged run."""
+        finite = np.array([f for f in fds if math.isfinite(f)], dtype=float)
+        n, diverged = len(fds), len(fds) - len(finite)
+        if not len(finite):
+            return cls(math.inf, math.inf, math.inf, n, diverged)
+        if diverged:
+            return cls(math.inf, float(finite.min()), math.inf, n, diverged)
+        mean = float(finite.mean())
+        half = 0.0 if n == 1 else _t95(n - 1) * float(finite.std(ddof=1)) / math.sqrt(n)
+        return cls(mean, mean - half, mean + half, n, 0)
+
+
+def _t95(df: int) -> float:
+    """Two-sided 95% Student t quantile for ``df`` >= 1 (a table: no scipy needed)."""
+    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365,
+             8: 2.306, 9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
+    return 1.96 if df > 30 else table[max(k for k in table if k <= df)]
+
+
+def compare(better: Summary, worse: Summary) -> str:
+    """The verdict on the paper's "``better`` has the lower FD than ``worse``"."""
+    if better.diverged == better.seeds and worse.diverged == worse.seeds:
+        return OVERLAP  # both diverged everywhere: no order to see
+    if better.seeds == worse.seeds == 1 and not (better.diverged or worse.diverged):
+        return ONE_SEED
+    if better.high < worse.low:
+        return HOLDS
+    if worse.high < better.low:
+        return REVERSED
+    return OVERLAP
+
+
+def verdict(results: list[str]) -> str:
+    """A claim's verdict from its comparisons' verdicts."""
+    if results and all(r == HOLDS for r in results):
+        return HOLDS
+    if results and all(r == REVERSED for r in results):
+        return REVERSED
+    if all(r in (OVERLAP, ONE_SEED) for r in results):
+        return results[0] if len(set(results)) == 1 else OVERLAP
+    counts = {v: results.count(v) for v in (HOLDS, REVERSED) if results.count(v)}
+    rest = len(results) - sum(counts.values())
+    parts = [f"{n} {v}" for v, n in counts.items()] + ([f"{rest} inconclusive"] if rest else [])
+    return f"mixed ({', '.join(parts)} of {len(results)})"
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def variant_params(params: Params, variant: Variant) -> Params:
+    """The study's params with the variant's changes and the claims' length."""
+    return with_overrides(params, {"train.iterations": params.claims.iterations,
+                                   "train.kimg": 0.0, **variant.overrides}, check_paths=False)
+
+
+def run_variant(params: Params, claim: Claim, variant: Variant, seed: int,
+                layout: Layout = LAYOUT) -> dict[str, Any]:
+    """Train one variant under one seed through the train stage's code (a configuration
+    trained before, by any claim or the ladder, resumes finished), evaluate it like the
+    ladder (once per run and evaluation settings), and return its row."""
+    from gat.train import NonFiniteError
+    from pipeline.training import run_training
+
+    p = variant_params(params, variant)
+    out = layout.claim_generator(claim.name, variant.name, seed).parent
+    row = {"claim": claim.name, "variant": variant.name, "label": variant.label,
+           "size": variant.size, "d_size": p.train.d_size or variant.size, "seed": seed}
+    try:
+        trained = run_training(p, variant.size, seed, layout, out_dir=out)
+    except NonFiniteError as err:
+        return {**row, "fd": math.inf, "diverged": True, "error": str(err)}
+    metrics = _evaluated(p, out, trained, layout)
+    return {**row, "diverged": False, "error": "", "run_key": trained["run_key"],
+            **{k: metrics[k] for k in EVAL_COLUMNS if k in metrics}}
+
+
+EVAL_COLUMNS = ("fd", "metric", "precision", "recall", "class_accuracy", "g_gflops",
+                "mlflow_run_id")
+
+
+def _evaluated(params: Params, out: Path, trained: dict[str, Any], layout: Layout
+               ) -> dict[str, Any]:
+    """The evaluation of a trained variant, cached in its run's folder by settings."""
+    from pipeline.evaluation import evaluate_folder
+
+    settings = {"evaluate": params.section("evaluate"), "source": params.evaluator.source,
+                "seed": params.study.seed}
+    cache = (layout.checkpoints(trained["size"]) / trained["run_key"]
+             / f"eval-{digest([], extra=settings)[:10]}.json")
+    if cache.exists():
+        return json.loads(cache.read_text())
+    metrics = evaluate_folder(params, out / "generator", out / "samples.png", layout)
+    write_json(cache, metrics)
+    return metrics
+
+
+def summarize(claim: Claim, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per variant: the seeds' mean FD with its interval; per comparison and for the
+    claim: the verdict. JSON-ready (an ``inf`` FD becomes the string "diverged")."""
+    summaries = {v.name: Summary.of([r["fd"] for r in rows if r["variant"] == v.name])
+                 for v in claim.variants}
+    comparisons = [{"better": b, "worse": w, "verdict": compare(summaries[b], summaries[w])}
+                   for b, w in claim.comparisons]
+    variants = [{"variant": v.name, "label": v.label, "size": v.size,
+                 "mean": summaries[v.name].mean, "low": summaries[v.name].low,
+                 "high": summaries[v.name].high, "seeds": summaries[v.name].seeds,
+                 "diverged": summaries[v.name].diverged, "paper": claim.paper.get(v.name)}
+                for v in claim.variants]
+    metric = next((r["metric"] for r in rows if r.get("metric")), "FD")
+    return _json_safe({
+        "claim": claim.name, "figure": claim.figure, "statement": claim.statement,
+        "metric": metric, "paper_metric": claim.paper_metric, "variants": variants,
+        "comparisons": comparisons, "verdict": verdict([c["verdict"] for c in comparisons])})
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "diverged" if obj > 0 else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj

@@ -56,8 +56,14 @@ def model_lr(cfg: TrainConfig, name: str) -> float:
 
 def lr_base_for(cfg: TrainConfig, name: str, lr: float) -> float:
     """The ``lr_base`` under which :func:`model_lr` gives model ``name`` the learning rate
-    ``lr`` (with ``cfg.c_base``): how to train one size at another size's lr."""
+    ``lr`` (with ``cfg.c_base``)."""
     return lr * model_config(name).width / cfg.c_base
+
+
+def lr_base_at(cfg: TrainConfig, name: str, like: str) -> float:
+    """The ``lr_base`` that trains ``name`` at the learning rate the rule gives ``like``:
+    how the paper's Fig. 5b trains one size at another size's lr."""
+    return lr_base_for(cfg, name, model_lr(cfg, like))
 
 
 class NonFiniteError(RuntimeError):

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from gat.models import model_config
-from gat.train import lr_base_for, model_lr
+from gat.train import lr_base_at
 from pipeline.config import CLAIM_NAMES, Params, with_overrides
 from pipeline.files import digest, write_json
 from pipeline.layout import LAYOUT, Layout
@@ -83,8 +83,7 @@ def _repa(size: str) -> Claim:
 def _lr_transfer(params: Params, small: str, large: str) -> Claim:
     """Each size at its own width-adapted lr and at the other size's (both directions)."""
     def at_lr_of(size: str, like: str) -> dict[str, Any]:
-        lr = model_lr(params.train, like)
-        return {"train.lr_base": lr_base_for(params.train, size, lr)}
+        return {"train.lr_base": lr_base_at(params.train, size, like)}
 
     return Claim(
         "lr_transfer", "Fig. 5b, Tab. 4",

@@ -78,12 +78,16 @@ def sweep_plot(table: pd.DataFrame, label: str, size: str, path) -> None:
 
 
 def transfer_plot(table: pd.DataFrame, label: str, path) -> None:
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.bar(table["how"], table["fd"], color=["C0", "C3", "C2"])
+    """The transfer check: one bar per (size, how), its lr written on it."""
+    fig, ax = plt.subplots(figsize=(1.5 + 1.3 * len(table), 3.8))
+    colors = {size: f"C{i}" for i, size in enumerate(dict.fromkeys(table["size"]))}
+    ax.bar(range(len(table)), table["fd"], color=[colors[s] for s in table["size"]])
     for i, lr in enumerate(table["lr"]):
-        ax.text(i, 0, f"lr {lr:.2g}", ha="center", va="bottom", color="white")
+        ax.text(i, 0, f"lr {lr:.2g}", ha="center", va="bottom", color="white", fontsize=8)
+    ax.set_xticks(range(len(table)), [f"{s}\n{h}" for s, h in zip(table["size"], table["how"])],
+                  fontsize=7)
     ax.set_ylabel(label)
-    ax.set_title(f"lr transfer to {table['size'].iloc[0]}")
+    ax.set_title("lr transfer across sizes (paper Fig. 5b)")
     save(fig, path, dpi=120)
 
 

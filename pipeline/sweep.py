@@ -17,13 +17,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from ray import tune
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from gat.models import model_config
-from gat.train import model_lr
+from gat.train import lr_base_at, model_lr
 from pipeline import tracking
 from pipeline.config import Params, with_overrides
 from pipeline.identity import run_identity
@@ -49,7 +49,7 @@ def lr_grid(params: Params) -> list[float]:
     return sorted(grid, key=lambda lr: abs(grid.index(lr) - mid))
 
 
-def trial_params(params: Params, lr_base: float, c_base: int | None = None) -> Params:
+def trial_params(params: Params, lr_base: float) -> Params:
     """Params of one trial: its lr_base, the sweep's length, FD proxy reported every rung.
 
     A trial trains on one worker with the trial's resources (runtime.trial_cpus,
@@ -63,14 +63,11 @@ def trial_params(params: Params, lr_base: float, c_base: int | None = None) -> P
         "runtime.log_every": sw.grace_period,  # every report carries the proxy ASHA reads
         "runtime.checkpoint_every": sw.grace_period, "runtime.sample_every": 0,
     }
-    if c_base is not None:
-        overrides["train.c_base"] = c_base
     return with_overrides(params, overrides, check_paths=False)
 
 
 def trial_name(config: dict[str, Any]) -> str:
-    c_base = config.get("c_base")
-    return f"lr{config['lr_base']:.3g}" + (f"_c{c_base}" if c_base else "")
+    return f"lr{config['lr_base']:.3g}"
 
 
 def _trainable(params: Params, size: str, trials: Path, layout: Layout):
@@ -85,7 +82,7 @@ def _trainable(params: Params, size: str, trials: Path, layout: Layout):
         from pipeline.training.outputs import read_diverged
         from pipeline.training.worker import Worker
 
-        p = trial_params(params, config["lr_base"], config.get("c_base"))
+        p = trial_params(params, config["lr_base"])
         out = trials / trial_name(config)
         out.mkdir(parents=True, exist_ok=True)
         job = replace(make_job(p, size, p.study.train_seeds[0], layout, session="tune"),
@@ -97,33 +94,28 @@ def _trainable(params: Params, size: str, trials: Path, layout: Layout):
     return run_trial
 
 
-def experiment_name(params: Params, size: str, lrs: list[float], c_bases: list[int] | None,
-                    layout: Layout = LAYOUT) -> str:
+def experiment_name(params: Params, size: str, lrs: list[float], layout: Layout = LAYOUT
+                    ) -> str:
     """``lr_sweep-<hash>`` over what shapes the trials: the training inputs at this size
     (train params, the first training seed, shards, teacher, code), the sweep params and
     the grid."""
     key = json.dumps({"run": run_identity(params, size, params.study.train_seeds[0],
                                           layout).base,
-                      "sweep": params.section("sweep"), "lrs": lrs, "c_bases": c_bases},
+                      "sweep": params.section("sweep"), "lrs": lrs},
                      sort_keys=True)
     return f"lr_sweep-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
 def run_sweep(params: Params, size: str, lrs: list[float] | None = None,
-              c_bases: list[int] | None = None, scheduler: bool = True,
+              scheduler: bool = True,
               layout: Layout = LAYOUT) -> pd.DataFrame:
-    """Run one Tune experiment over lr_base (x c_base) for ``size``; one row per trial.
-
-    ``c_bases`` overrides the width the rule divides by: ``[C_model]`` uses lr_base
-    unchanged at this size (the paper's "w/o eta_adapt"). Rerunning after a kill restores
-    the Tune experiment and finishes the trials that had not ended.
-    """
+    """Run one Tune experiment over ``lrs`` (lr_base values; default the sweep's grid) at
+    ``size``; one row per trial. Rerunning after a kill restores the Tune experiment and
+    finishes the trials that had not ended."""
     init_ray()
     lrs = lrs or lr_grid(params)
-    name = experiment_name(params, size, lrs, c_bases, layout)
+    name = experiment_name(params, size, lrs, layout)
     space: dict[str, Any] = {"lr_base": tune.grid_search(lrs)}
-    if c_bases is not None:
-        space["c_base"] = tune.grid_search(c_bases)
     rt = params.runtime
     trainable = tune.with_resources(
         _trainable(params, size, layout.tune / name / "trials", layout),
@@ -132,7 +124,7 @@ def run_sweep(params: Params, size: str, lrs: list[float] | None = None,
     sweep_run = tr.find_or_create(
         {tracking.ROLE: "sweep", tracking.RUN_KEY: name}, f"lr-sweep {size} {name[-6:]}",
         params={"size": size, "lrs": ",".join(f"{x:.3g}" for x in lrs),
-                "c_bases": ",".join(map(str, c_bases or [])), "asha": scheduler,
+                "asha": scheduler,
                 **{f"sweep.{k}": v for k, v in params.section("sweep").items()}},
         tags={tracking.SIZE: size})
     mlflow_cb = MLflowLoggerCallback(
@@ -169,11 +161,10 @@ def _trials_table(results: tune.ResultGrid, size: str, params: Params) -> pd.Dat
         diverged = history is not None and "diverged" in history and bool(
             history["diverged"].notna().any())
         lr_base = result.config["lr_base"]
-        c_base = result.config.get("c_base", params.train.c_base)
+
         rows.append({
             "lr_base": lr_base,
-            "c_base": c_base,
-            "lr": model_lr(replace(params.train, lr_base=lr_base, c_base=c_base), size),
+            "lr": model_lr(replace(params.train, lr_base=lr_base), size),
             "fd": float(fd.iloc[-1]) if len(fd) else float("nan"),
             "best_fd": float(fd.min()) if len(fd) else float("nan"),
             "reports": len(fd),
@@ -184,21 +175,26 @@ def _trials_table(results: tune.ResultGrid, size: str, params: Params) -> pd.Dat
     return pd.DataFrame(rows).sort_values("lr_base").reset_index(drop=True)
 
 
-def transfer_check(params: Params, best_base: float) -> pd.DataFrame:
-    """Train sweep.transfer_size three ways and compare the final proxies."""
-    size = params.sweep.transfer_size
-    width = model_config(size).width
-    own = run_sweep(params, size)
-    both = run_sweep(params, size, lrs=[best_base],
-                     c_bases=[params.train.c_base, width], scheduler=False)
-    rule = both[both["c_base"] == params.train.c_base].head(1)
-    unchanged = both[both["c_base"] == width].head(1)
-    own_best = own[own["lr_base"] == best_lr(own)]
+def transfer_check(params: Params, base: pd.DataFrame) -> pd.DataFrame:
+    """The width-aware rule checked both ways (paper Fig. 5b), from the best ``lr_base`` of
+    the sweep ``base`` at sweep.size (small): sweep.transfer_size (large) trained with the
+    rule, at the small size's lr, and with the best of its own sweep; the small size with
+    its own best and at the large size's lr. One row per (size, how): lr, final proxy."""
+    small, large = params.sweep.size, params.sweep.transfer_size
+    best = best_lr(base)
+    tuned = replace(params.train, lr_base=best)
+    at_small, at_large = lr_base_at(tuned, large, small), lr_base_at(tuned, small, large)
+    own = run_sweep(params, large)
+    arms = run_sweep(params, large, lrs=[best, at_small], scheduler=False)
+    back = run_sweep(params, small, lrs=[at_large], scheduler=False)
+    picks = [(large, "width-aware rule", arms, best), (large, f"at {small}'s lr", arms, at_small),
+             (large, "own sweep's best", own, best_lr(own)),
+             (small, "own sweep's best", base, best), (small, f"at {large}'s lr", back, at_large)]
     rows = []
-    for how, frame in (("width-aware rule", rule), ("base lr unchanged", unchanged),
-                       ("own sweep's best", own_best)):
-        row = frame.iloc[0] if len(frame) else None
-        rows.append({"size": size, "how": how,
+    for size, how, table, lr_base in picks:
+        found = table[np.isclose(table["lr_base"], lr_base)].head(1)
+        row = found.iloc[0] if len(found) else None
+        rows.append({"size": size, "how": how, "lr_base": lr_base,
                      "lr": float(row["lr"]) if row is not None else float("nan"),
                      "fd": float(row["fd"]) if row is not None else float("nan")})
     return pd.DataFrame(rows)

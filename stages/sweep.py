@@ -1,10 +1,11 @@
 """Ray Tune sweep of train.lr_base, and the width-aware transfer check (paper Fig. 5b).
 
-Off unless ``sweep.enabled: true``; ``sweep.transfer: true`` adds the transfer check (a
-sweep at sweep.transfer_size and 2 extra runs). Outputs in
+Off unless ``sweep.enabled: true``; ``sweep.transfer: true`` adds the transfer check in
+both directions (a sweep at sweep.transfer_size, 2 extra runs there, 1 at sweep.size). Outputs in
 results/sweep/: best.json (the best lr_base, also logged to MLflow), trials.csv and
 lr_vs_fd.png (the sweep at sweep.size), transfer.csv and transfer.png (sweep.transfer_size
-trained with the rule-adapted lr, with lr_base unchanged, and with its own sweep's best).
+trained with the rule-adapted lr, at sweep.size's lr, and with its own sweep's best;
+sweep.size with its own best and at sweep.transfer_size's lr).
 To resume after a kill, run the same command again: Tune restores unfinished trials
 (its experiments live in the workspace's outputs/tune/).
 """
@@ -39,7 +40,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     with atomic_path(OUT / "trials.csv") as tmp:
         table.to_csv(tmp, index=False)
     sweep_plot(table, label, size, OUT / "lr_vs_fd.png")
-    transfer = transfer_check(params, best) if params.sweep.transfer else pd.DataFrame()
+    transfer = transfer_check(params, table) if params.sweep.transfer else pd.DataFrame()
     if not transfer.empty:
         with atomic_path(OUT / "transfer.csv") as tmp:
             transfer.to_csv(tmp, index=False)

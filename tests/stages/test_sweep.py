@@ -38,33 +38,36 @@ def test_sweep_three_trials_asha_mlflow_and_transfer(tiny_study):
     assert (out / "lr_vs_fd.png").stat().st_size > 1000
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     exp = client.get_experiment_by_name(params.tracking.experiment)
+    sweep_runs = {r.data.tags["gat.run_key"]: r for r in client.search_runs(
+        [exp.experiment_id], "tags.`gat.role` = 'sweep' and tags.`gat.size` = 'GAT-T1/4'")}
+    sweep_run = next(r for r in sweep_runs.values() if "best_lr_base" in r.data.metrics)
+    assert sweep_run.info.run_name.startswith("lr-sweep GAT-T1/4")  # named apart from sizes
+    assert sweep_run.data.metrics["best_lr_base"] == pytest.approx(best["best_lr_base"])
     runs = client.search_runs([exp.experiment_id], "tags.`gat.role` = 'trial' and "
-                              "tags.`gat.size` = 'GAT-T1/4'")
-    assert len(runs) == 3  # the transfer check's trials carry the transfer size
+                              f"tags.`mlflow.parentRunId` = '{sweep_run.info.run_id}'")
     assert sorted(float(r.data.params["lr_base"]) for r in runs) == pytest.approx(
         sorted(trials["lr_base"]))
     assert all("fd" in r.data.metrics for r in runs)
-    (sweep_run,) = client.search_runs([exp.experiment_id], "tags.`gat.role` = 'sweep' and "
-                                      "tags.`gat.size` = 'GAT-T1/4'")
-    assert sweep_run.info.run_name.startswith("lr-sweep GAT-T1/4")  # named apart from sizes
-    assert all(r.data.tags["mlflow.parentRunId"] == sweep_run.info.run_id for r in runs)
-    assert sweep_run.data.metrics["best_lr_base"] == pytest.approx(best["best_lr_base"])
     transfer_runs = client.search_runs([exp.experiment_id], "tags.`gat.role` = 'trial' and "
                                        f"tags.`gat.size` = '{params.sweep.transfer_size}'")
-    assert len(transfer_runs) == 3 + 2  # its own sweep; best lr_base with and without the rule
+    assert len(transfer_runs) == 3 + 2  # its own sweep; the rule's lr and the small one's
 
-    # Fig. 5b: the transfer size trained with the rule, with lr_base unchanged, and with its
-    # own sweep's best; the rule and unchanged lrs differ by exactly C_base / C_model.
-    transfer = pd.read_csv(out / "transfer.csv").set_index("how")
-    assert list(transfer.index) == ["width-aware rule", "base lr unchanged", "own sweep's best"]
-    width = model_config(params.sweep.transfer_size).width
-    assert transfer.loc["width-aware rule", "lr"] == pytest.approx(
-        best["best_lr_base"] * params.train.c_base / width)
-    assert transfer.loc["base lr unchanged", "lr"] == pytest.approx(best["best_lr_base"])
+    # Fig. 5b both ways: the large size with the rule, at the small size's lr, with its own
+    # sweep's best; the small size with its own best and at the large size's lr.
+    small, large = params.sweep.size, params.sweep.transfer_size
+    transfer = pd.read_csv(out / "transfer.csv").set_index(["size", "how"])
+    assert list(transfer.index) == [
+        (large, "width-aware rule"), (large, f"at {small}'s lr"), (large, "own sweep's best"),
+        (small, "own sweep's best"), (small, f"at {large}'s lr")]
+    lr = transfer["lr"]
+    assert lr[(large, "width-aware rule")] == pytest.approx(
+        best["best_lr_base"] * params.train.c_base / model_config(large).width)
+    assert lr[(large, f"at {small}'s lr")] == pytest.approx(lr[(small, "own sweep's best")])
+    assert lr[(small, f"at {large}'s lr")] == pytest.approx(lr[(large, "width-aware rule")])
     assert transfer["fd"].notna().all(), transfer
     assert (out / "transfer.png").stat().st_size > 1000
     # Tune's experiments live in the workspace's state, not in results/ (git) or DVC's cache.
-    assert len(list((root / "outputs" / "tune").glob("lr_sweep-*"))) == 3
+    assert len(list((root / "outputs" / "tune").glob("lr_sweep-*"))) == 4
 
     # The same command again restores the finished Tune experiments: no trial reruns.
     again = subprocess.run([sys.executable, "-m", "stages.sweep"], cwd=root, env=dvc_env(),
@@ -72,7 +75,7 @@ def test_sweep_three_trials_asha_mlflow_and_transfer(tiny_study):
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "restoring the Tune experiment" in again.stdout
     assert json.loads((out / "best.json").read_text()) == best
-    assert len(client.search_runs([exp.experiment_id], "tags.`gat.role` = 'trial'")) == 8
+    assert len(client.search_runs([exp.experiment_id], "tags.`gat.role` = 'trial'")) == 9
 
 
 def _sweep_root(tiny_study: Path, root: Path):

@@ -55,30 +55,6 @@ def scaling_plot(table: pd.DataFrame, law: PowerLaw, label: str, path: Path,
     save(fig, path)
 
 
-def sweep_plot(table: pd.DataFrame, label: str, size: str, path) -> None:
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    done = table[~table["stopped_early"]]
-    stopped = table[table["stopped_early"]]
-    ax.plot(done["lr_base"], done["fd"], "o-", label="ran to the end")
-    ax.plot(stopped["lr_base"], stopped["fd"], "x", color="C3", label="stopped by ASHA")
-    ax.set_xscale("log")
-    ax.set_xlabel("lr_base")
-    ax.set_ylabel(f"{label} (last report)")
-    ax.set_title(f"lr sweep at {size}")
-    ax.legend()
-    save(fig, path, dpi=120)
-
-
-def transfer_plot(table: pd.DataFrame, label: str, path) -> None:
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.bar(table["how"], table["fd"], color=["C0", "C3", "C2"])
-    for i, lr in enumerate(table["lr"]):
-        ax.text(i, 0, f"lr {lr:.2g}", ha="center", va="bottom", color="white")
-    ax.set_ylabel(label)
-    ax.set_title(f"lr transfer to {table['size'].iloc[0]}")
-    save(fig, path, dpi=120)
-
-
 # ----------------------------------------------------------------------------- analyses
 # ``results``: the per-generator dicts of pipeline.analysis (analysis.json's "generators").
 
@@ -198,3 +174,27 @@ def pca_plot(images, pca, label: str, path: Path) -> None:
                 ax.set_title("sample" if col == 0 else f"block {col}", fontsize=8)
     fig.suptitle(f"{label}: PCA of block tokens (Fig. 4a)", fontsize=9)
     save(fig, path)
+
+
+def sweep_plot(table: pd.DataFrame, label: str, size: str, path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    done = table[~table["stopped_early"]]
+    stopped = table[table["stopped_early"]]
+    ax.plot(done["lr_base"], done["fd"], "o-", label="ran to the end")
+    ax.plot(stopped["lr_base"], stopped["fd"], "x", color="C3", label="stopped by ASHA")
+    ax.set_xscale("log")
+    ax.set_xlabel("lr_base")
+    ax.set_ylabel(f"{label} (last report)")
+    ax.set_title(f"lr sweep at {size}")
+    ax.legend()
+    save(fig, path, dpi=120)
+
+
+def transfer_plot(table: pd.DataFrame, label: str, path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.bar(table["how"], table["fd"], color=["C0", "C3", "C2"])
+    for i, lr in enumerate(table["lr"]):
+        ax.text(i, 0, f"lr {lr:.2g}", ha="center", va="bottom", color="white")
+    ax.set_ylabel(label)
+    ax.set_title(f"lr transfer to {table['size'].iloc[0]}")
+    save(fig, path, dpi=120)

@@ -1,5 +1,5 @@
-"""The ``gat`` command: model facts (``gat info``), sampling (``gat sample``) and params
-presets (``gat profile``).
+"""The ``gat`` command: model facts (``gat info``), sampling (``gat sample``), analyses of
+trained generators (``gat analyze``) and params presets (``gat profile``).
 
 ``info`` needs only the model library; ``sample`` decodes with the tokenizer (diffusers)
 and reads MLflow references, ``profile`` validates params: the command lives here, a
@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from gat.flops import model_facts
+from gat.mng import MNG_VARIANTS
 from gat.models import GAT_MODELS, model_config
 from gat.train import TrainConfig, model_lr
 
@@ -146,6 +147,44 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- analyze
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from pipeline import analysis as pa
+
+    device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
+    try:
+        subjects = [pa.Subject(resolve_generator(args.generator, args.tracking_uri),
+                               args.label, args.checkpoint, args.mng)]
+        if args.compare:
+            subjects.append(pa.Subject(resolve_generator(args.compare, args.tracking_uri),
+                                       args.compare_label, args.compare_checkpoint,
+                                       args.compare_mng))
+        for s in subjects:  # before loading anything heavy
+            if not s.generator.is_dir():
+                raise FileNotFoundError(f"generator folder {s.generator} does not exist; give "
+                                        "outputs/train/SIZE/seedN/generator or runs:/RUN_ID")
+        parts = pa.load_parts(args.decoder, args.evaluator, args.classifier,
+                              None if args.teacher == "none" else args.teacher,
+                              args.teacher_input_size, args.shards, args.lpips_vgg,
+                              args.lpips_lin, device)
+        given = {k: v for k, v in (("samples", args.samples), ("per_class", args.per_class),
+                                   ("k", args.k)) if v is not None}  # else analyze's defaults
+        summary = pa.analyze(subjects, args.out, parts, seed=args.seed, **given)
+    except (ValueError, FileNotFoundError, OSError, IndexError) as err:
+        print(f"gat analyze: error: {err}", file=sys.stderr)
+        return 2
+    for r in summary["generators"]:
+        d = r["discriminator"]
+        print(f"{r['label']}: {r['samples']} samples ({len(r['classes'])} classes x "
+              f"{r['per_class']} z); D: {d.get('skipped') or d['how'] + ' ' + d['path']}; "
+              f"D's input levels: MNG {r['mng']} ({r['mng_source']})")
+    print(f"Fig. 4b distance: {summary['settings']['distance']}")
+    print(f"wrote {Path(args.out) / pa.ANALYSIS_FILE} and its figures")
+    return 0
+
+
 # ----------------------------------------------------------------------------- profile
 
 
@@ -193,6 +232,16 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generator_args(parser: argparse.ArgumentParser) -> None:
+    """--generator (a folder or an MLflow reference, see :func:`resolve_generator`) and
+    --tracking-uri, as ``gat sample`` and ``gat analyze`` take them."""
+    parser.add_argument("--generator", required=True, help=(
+        "generator dir (outputs/train/SIZE/seedN/generator), or an MLflow run: runs:/RUN_ID "
+        "(its generator artifact) or runs:/RUN_ID/PATH"))
+    parser.add_argument("--tracking-uri", help="MLflow store of a runs:/ reference "
+                        "(default: $MLFLOW_TRACKING_URI), e.g. sqlite:///mlflow.db")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gat", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -211,11 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_cmd_info)
 
     sample = sub.add_parser("sample", help="images from a trained generator")
-    sample.add_argument("--generator", required=True, help=(
-        "generator dir (outputs/train/SIZE/generator), or an MLflow run: runs:/RUN_ID (its "
-        "generator artifact) or runs:/RUN_ID/PATH"))
-    sample.add_argument("--tracking-uri", help="MLflow store of a runs:/ reference "
-                        "(default: $MLFLOW_TRACKING_URI), e.g. sqlite:///mlflow.db")
+    _generator_args(sample)
     sample.add_argument("--decoder", required=True, help=(
         "the tokenizer: data/tokenizer (the stage's folder, whatever its source), a "
         "save_pretrained folder, or a hub id"))
@@ -231,6 +276,58 @@ def build_parser() -> argparse.ArgumentParser:
         "classCCCC_seedSSSSSS.png)"))
     sample.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU")
     sample.set_defaults(func=_cmd_sample)
+
+    analyze = sub.add_parser(
+        "analyze", help="block analyses of trained generators (paper Figs. 4a, 4b, 6b, 9)",
+        description="Per-block analyses of one generator, or two side by side (--compare): "
+        "block contributions (Fig. 4b: skip a block, re-synthesise, image distance to the "
+        "unablated output), cosine similarity of block input vs output and across z "
+        "(Figs. 9a, 9b), PCA of block tokens (Fig. 4a), CKNNA of G and D features with the "
+        "teacher on fake and real data (Fig. 6b). Writes OUT/analysis.json and PNGs. The "
+        "image distance is LPIPS only with --lpips-vgg and --lpips-lin; otherwise the "
+        "evaluator's feature distance, labelled as such (not LPIPS).")
+    _generator_args(analyze)
+    analyze.add_argument("--compare", help="a second generator (a folder or runs:/), "
+                         "analysed with the same z and shown beside the first (e.g. MNG "
+                         "exp vs none)")
+    analyze.add_argument("--label", default="", help="name in figures (default: its size)")
+    analyze.add_argument("--compare-label", default="", help="name of --compare in figures")
+    analyze.add_argument("--decoder", default="train", help=(
+        "the tokenizer: train (this checkout's data/tokenizer), a save_pretrained folder "
+        "or a hub id (default train)"))
+    analyze.add_argument("--evaluator", choices=["train", "inception"], default="train",
+                         help="features of the Fig. 4b distance without LPIPS: train (the "
+                         "FD-classifier) or inception (default train)")
+    analyze.add_argument("--classifier", help="FD-classifier folder (default data/classifier)")
+    analyze.add_argument("--teacher", default="train", help=(
+        "Dinov2Model for CKNNA: train (data/teacher_model), a folder or a hub id; none: no "
+        "CKNNA (default train)"))
+    analyze.add_argument("--teacher-input-size", type=int, default=0,
+                         help="teacher input side (0: its config's, at most 224)")
+    for prefix, what in (("", "--generator"), ("compare-", "--compare")):
+        analyze.add_argument(f"--{prefix}checkpoint", help=(
+            f"D for {what}, for CKNNA: a state.pt, a Ray checkpoint folder or a run folder "
+            "(outputs/checkpoints/SIZE/RUN_KEY); default: the run's last Ray checkpoint "
+            "(found by G's run key); none: no D"))
+        analyze.add_argument(f"--{prefix}mng", choices=list(MNG_VARIANTS), help=(
+            f"MNG variant {what} was trained with: how D's input levels are made (default: "
+            "G's metadata, else exp)"))
+    analyze.add_argument("--shards", help="latent shards of real data for D (default "
+                         "data/shards/train when present; else D on real data is skipped)")
+    analyze.add_argument("--samples", type=int, help=(
+        "samples per generator: --per-class z for each of samples/per-class classes "
+        "(default 640)"))
+    analyze.add_argument("--per-class", type=int,
+                         help="z per class (default 64, the paper's Fig. 9)")
+    analyze.add_argument("--seed", type=int, default=0, help="seed of z, D's noise, reals")
+    analyze.add_argument("--k", type=int, help="neighbours for CKNNA (default 10)")
+    analyze.add_argument("--lpips-vgg", help="torchvision VGG16 weights file "
+                         "(vgg16-397923af.pth): with --lpips-lin, Fig. 4b uses LPIPS")
+    analyze.add_argument("--lpips-lin", help="the lpips package's linear-layer weights "
+                         "(weights/v0.1/vgg.pth)")
+    analyze.add_argument("--out", required=True, help="output folder")
+    analyze.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU")
+    analyze.set_defaults(func=_cmd_analyze)
 
     from pipeline.config import DEFAULT_PARAMS
 

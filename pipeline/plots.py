@@ -63,6 +63,127 @@ def scaling_plot(table: pd.DataFrame, law: PowerLaw, label: str, path: Path,
     save(fig, path)
 
 
+# ----------------------------------------------------------------------------- analyses
+# ``results``: the per-generator dicts of pipeline.analysis (analysis.json's "generators").
+
+
+def _contribution_axes(ax, results: list[dict]) -> None:
+    """Fig. 4b: grouped bars, one group per block (1-based), one bar per generator."""
+    width = 0.8 / len(results)
+    for i, r in enumerate(results):
+        c = r["contribution"]
+        x = np.arange(1, len(c["mean"]) + 1) + (i - (len(results) - 1) / 2) * width
+        ax.bar(x, c["mean"], width, yerr=c["std"], capsize=2, label=r["label"],
+               color=f"C{i}", error_kw={"elinewidth": 0.8, "alpha": 0.6})
+    _block_ticks(ax, max(r["depth"] for r in results))
+    ax.set(xlabel="skipped block", ylabel=results[0]["contribution"]["distance"],
+           title="block contribution (Fig. 4b)")
+
+
+def _curve(ax, values: dict, color: str, label: str) -> None:
+    """A per-block curve, 1-based, with +-1 std (``values``: {"mean", "std"})."""
+    mean, std = np.asarray(values["mean"]), np.asarray(values["std"])
+    x = np.arange(1, len(mean) + 1)
+    ax.plot(x, mean, "o-", color=color, label=label)
+    ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.15)
+
+
+def _block_ticks(ax, depth: int) -> None:
+    """Blocks are whole numbers, 1-based."""
+    ax.set_xticks(range(1, depth + 1))
+
+
+def _curve_axes(ax, results: list[dict], key: str, title: str, ylabel: str) -> None:
+    for i, r in enumerate(results):
+        _curve(ax, r[key], f"C{i}", r["label"])
+    _block_ticks(ax, max(r["depth"] for r in results))
+    ax.set(xlabel="block", ylabel=ylabel, title=title)
+
+
+def _cknna_axes(ax, results: list[dict]) -> None:
+    """Fig. 6b: CKNNA per block vs the teacher: G on fakes, D on fakes and on reals."""
+    styles = {"g_fake": ("o-", "G, fake"), "d_fake": ("s--", "D, fake"),
+              "d_real": ("^:", "D, real")}
+    for i, r in enumerate(results):
+        for key, (fmt, what) in styles.items():
+            values = r["cknna"].get(key)
+            if values:
+                y = [np.nan if v is None else v for v in values]
+                ax.plot(np.arange(1, len(y) + 1), y, fmt, color=f"C{i}",
+                        label=f"{r['label']}: {what}")
+    _block_ticks(ax, max(max(len(r["cknna"].get(key) or []) for key in styles)
+                         for r in results))
+    k = results[0]["cknna"]["k"]
+    ax.set(xlabel="block", ylabel=f"CKNNA (k={k}) with the teacher",
+           title="alignment with the teacher (Fig. 6b)")
+
+
+def _one_axes_plot(draw, results: list[dict], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    draw(ax, results)
+    ax.legend(fontsize=7)
+    save(fig, path)
+
+
+def contribution_plot(results: list[dict], path: Path) -> None:
+    _one_axes_plot(_contribution_axes, results, path)
+
+
+def similarity_plot(results: list[dict], path: Path) -> None:
+    """Figs. 9a and 9b side by side."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    _curve_axes(axes[0], results, "io_cosine", "block input vs output (Fig. 9a)",
+                "cosine similarity")
+    _curve_axes(axes[1], results, "cross_z_cosine", "different z, same class (Fig. 9b)", "")
+    axes[0].legend(fontsize=8)
+    save(fig, path)
+
+
+def cknna_plot(results: list[dict], path: Path) -> None:
+    _one_axes_plot(_cknna_axes, results, path)
+
+
+def compare_plot(results: list[dict], path: Path) -> None:
+    """Generators side by side, one column each, shared y per row: block contributions,
+    the two cosine similarities, and CKNNA when measured."""
+    rows = 3 if all(r["cknna"].get("g_fake") for r in results) else 2
+    fig, axes = plt.subplots(rows, len(results), figsize=(4.8 * len(results), 3.2 * rows),
+                             sharey="row", squeeze=False)
+    for col, r in enumerate(results):
+        _contribution_axes(axes[0, col], [r])
+        ax = axes[1, col]
+        _curve(ax, r["io_cosine"], "C0", "input vs output (9a)")
+        _curve(ax, r["cross_z_cosine"], "C1", "across z, same class (9b)")
+        _block_ticks(ax, r["depth"])
+        ax.set(xlabel="block", ylabel="cosine similarity", title="Figs. 9a, 9b")
+        ax.legend(fontsize=8)
+        if rows == 3:
+            _cknna_axes(axes[2, col], [r])
+            axes[2, col].legend(fontsize=7)
+        axes[0, col].set_title(f"{r['label']}\nblock contribution (Fig. 4b)")
+    save(fig, path)
+
+
+def pca_plot(images, pca, label: str, path: Path) -> None:
+    """Fig. 4a: rows are samples; the decoded image, then the PCA of each block's tokens.
+
+    ``images``: uint8 [S, 3, H, W]; ``pca``: uint8 [depth, S, 3, g, g]."""
+    depth, samples = pca.shape[0], pca.shape[1]
+    fig, axes = plt.subplots(samples, depth + 1, figsize=(1.3 * (depth + 1), 1.3 * samples),
+                             squeeze=False)
+    for s in range(samples):
+        tiles = [images[s]] + [pca[b, s] for b in range(depth)]
+        for col, tile in enumerate(tiles):
+            ax = axes[s, col]
+            ax.imshow(tile.permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if s == 0:
+                ax.set_title("sample" if col == 0 else f"block {col}", fontsize=8)
+    fig.suptitle(f"{label}: PCA of block tokens (Fig. 4a)", fontsize=9)
+    save(fig, path)
+
+
 def sweep_plot(table: pd.DataFrame, label: str, size: str, path) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     done = table[~table["stopped_early"]]

@@ -259,3 +259,23 @@ def _json_safe(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_json_safe(v) for v in obj]
     return obj
+
+
+def analyze_mng(params: Params, layout: Layout = LAYOUT) -> dict[str, Any] | None:
+    """The block analyses (paper Figs. 4a, 4b, 6b, 9) of MNG exp vs none, first seed, into
+    results/claims/mng/analysis/; None (and why, printed) when either diverged."""
+    from pipeline.analysis import Subject, analyze, load_parts
+
+    seed, c = params.claims.seeds[0], params.claims
+    subjects = [Subject(layout.claim_generator("mng", name, seed), label, mng=name)
+                for name, label in (("exp", "MNG exp"), ("none", "w/o MNG"))]
+    missing = [str(s.generator) for s in subjects if not (s.generator / "config.json").exists()]
+    if missing:
+        print(f"claim mng: no block analyses: {', '.join(missing)} diverged or missing")
+        return None
+    parts = load_parts(params.tokenizer.source, params.evaluator.source,
+                       teacher=params.teacher.source,
+                       teacher_input_size=params.teacher.input_size, shards=layout.shards,
+                       layout=layout)
+    return analyze(subjects, layout.claims / "mng" / "analysis", parts, c.analysis_samples,
+                   c.analysis_per_class, params.study.seed, layout=layout)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 PAPER_LADDER = "FID-50K at 50K iterations: S/2 15.24, B/2 9.53, L/2 4.60, XL/2 4.02"
+BLOCKS = "mng_block_contributions.png"  # Fig. 4b of MNG exp vs none, in the mng section
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -62,7 +63,12 @@ def claim_section(summary: dict[str, Any], plot: str) -> str:
              "|---|---|---|"]
     lines += [f"| {v['label']} | {_interval(v)} | {_fmt(v['paper'], 4)} |"
               for v in summary["variants"]]
-    return "\n".join([*lines, "", f"![{summary['claim']}]({plot})", ""])
+    lines += ["", f"![{summary['claim']}]({plot})", ""]
+    if summary["claim"] == "mng":
+        lines += ["Each block's contribution (paper Fig. 4b: the distance of G's output with "
+                  "that block skipped to the full output), MNG exp vs none:", "",
+                  f"![block contributions]({BLOCKS})", ""]
+    return "\n".join(lines)
 
 
 def render(scaling: dict[str, Any] | None, claims: list[tuple[dict[str, Any], str]]) -> str:

@@ -9,8 +9,9 @@ is evaluated like the ladder (evaluate.*, against data/reference) and logged to 
 training run's MLflow run. Writes results/claims/<NAME>/: runs.csv (one row per variant
 and seed), summary.json (per variant the seeds' mean FD with its 95% interval, the
 paper's number where it gives one, and the verdict of each comparison and of the claim:
-holds, reversed, or inconclusive) and <NAME>.png. To resume after a kill, run the same
-command again.
+holds, reversed, or inconclusive) and <NAME>.png; for mng also analysis/ (the block
+analyses of MNG exp vs none, first seed: Figs. 4a, 4b, 6b, 9). To resume after a kill, run
+the same command again.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
         pd.DataFrame(rows).to_csv(tmp, index=False)
     write_json(out / "summary.json", summary)
     claim_plot(summary, rows, out / f"{claim.name}.png")
+    if claim.name == "mng":  # where the paper tests its claim about inactive early blocks
+        cl.analyze_mng(params)
     print(f"{claim.figure}, {claim.statement}: {summary['verdict']}")
     for c in summary["comparisons"]:
         print(f"  {c['better']} < {c['worse']}: {c['verdict']}")

@@ -17,7 +17,7 @@ from pipeline import tracking
 from pipeline.config import Params
 from pipeline.files import atomic_path
 from pipeline.layout import LAYOUT
-from pipeline.report import read, render
+from pipeline.report import BLOCKS, read, render
 from pipeline.stage import stage_main
 
 
@@ -28,11 +28,12 @@ def run(params: Params, args: argparse.Namespace) -> None:
     with atomic_path(LAYOUT.report) as tmp:
         tmp.mkdir()
         (tmp / "report.md").write_text(render(scaling, claims))
-        figures = [LAYOUT.scaling / n for n in ("scaling.png", "compute.png")]
-        figures += [LAYOUT.claims / s["claim"] / plot for s, plot in claims]
-        for figure in figures:
+        figures = {n: LAYOUT.scaling / n for n in ("scaling.png", "compute.png")}
+        figures.update({plot: LAYOUT.claims / s["claim"] / plot for s, plot in claims})
+        figures[BLOCKS] = LAYOUT.claims / "mng" / "analysis" / "contributions.png"
+        for name, figure in figures.items():
             if figure.exists():
-                shutil.copy(figure, tmp / figure.name)
+                shutil.copy(figure, tmp / name)
     log_report(params)
     print(f"report: {len(claims)} claim(s) and the ladder -> {LAYOUT.report / 'report.md'}")
 

@@ -237,6 +237,8 @@ class ClaimsParams(Traced):
     patch_sizes: list[str] = field(default_factory=lambda: ["GAT-T2/2", "GAT-T2/4"])
     iterations: int = 400  # every variant: equal steps
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    analysis_samples: int = 640  # the block analyses of MNG exp vs none: samples, per class
+    analysis_per_class: int = 64
 
     def check(self, where: str) -> None:
         from gat.models import model_config
@@ -253,7 +255,7 @@ class ClaimsParams(Traced):
         if len(self.patch_sizes) < 2 or len(shapes) > 1:
             raise ParamsError(f"{where}.patch_sizes: {self.patch_sizes} must list at least two "
                               "models of one width and depth, e.g. [GAT-T2/2, GAT-T2/4]")
-        positive(self, where, "iterations")
+        positive(self, where, "iterations", "analysis_samples", "analysis_per_class")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ParamsError(f"{where}.seeds: {self.seeds} must list distinct seeds")
 

@@ -147,6 +147,7 @@ class RunOutputs:
         job, rows = self.job, read_log(self.log_path)
         ident = job.identity
         meta = {"name": job.size, "d_name": job.params.train.d_size or job.size,
+                "mng": job.params.train.mng,
                 "seed": job.seed, "lr": self.trainer.lr, "steps": job.steps,
                 "teacher_dim": self.trainer.D.repa[-1].out_features,
                 "scale_factor": self.manifest["scale_factor"],

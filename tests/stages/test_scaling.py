@@ -83,7 +83,8 @@ def test_scaling_fits_the_rest_and_logs_to_the_study_run(tmp_path, mlflow_uri):
     assert run.data.metrics["scaling.b"] == pytest.approx(-0.5, rel=1e-6)
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "scaling")}
     assert logged == {"scaling/scaling.csv", "scaling/runs.csv", "scaling/scaling.png",
-                      "scaling/metrics.json"}
+                      "scaling/metrics.json", "scaling/trajectories.csv", "scaling/compute.png"}
+    assert metrics["compute_law"].startswith("not recorded")  # no FD proxy was logged
 
 
 def test_scaling_refuses_to_fit_fid_and_fd_classifier_together(tmp_path, mlflow_uri):

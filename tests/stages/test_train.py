@@ -71,3 +71,17 @@ def test_sigkill_then_same_command_resumes(root, tmp_path, mlflow_uri):
     history = MlflowClient(params.tracking.uri).get_metric_history(metrics["mlflow_run_id"],
                                                                    "loss_d")
     assert sorted(m.step for m in history) == list(range(5, 45, 5))
+
+
+def test_unreachable_mlflow_store_stops_before_the_first_step(tmp_path):
+    """A store that cannot be reached is named, with how to set it, before Ray starts."""
+    root = synthetic_root(tmp_path / "root")
+    params = tiny_params(tmp_path, "http://127.0.0.1:9")  # nothing listens on port 9
+    write_params(params, root / "params.yaml")
+    env = {**os.environ, "GAT_ROOT": str(root), "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "stages.train", "GAT-T1/4"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "http://127.0.0.1:9" in done.stderr and "cannot be reached" in done.stderr
+    assert "tracking.uri" in done.stderr and "MLFLOW_TRACKING_URI" in done.stderr
+    assert not list(root.glob("outputs/checkpoints/*/*/*/checkpoint_*"))  # no step trained

@@ -148,3 +148,18 @@ def test_sdpa_matches_explicit_attention():
     ref = F.softmax(q @ k.transpose(-1, -2) / 4.0, -1) @ v
     torch.testing.assert_close(out, attn.proj(ref.transpose(1, 2).reshape(b, n, c)),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_unconditional_models_ignore_classes():
+    from gat.models import conditioning_classes
+
+    assert conditioning_classes(1) == 0 and conditioning_classes(10) == 10
+    torch.manual_seed(0)
+    gen, disc = build_models("GAT-T1/2", 4, 16, 0, 8)
+    gen.eval()
+    z = torch.randn(3, 64)
+    plain = gen.sample(z, None)
+    torch.testing.assert_close(gen.sample(z, torch.tensor([0, 5, 9])), plain)  # c unused
+    torch.testing.assert_close(gen.sample(z, None, guidance=3.0), plain)  # w_null is w
+    assert gen.w_avg.shape == (1, 32) and plain.shape == (3, 4, 16, 16)
+    assert disc(torch.randn(3, 16, 16, 16), None).shape == (3,)

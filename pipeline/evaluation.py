@@ -29,6 +29,7 @@ from pipeline.layout import LAYOUT, Layout
 
 GRID_SEEDS = 10  # columns of the grid
 GRID_CLASSES = 16  # rows at most: ImageNet's 1000 classes are shown 16, evenly spaced
+GRID_UNCONDITIONAL = 4  # rows of an unconditional generator's grid (seeds continue)
 
 
 def grid_classes(num_classes: int, rows: int = GRID_CLASSES) -> list[int]:
@@ -39,9 +40,13 @@ def grid_classes(num_classes: int, rows: int = GRID_CLASSES) -> list[int]:
 
 
 def class_grid(gen, tokenizer, psi: float = 1.0) -> torch.Tensor:
-    """uint8 [rows * GRID_SEEDS, 3, H, W]: row r is one class, column s is seed s."""
-    latents, _ = sample_latents(gen, grid_classes(gen.num_classes), list(range(GRID_SEEDS)),
-                                psi=psi)
+    """uint8 [rows * GRID_SEEDS, 3, H, W]: row r is one class, column s is seed s (an
+    unconditional generator: GRID_UNCONDITIONAL rows of consecutive seeds)."""
+    if gen.num_classes == 0:
+        classes, seeds = [0], list(range(GRID_SEEDS * GRID_UNCONDITIONAL))
+    else:
+        classes, seeds = grid_classes(gen.num_classes), list(range(GRID_SEEDS))
+    latents, _ = sample_latents(gen, classes, seeds, psi=psi)
     return tokenizer.decode(latents)
 
 
@@ -71,15 +76,16 @@ def generated_features(ev: Evaluator, gen, tokenizer, num: int, batch: int = 250
         gen.train(was_training)
 
 
-def score(ev: Evaluator, out: dict[str, torch.Tensor], labels: torch.Tensor,
+def score(ev: Evaluator, out: dict[str, torch.Tensor], labels: torch.Tensor | None,
           reference: dict[str, np.ndarray], seed: int = 0) -> dict[str, float | int | str]:
     """FD/FID, precision, recall and (classifier only) class accuracy of extracted features
-    ``out`` (from :func:`extract`) whose images were meant to show ``labels`` [N]."""
+    ``out`` (from :func:`extract`) whose images were meant to show ``labels`` [N]; ``None``
+    for an unconditional generator (no class accuracy: no classes)."""
     precision, recall = precision_recall(out["features"], reference, seed)
     metrics: dict[str, float | int | str] = {
         "metric": ev.metric, "fd": frechet_distance(out["features"], reference),
-        "precision": precision, "recall": recall, "num_samples": len(labels)}
-    if "logits" in out:
+        "precision": precision, "recall": recall, "num_samples": len(out["features"])}
+    if "logits" in out and labels is not None:
         metrics["class_accuracy"] = class_accuracy(out["logits"], labels)
     return metrics
 
@@ -89,8 +95,8 @@ def evaluate_generator(ev: Evaluator, gen, tokenizer, reference: dict[str, np.nd
                        ) -> dict[str, float | int | str]:
     """:func:`score` of ``num`` class-balanced samples of ``gen``, decoded by ``tokenizer``."""
     out = generated_features(ev, gen, tokenizer, num, batch, psi, seed)
-    return {**score(ev, out, balanced_labels(num, gen.num_classes), reference, seed),
-            "psi": psi}
+    labels = balanced_labels(num, gen.num_classes) if gen.num_classes else None
+    return {**score(ev, out, labels, reference, seed), "psi": psi}
 
 
 def balanced_indices(labels: np.ndarray, num: int, seed: int = 0) -> np.ndarray:

@@ -21,17 +21,19 @@ from gat.models import Z_DIM, Generator
 # ----------------------------------------------------------------------------- arguments
 
 
-def parse_seeds(text: str) -> list[int]:
-    """``"0-3,7"`` -> [0, 1, 2, 3, 7]; ranges are inclusive, order is kept."""
+def parse_seeds(text: str, what: str = "seeds") -> list[int]:
+    """``"0-3,7"`` -> [0, 1, 2, 3, 7]; ranges are inclusive, order is kept. ``what`` names
+    the list in errors."""
     seeds: list[int] = []
     for part in text.split(","):
         lo, dash, hi = part.strip().partition("-")
         try:
             first, last = int(lo), int(hi) if dash else int(lo)
         except ValueError:
-            raise ValueError(f"seeds {text!r}: {part!r} is not N or N-M (e.g. 0-7,11)") from None
+            raise ValueError(f"{what} {text!r}: {part!r} is not N or N-M (e.g. 0-7,11)") from None
         if last < first:
-            raise ValueError(f"seeds {text!r}: range {part!r} runs backwards; write {last}-{first}")
+            raise ValueError(f"{what} {text!r}: range {part!r} runs backwards; write "
+                             f"{last}-{first}")
         seeds += range(first, last + 1)
     return seeds
 

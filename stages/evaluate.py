@@ -8,10 +8,14 @@ samples, classes balanced, in batches of evaluate.batch (truncation evaluate.psi
 them with the tokenizer and measures, through torch-fidelity against the `reference`
 statistics: the Frechet distance, precision and recall, and (classifier only) how often
 the classifier recognises the conditioning class. Adds G's forward GFLOPs (one sample,
-multiply-add = 1) and G/D parameter counts. Writes results/eval/<SIZE>/seed<N>/metrics.json
-and outputs/eval/<SIZE>/seed<N>/samples.png (one row per class), and logs both to the MLflow run of
-the training configuration that made the generator (metrics as ``eval.*`` and the FD under
-its own name, FID or FD-classifier, at the generator's last training step).
+multiply-add = 1) and G/D parameter counts. An unconditional generator has no class
+accuracy. Writes results/eval/<SIZE>/seed<N>/metrics.json,
+outputs/eval/<SIZE>/seed<N>/samples.png (one row per class) and interpolation.png (slerp
+in z, lerp in w, class to class), and outputs/pipeline/<SIZE>/seed<N>/ (the diffusers
+GATPipeline folder). Logs it all to the MLflow run of the training configuration that made
+the generator (metrics as ``eval.*`` and the FD under its own name, FID or FD-classifier,
+at the generator's last training step; the pictures under ``eval/``), with the generator
+as a pyfunc model (artifact ``model``) registered as ``gat-<study_name>-<SIZE>``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import argparse
 from pathlib import Path
 
 import torch
-from torchvision.utils import save_image
 
 from gat.io import load_generator
 from pipeline import evaluation, fidelity, tracking
@@ -28,12 +31,16 @@ from pipeline.config import Params
 from pipeline.files import atomic_path, write_json
 from pipeline.layout import LAYOUT
 from pipeline.pretrained.tokenizer import load_tokenizer
+from pipeline.serving import mlflow_model, walks
+from pipeline.serving.diffusers_pipeline import export_pipeline
 from pipeline.stage import stage_main
 
 
-def log_to_mlflow(params: Params, meta: dict, metrics: dict, grid: Path) -> str:
+def log_to_mlflow(params: Params, meta: dict, metrics: dict, pictures: list[Path],
+                  pipeline_dir: Path) -> tuple[str, str]:
     """Into the generator's training run: the metric under its own name (FID or
-    FD-classifier) and ``eval.*`` at its last step, settings as tags, the grid."""
+    FD-classifier) and ``eval.*`` at its last step, settings as tags, the pictures, the
+    pyfunc model (registered). Returns the run id and the model's ``models:/`` URI."""
     tr = tracking.tracker(params)
     run_id = tracking.training_run(
         tr, params, meta["name"], meta["run_key"], meta["study_key"],
@@ -44,8 +51,13 @@ def log_to_mlflow(params: Params, meta: dict, metrics: dict, grid: Path) -> str:
     # tags, not params: evaluation settings may change while the training run stays
     tr.set_tags(run_id, {"eval.metric": metrics["metric"],
                          "eval.num_samples": metrics["num_samples"], "eval.psi": metrics["psi"]})
-    tr.log_artifact(run_id, grid, "eval")
-    return run_id
+    for picture in pictures:
+        tr.log_artifact(run_id, picture, "eval")
+    name = mlflow_model.registered_name(params.tracking.study_name, meta["name"])
+    version = mlflow_model.log_model(tr, run_id, pipeline_dir, name, {
+        tracking.SIZE: meta["name"], "gat.seed": str(metrics["seed"]),
+        tracking.RUN_KEY: meta["run_key"]})
+    return run_id, f"models:/{name}/{version}"
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
@@ -59,11 +71,15 @@ def run(params: Params, args: argparse.Namespace) -> None:
         ev, gen, tokenizer, reference, params.evaluate.num_samples, params.evaluate.batch,
         params.evaluate.psi, seed=params.study.seed + 1),  # +1: not the training z stream
         **evaluation.model_facts(gen, meta)}
-    grid = LAYOUT.samples(size, seed)
+    grid, strip = LAYOUT.samples(size, seed), LAYOUT.interpolation(size, seed)
     with atomic_path(grid) as tmp:
-        save_image(evaluation.class_grid(gen, tokenizer, params.evaluate.psi).float() / 255, tmp,
-                   nrow=evaluation.GRID_SEEDS, padding=1, format="png")
-    metrics["mlflow_run_id"] = log_to_mlflow(params, meta, metrics, grid)
+        walks.save_grid(evaluation.class_grid(gen, tokenizer, params.evaluate.psi), tmp,
+                        nrow=evaluation.GRID_SEEDS)
+    with atomic_path(strip) as tmp:
+        walks.save_strip(walks.evaluation_strip(gen, tokenizer, params.evaluate.psi), tmp)
+    pipeline_dir = export_pipeline(LAYOUT.generator(size, seed), LAYOUT.pipeline(size, seed))
+    metrics["mlflow_run_id"], metrics["mlflow_model"] = log_to_mlflow(
+        params, meta, metrics, [grid, strip], pipeline_dir)
     metrics["run_key"] = meta["run_key"]
     write_json(LAYOUT.eval_metrics(size, seed), metrics)
     print(f"{size} seed {seed}: {metrics['metric']} {metrics['fd']:.4g} "

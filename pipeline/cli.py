@@ -291,6 +291,15 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generator_command(sub, name: str, func, summary: str,
+                       description: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand that loads a trained generator (see :func:`_generator_args`)."""
+    parser = sub.add_parser(name, help=summary, description=description or summary)
+    _generator_args(parser)
+    parser.set_defaults(func=func)
+    return parser
+
+
 def _generator_args(parser: argparse.ArgumentParser) -> None:
     """--generator, --tracking-uri, --decoder, --cpu: what loads a trained generator."""
     parser.add_argument("--generator", required=True, help=(
@@ -330,23 +339,20 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--c-base", type=int, default=DEFAULTS.c_base)
     info.set_defaults(func=_cmd_info)
 
-    sample = sub.add_parser("sample", help="images from a trained generator")
-    _generator_args(sample)
+    sample = _generator_command(sub, "sample", _cmd_sample, "images from a trained generator")
     sample.add_argument("--classes", default="all", help="comma list, or all (default)")
     sample.add_argument("--seeds", default="0-7", help="e.g. 0-7 or 1,5,9 (default 0-7)")
     _settings_args(sample)
     sample.add_argument("--out", required=True, help=(
         "grid.png (rows: classes, columns: seeds) or a folder (one PNG per sample: "
         "classCCCC_seedSSSSSS.png)"))
-    sample.set_defaults(func=_cmd_sample)
 
-    walk = sub.add_parser(
-        "interpolate", help="latent walks: a strip PNG and an animation (GIF or WebP)",
-        description="Walk between samples: slerp in z or lerp in w from seed to seed "
-                    "(one row per class and pair of consecutive seeds), or between class "
-                    "embeddings at one z, as the paper's Fig. 1 (one row per seed and "
-                    "pair of consecutive classes).")
-    _generator_args(walk)
+    walk = _generator_command(
+        sub, "interpolate", _cmd_interpolate,
+        "latent walks: a strip PNG and an animation (GIF or WebP)",
+        "Walk between samples: slerp in z or lerp in w from seed to seed (one row per class "
+        "and pair of consecutive seeds), or between class embeddings at one z, as the "
+        "paper's Fig. 1 (one row per seed and pair of consecutive classes).")
     walk.add_argument("--kind", choices=("z", "w", "class"), default="z",
                       help="z: slerp in z; w: lerp in w; class: class embeddings (default z)")
     walk.add_argument("--classes", help=(
@@ -363,15 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
     walk.add_argument("--video-frames", type=int, default=48, help="frames of the animation "
                       "(default 48)")
     walk.add_argument("--fps", type=float, default=12.0, help="animation speed (default 12)")
-    walk.set_defaults(func=_cmd_interpolate)
 
-    edit = sub.add_parser(
-        "edit", help="GANSpace edits: principal directions of w as +-sigma strips",
-        description="PCA of w = mapping(z, c) over many samples (GANSpace, the paper's "
-                    "Fig. 13); each row moves one sample along one component from -sigma "
-                    "to +sigma of w's spread along it. The directions are saved, so they "
-                    "can be applied to any seed later with --directions.")
-    _generator_args(edit)
+    edit = _generator_command(
+        sub, "edit", _cmd_edit, "GANSpace edits: principal directions of w as +-sigma strips",
+        "PCA of w = mapping(z, c) over many samples (GANSpace, the paper's Fig. 13); each row "
+        "moves one sample along one component from -sigma to +sigma of w's spread along "
+        "it. The directions are saved, so they can be applied to any seed later with "
+        "--directions.")
     edit.add_argument("--components", default="0-4", help="components to show, 0 = most "
                       "variance (default 0-4)")
     edit.add_argument("--classes", help="class(es) of the edited samples "
@@ -391,7 +395,6 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--pca-seed", type=int, default=0, help="seed of the PCA's z stream")
     edit.add_argument("--out", required=True, help="the strip, a .png (one row per "
                       "component, class and seed)")
-    edit.set_defaults(func=_cmd_edit)
 
     from pipeline.config import DEFAULT_PARAMS
 

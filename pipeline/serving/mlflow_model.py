@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 
 from gat.sample import UNCONDITIONAL
@@ -115,8 +116,11 @@ def log_model(tr: Tracker, run_id: str, pipeline_dir: str | Path, name: str,
     found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if found:
         return str(found[0].version)
-    if not client.search_registered_models(f"name = '{name}'"):
+    try:
         client.create_registered_model(name, description="GAT generator: class ids, seeds "
                                        "and psi in, uint8 images out (pipeline.serving)")
+    except MlflowException as err:  # registered by an earlier seed, or meanwhile
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
     source = f"{client.get_run(run_id).info.artifact_uri}/{ARTIFACT}"
     return str(client.create_model_version(name, source, run_id, tags=tags).version)

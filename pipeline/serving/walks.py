@@ -48,6 +48,7 @@ def interpolation(gen, kind: Kind, classes: list[int], seeds: list[int], frames:
     return torch.stack(rows)
 
 
+@torch.no_grad()
 def edits(gen, directions: Directions, components: list[int], classes: list[int],
           seeds: list[int], steps: int, sigma: float, psi: float = 1.0,
           guidance: float = 1.0) -> torch.Tensor:

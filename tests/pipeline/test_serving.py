@@ -137,7 +137,6 @@ def test_bad_requests_are_refused_with_the_allowed_range(folder, parts):
     assert predict_images(unconditional, pd.DataFrame({"seed": [1, 2]})).shape == (2, 32, 32, 3)
 
 
-@pytest.mark.slow  # ~10 s: the model folder carries the project's code
 def test_mlflow_model_registered_loaded_back_and_sampled(folder, mlflow_uri, monkeypatch):
     import mlflow
 

@@ -226,12 +226,14 @@ def _cmd_edit(args: argparse.Namespace) -> int:
             directions, meta = walk.load_directions(args.directions)
             source = f"loaded {args.directions} (of {meta.get('name', '?')})"
         else:
+            pca_classes = gs.parse_classes(args.pca_classes, gen.num_classes)
             directions = walk.pca_directions(gen, args.pca_samples, max(components) + 1,
-                                             args.pca_seed)
+                                             args.pca_seed, pca_classes)
             saved = Path(args.save_directions or out.with_suffix(".directions.pt"))
-            walk.save_directions(saved, directions, {"name": name,
-                                                     "generator": str(args.generator)})
-            source = f"PCA of w over {args.pca_samples} samples, saved to {saved}"
+            walk.save_directions(saved, directions, {
+                "name": name, "generator": str(args.generator), "classes": pca_classes})
+            source = (f"PCA of w over {args.pca_samples} samples of classes {args.pca_classes}"
+                      f", saved to {saved}")
         styles = walks.edits(gen, directions, components, classes, seeds, args.steps,
                              args.sigma, args.psi, args.guidance)
     except (ValueError, FileNotFoundError, OSError) as err:
@@ -392,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default: beside --out, NAME.directions.pt)")
     edit.add_argument("--pca-samples", type=int, default=10_000,
                       help="samples of w for the PCA (default 10000)")
+    edit.add_argument("--pca-classes", default="all", help="classes the PCA samples: all "
+                      "(default; the top components then mostly change the class), or e.g. "
+                      "7 for directions within one class")
     edit.add_argument("--pca-seed", type=int, default=0, help="seed of the PCA's z stream")
     edit.add_argument("--out", required=True, help="the strip, a .png (one row per "
                       "component, class and seed)")

@@ -97,10 +97,12 @@ def test_gat_edit_saves_directions_and_applies_them_to_any_seed(tmp_path, parts)
 
     base = ["edit", "--generator", str(parts["generator"]), "--decoder",
             str(parts["tokenizer"]), "--cpu", "--components", "0-1", "--steps", "3"]
-    assert gat_main([*base, "--pca-samples", "300", "--out", str(tmp_path / "e.png")]) == 0
+    assert gat_main([*base, "--pca-samples", "300", "--pca-classes", "1,2",
+                     "--out", str(tmp_path / "e.png")]) == 0
     check_grid_shape(tmp_path / "e.png", rows=2, cols=3)  # 2 components x 1 class x 1 seed
     directions, meta = load_directions(tmp_path / "e.directions.pt")
     assert directions.components.shape == (2, 32) and meta["name"] == "GAT-T1/4"
+    assert meta["classes"] == [1, 2] and directions.samples == 300
     assert gat_main([*base, "--directions", str(tmp_path / "e.directions.pt"), "--classes",
                      "2", "--seeds", "5,6", "--out", str(tmp_path / "again.png")]) == 0
     check_grid_shape(tmp_path / "again.png", rows=4, cols=3)

@@ -60,6 +60,21 @@ CLASS_EMBED_DIM = 64
 MNG_LEVELS = 4
 
 
+def conditioning_classes(dataset_classes: int) -> int:
+    """The class count a model is built with: a dataset with one class trains an
+    unconditional model (0 classes), as the paper's FFHQ run."""
+    return 0 if dataset_classes <= 1 else dataset_classes
+
+
+def class_ids(c: torch.Tensor | None, num_classes: int, batch: int,
+              device: torch.device) -> torch.Tensor:
+    """Class ids [B] a model embeds: ``c`` as given, or all 0 when the model is
+    unconditional (``num_classes`` 0: one learned constant stands in for the class)."""
+    if num_classes == 0 or c is None:
+        return torch.zeros(batch, dtype=torch.long, device=device)
+    return c
+
+
 def model_config(name: str) -> GATConfig:
     """Look up a model name such as ``GAT-XL/2``; unknown names list the allowed ones."""
     if name not in GAT_MODELS:
@@ -218,21 +233,33 @@ def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
 
 
 class MappingNetwork(nn.Module):
-    """(z, c) -> w. Both inputs are normalised to unit second moment before the MLP."""
+    """(z, c) -> w. Both inputs are normalised to unit second moment before the MLP.
+
+    Unconditional (``num_classes`` 0): one embedding row, used for every sample.
+    """
 
     def __init__(self, width: int, num_classes: int):
         super().__init__()
-        self.class_embed = nn.Embedding(num_classes, CLASS_EMBED_DIM)
+        self.num_classes = num_classes
+        self.class_embed = nn.Embedding(max(num_classes, 1), CLASS_EMBED_DIM)
         self.mlp = nn.Sequential(
             nn.Linear(Z_DIM + CLASS_EMBED_DIM, width), nn.SiLU(), nn.Linear(width, width)
         )
 
-    def forward(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return self.mlp(torch.cat([rms_norm(z), rms_norm(self.class_embed(c))], dim=1))
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        c = class_ids(c, self.num_classes, z.shape[0], z.device)
+        return self.embedded(z, self.class_embed(c))
+
+    def embedded(self, z: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        """w [B, C] from z [B, 64] and class embeddings [B, 64] (interpolated ones too)."""
+        return self.mlp(torch.cat([rms_norm(z), rms_norm(embedding)], dim=1))
 
 
 class Generator(nn.Module):
-    """G(z [B, 64], c [B]) -> list of K latents [B, C_lat, H, W], accumulated (x_K = image)."""
+    """G(z [B, 64], c [B]) -> list of K latents [B, C_lat, H, W], accumulated (x_K = image).
+
+    ``num_classes`` 0 builds an unconditional G: c is ignored (may be None).
+    """
 
     def __init__(self, cfg: GATConfig, channels: int, size: int, num_classes: int):
         super().__init__()
@@ -250,8 +277,8 @@ class Generator(nn.Module):
         self.head_after = [
             math.ceil(cfg.depth * (k + 1) / MNG_LEVELS) - 1 for k in range(MNG_LEVELS)
         ]
-        # Per-class running mean of w, for truncation (beta 0.995).
-        self.register_buffer("w_avg", torch.zeros(num_classes, cfg.width))
+        # Per-class running mean of w, for truncation (beta 0.995); one row if unconditional.
+        self.register_buffer("w_avg", torch.zeros(max(num_classes, 1), cfg.width))
         self.grad_checkpointing = False
         self._init_weights()
 
@@ -283,7 +310,7 @@ class Generator(nn.Module):
                 level += 1
         return outputs
 
-    def forward(self, z: torch.Tensor, c: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None) -> list[torch.Tensor]:
         return self.synthesize(self.mapping(z, c))
 
     @torch.no_grad()
@@ -293,26 +320,43 @@ class Generator(nn.Module):
             mean = w[c == cls].float().mean(0)
             self.w_avg[cls].lerp_(mean, 1 - beta)
 
+    def guided(self, z: torch.Tensor, w: torch.Tensor, guidance: float) -> torch.Tensor:
+        """w-space guidance: w_null + s * (w - w_null), w_null the mean of w(z, c') over all
+        classes c' for the same z [B, 64]. Unconditional: w itself (w_null is w)."""
+        if guidance == 1.0 or self.num_classes == 0:
+            return w
+        all_c = torch.arange(self.num_classes, device=z.device)
+        w_all = self.mapping(
+            z.repeat_interleave(self.num_classes, 0), all_c.repeat(z.shape[0])
+        ).view(z.shape[0], self.num_classes, -1)
+        w_null = w_all.mean(1)
+        return w_null + guidance * (w - w_null)
+
+    @staticmethod
+    def truncated(w: torch.Tensor, centre: torch.Tensor, psi: float) -> torch.Tensor:
+        """Truncation toward ``centre`` [B, C] (a class's mean w): centre + psi (w - centre)."""
+        if psi == 1.0:
+            return w
+        centre = centre.to(w.dtype)
+        return centre + psi * (w - centre)
+
+    def style(self, z: torch.Tensor, c: torch.Tensor | None, psi: float = 1.0,
+              guidance: float = 1.0) -> torch.Tensor:
+        """w [B, C] of z [B, 64] and classes c [B], guided, then truncated toward w_avg[c]."""
+        c = class_ids(c, self.num_classes, z.shape[0], z.device)
+        w = self.guided(z, self.mapping(z, c), guidance)
+        return self.truncated(w, self.w_avg[c], psi)
+
     @torch.no_grad()
     def sample(
-        self, z: torch.Tensor, c: torch.Tensor, psi: float = 1.0, guidance: float = 1.0
+        self, z: torch.Tensor, c: torch.Tensor | None, psi: float = 1.0, guidance: float = 1.0
     ) -> torch.Tensor:
         """Final latent [B, C_lat, H, W] with truncation psi and w-space guidance.
 
         Guidance: w_null + s * (w - w_null), with w_null the mean of w(z, c') over all
         classes c' for the same z. Truncation: w_avg[c] + psi * (w - w_avg[c]).
         """
-        w = self.mapping(z, c)
-        if guidance != 1.0:
-            all_c = torch.arange(self.num_classes, device=z.device)
-            w_all = self.mapping(
-                z.repeat_interleave(self.num_classes, 0), all_c.repeat(z.shape[0])
-            ).view(z.shape[0], self.num_classes, -1)
-            w_null = w_all.mean(1)
-            w = w_null + guidance * (w - w_null)
-        if psi != 1.0:
-            w = self.w_avg[c].to(w.dtype) + psi * (w - self.w_avg[c].to(w.dtype))
-        return self.synthesize(w)[-1]
+        return self.synthesize(self.style(z, c, psi, guidance))[-1]
 
 
 # ----------------------------------------------------------------------------- discriminator
@@ -347,13 +391,15 @@ class Discriminator(nn.Module):
     """D(x [B, K*C_lat, H, W], c [B]) -> logit [B]; optionally REPA tokens [B, 1+N, T].
 
     The logit uses projection conditioning: <Linear(RMSNorm(h_cls)), MLP(embed(c))>.
+    Unconditional (``num_classes`` 0): one embedding row, so the head is a learned linear
+    readout of h_cls.
     """
 
     def __init__(
         self, cfg: GATConfig, channels: int, size: int, num_classes: int, teacher_dim: int
     ):
         super().__init__()
-        self.cfg, self.grid = cfg, size // cfg.patch
+        self.cfg, self.grid, self.num_classes = cfg, size // cfg.patch, num_classes
         self.patch_embed = nn.Linear(cfg.patch * cfg.patch * channels * MNG_LEVELS, cfg.width)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.register_buffer("rope", rope_2d(cfg.width // cfg.heads, self.grid), persistent=False)
@@ -361,7 +407,7 @@ class Discriminator(nn.Module):
         self.norm = RMSNorm(cfg.width, affine=True)
         proj = cfg.proj_dim
         self.head = nn.Linear(cfg.width, proj)
-        self.class_embed = nn.Embedding(num_classes, proj)
+        self.class_embed = nn.Embedding(max(num_classes, 1), proj)
         self.class_mlp = _mlp([proj, proj, proj])  # trained at lr x 0.01
         self.repa = _mlp([cfg.width, proj, proj, teacher_dim])
         self.grad_checkpointing = False
@@ -374,7 +420,7 @@ class Discriminator(nn.Module):
         return list(self.class_mlp.parameters())
 
     def forward(
-        self, x: torch.Tensor, c: torch.Tensor, repa_first: int = 0
+        self, x: torch.Tensor, c: torch.Tensor | None, repa_first: int = 0
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits [B]; with ``repa_first=n`` also REPA tokens [n, 1+N, T] of the first n.
 
@@ -388,6 +434,7 @@ class Discriminator(nn.Module):
                 h = checkpoint(block, h, self.rope, use_reentrant=False)
             else:
                 h = block(h, self.rope)
+        c = class_ids(c, self.num_classes, x.shape[0], x.device)
         logit = (self.head(self.norm(h[:, 0])) * self.class_mlp(self.class_embed(c))).sum(1)
         logit = logit / math.sqrt(self.cfg.proj_dim)  # keeps the initial logit O(1)
         if repa_first:
@@ -409,8 +456,8 @@ def build_models(
     """Build G and D for a model name (``GAT-XL/2``) and a latent shape [channels, size, size].
 
     ``d_name``: D's own size when it differs from G's (the paper's Fig. 7a scales G and D
-    apart). Call under ``torch.device("meta")`` to count parameters without allocating
-    memory.
+    apart). ``num_classes`` 0: unconditional G and D (see :func:`conditioning_classes`).
+    Call under ``torch.device("meta")`` to count parameters without allocating memory.
     """
     g_cfg, d_cfg = model_config(name), model_config(d_name or name)
     for cfg, which in ((g_cfg, name), (d_cfg, d_name or name)):

@@ -21,33 +21,70 @@ from gat.models import Z_DIM, Generator
 # ----------------------------------------------------------------------------- arguments
 
 
-def parse_seeds(text: str) -> list[int]:
-    """``"0-3,7"`` -> [0, 1, 2, 3, 7]; ranges are inclusive, order is kept."""
+def parse_seeds(text: str, what: str = "seeds") -> list[int]:
+    """``"0-3,7"`` -> [0, 1, 2, 3, 7]; ranges are inclusive, order is kept. ``what`` names
+    the list in errors."""
     seeds: list[int] = []
     for part in text.split(","):
         lo, dash, hi = part.strip().partition("-")
         try:
             first, last = int(lo), int(hi) if dash else int(lo)
         except ValueError:
-            raise ValueError(f"seeds {text!r}: {part!r} is not N or N-M (e.g. 0-7,11)") from None
+            raise ValueError(f"{what} {text!r}: {part!r} is not N or N-M (e.g. 0-7,11)") from None
         if last < first:
-            raise ValueError(f"seeds {text!r}: range {part!r} runs backwards; write {last}-{first}")
+            raise ValueError(f"{what} {text!r}: range {part!r} runs backwards; write "
+                             f"{last}-{first}")
         seeds += range(first, last + 1)
     return seeds
+
+
+UNCONDITIONAL = "the generator is unconditional (trained without classes): it takes no class ids"
+
+
+def all_classes(num_classes: int) -> list[int]:
+    """Every class id of a generator; an unconditional one (0 classes) has its one
+    internal id, 0, which no caller names."""
+    return list(range(num_classes)) if num_classes else [0]
+
+
+def check_classes(classes: list[int], num_classes: int) -> None:
+    """Refuse class ids a generator does not have, naming the allowed range."""
+    if num_classes == 0:
+        if classes:
+            raise ValueError(f"classes {classes}: {UNCONDITIONAL}")
+        return
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad:
+        raise ValueError(f"classes {bad} out of range: the generator has classes "
+                         f"0..{num_classes - 1}")
+
+
+def check_ids(classes: list[int], num_classes: int) -> None:
+    """:func:`check_classes` for ids a caller got from :func:`all_classes` or named itself
+    (an unconditional G's internal id 0 passes)."""
+    if classes != all_classes(num_classes):
+        check_classes(classes, num_classes)
+
+
+def check_settings(num_classes: int, psi: float, guidance: float) -> None:
+    """Refuse a negative truncation psi, and guidance for an unconditional generator."""
+    if psi < 0:
+        raise ValueError(f"psi {psi:g}: truncation must be >= 0 (1: none, 0: every sample "
+                         "is its class's mean w)")
+    if num_classes == 0 and guidance != 1.0:
+        raise ValueError(f"guidance {guidance:g}: {UNCONDITIONAL}, so there is nothing to "
+                         "guide toward; leave guidance at 1")
 
 
 def parse_classes(text: str, num_classes: int) -> list[int]:
     """``"all"`` or ``"0,3,7"`` -> class indices, each checked against ``num_classes``."""
     if text.strip() == "all":
-        return list(range(num_classes))
+        return all_classes(num_classes)
     try:
         classes = [int(c) for c in text.split(",")]
     except ValueError:
         raise ValueError(f"classes {text!r}: expected 'all' or integers like 0,3,7") from None
-    bad = [c for c in classes if not 0 <= c < num_classes]
-    if bad:
-        raise ValueError(f"classes {bad} out of range: the generator has classes "
-                         f"0..{num_classes - 1}")
+    check_classes(classes, num_classes)
     return classes
 
 
@@ -70,10 +107,13 @@ def sample_latents(
 ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     """Latents [len(classes) * len(seeds), C, H, W], class-major, on the CPU.
 
+    An unconditional G takes ``classes=[0]`` (what :func:`all_classes` gives it).
+
     Returns the latents and the (class, seed) of each. The same seed gives the same z for
     every class, so a row of a grid shows one class and a column one z.
     """
-    parse_classes(",".join(map(str, classes)), gen.num_classes)  # range check
+    check_ids(classes, gen.num_classes)
+    check_settings(gen.num_classes, psi, guidance)
     pairs = [(c, s) for c in classes for s in seeds]
     z_of = {s: seed_z(s) for s in seeds}
     device, out = _device(gen), []
@@ -100,7 +140,7 @@ def balanced_batches(
     ``num`` samples in all, classes balanced; z comes from one CPU stream seeded by
     ``seed``, so the same (num, batch, seed) gives the same set on any device.
     """
-    labels = balanced_labels(num, gen.num_classes)
+    labels = balanced_labels(num, max(gen.num_classes, 1))  # unconditional: all 0
     rng = torch.Generator().manual_seed(seed)
     device = _device(gen)
     for start in range(0, num, batch):

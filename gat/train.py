@@ -26,7 +26,7 @@ from gat.losses import (
     resize_token_grid,
 )
 from gat.mng import mng_alphas, nested_noise, perturb_levels
-from gat.models import MNG_LEVELS, Z_DIM, build_models, model_config
+from gat.models import MNG_LEVELS, Z_DIM, build_models, class_ids, model_config
 from gat.optim import EMA, build_optimizers, width_aware_lr
 
 
@@ -116,7 +116,8 @@ class GATTrainer:
 
     Args:
         name: model size, e.g. ``GAT-S/2``. channels/size: latent shape [channels, size, size].
-        num_classes: classes of the conditioning. teacher_dim: width of the REPA teacher.
+        num_classes: classes of the conditioning (0: unconditional).
+        teacher_dim: width of the REPA teacher.
         d_name: D's size when it differs from G's (its own width-aware lr then).
         grad_accum: micro-batches per step (same result, less memory).
         grad_checkpointing: recompute activations in backward (same result, less memory).
@@ -195,6 +196,8 @@ class GATTrainer:
         Returns scalar metrics. Raises NonFiniteError naming the step on divergence.
         """
         latents, labels = latents.to(self.device), labels.to(self.device)
+        # An unconditional model (0 classes) sees one class id: 0, whatever the data's labels.
+        labels = class_ids(labels, self.G.num_classes, len(labels), self.device)
         if teacher is not None:
             teacher = resize_token_grid(teacher.to(self.device), self.D.grid)
         accum = self.grad_accum

@@ -1,9 +1,11 @@
-"""The ``gat`` command: model facts (``gat info``), sampling (``gat sample``), analyses of
-trained generators (``gat analyze``) and params presets (``gat profile``).
+"""The ``gat`` command: model facts (``gat info``), sampling (``gat sample``), latent
+walks (``gat interpolate``), GANSpace edits (``gat edit``), analyses of trained generators
+(``gat analyze``) and params presets (``gat profile``).
 
-``info`` needs only the model library; ``sample`` decodes with the tokenizer (diffusers)
-and reads MLflow references, ``profile`` validates params: the command lives here, a
-floor above ``gat/``, and is the pipeline's one command-line room besides the stages'.
+``info`` needs only the model library; ``sample``, ``interpolate`` and ``edit`` decode with
+the tokenizer (diffusers) and read MLflow references and pipeline folders, ``profile``
+validates params: the command lives here, a floor above ``gat/``, and is the pipeline's
+one command-line room besides the stages'.
 """
 
 from __future__ import annotations
@@ -92,11 +94,11 @@ def save_images(images: torch.Tensor, out: str | os.PathLike, pairs: list[tuple[
     one PNG per sample, ``class{c:04d}_seed{s:06d}.png``, in the folder ``out``."""
     from torchvision.utils import save_image
 
+    from pipeline.images import save_grid
+
     out = check_out(out)
     if out.suffix.lower() == ".png":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        save_image(images.float() / 255, out, nrow=nrow, padding=1)
-        return [out]
+        return [save_grid(images, out, nrow)]
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for image, (c, s) in zip(images, pairs):
@@ -121,24 +123,53 @@ def resolve_generator(ref: str, tracking_uri: str | None = None) -> Path:
     return Path(mlflow.artifacts.download_artifacts(ref, tracking_uri=tracking_uri))
 
 
+def load_parts(args: argparse.Namespace, device: str) -> tuple:
+    """(G, decoder, G's name) of ``--generator``: a generator folder with ``--decoder``, or
+    a pipeline folder (``outputs/pipeline/SIZE/seedN``), which carries its own VAE."""
+    from pipeline.pretrained.tokenizer import Tokenizer, load_tokenizer
+
+    ref = resolve_generator(args.generator, args.tracking_uri)
+    if (ref / "model_index.json").exists():
+        from diffusers.utils import logging
+
+        from pipeline.serving.diffusers_pipeline import GATPipeline
+
+        logging.disable_progress_bar()  # one line per command is enough
+        pipe = GATPipeline.from_pretrained(ref).to(device)
+        scale = args.scale_factor or float(pipe.vae.config.scaling_factor)
+        return pipe.generator.net, Tokenizer(pipe.vae, scale, str(ref)), \
+            pipe.generator.config.name
+    from gat.io import load_generator
+
+    gen, meta = load_generator(ref, device)
+    if not args.decoder:
+        raise ValueError(f"--decoder: required for {ref} (a generator folder; only a "
+                         "pipeline folder carries its VAE)")
+    # The scale G was trained with is in its metadata; the decoder's own is a fallback.
+    return gen, load_tokenizer(args.decoder, device, args.scale_factor or
+                               meta.get("scale_factor", 0.0)), meta["name"]
+
+
+def _device(args: argparse.Namespace) -> str:
+    return "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
+
+
+def _refuse(command: str, err: Exception) -> int:
+    print(f"gat {command}: error: {err}", file=sys.stderr)
+    return 2
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     from gat import sample as gs
-    from gat.io import load_generator
-    from pipeline.pretrained.tokenizer import load_tokenizer
 
-    device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     try:
         check_out(args.out)
-        gen, meta = load_generator(resolve_generator(args.generator, args.tracking_uri),
-                                   device)
+        gen, tokenizer, _ = load_parts(args, _device(args))
         classes = gs.parse_classes(args.classes, gen.num_classes)
         seeds = gs.parse_seeds(args.seeds)
-        # The scale G was trained with is in its metadata; the decoder's own is a fallback.
-        tokenizer = load_tokenizer(args.decoder, device,
-                                   args.scale_factor or meta.get("scale_factor", 0.0))
+        gs.check_settings(gen.num_classes, args.psi, args.guidance)
     except (ValueError, FileNotFoundError, OSError) as err:
-        print(f"gat sample: error: {err}", file=sys.stderr)
-        return 2
+        return _refuse("sample", err)
     latents, pairs = gs.sample_latents(gen, classes, seeds, args.psi, args.guidance)
     paths = save_images(tokenizer.decode(latents), args.out, pairs, nrow=len(seeds))
     print(f"wrote {len(paths)} file(s) ({len(classes)} classes x {len(seeds)} seeds, psi "
@@ -165,7 +196,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             if not s.generator.is_dir():
                 raise FileNotFoundError(f"generator folder {s.generator} does not exist; give "
                                         "outputs/train/SIZE/seedN/generator or runs:/RUN_ID")
-        parts = pa.load_parts(args.decoder, args.evaluator, args.classifier,
+        parts = pa.load_parts(args.decoder or "train", args.evaluator, args.classifier,
                               None if args.teacher == "none" else args.teacher,
                               args.teacher_input_size, args.shards, args.lpips_vgg,
                               args.lpips_lin, device)
@@ -182,6 +213,81 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
               f"D's input levels: MNG {r['mng']} ({r['mng_source']})")
     print(f"Fig. 4b distance: {summary['settings']['distance']}")
     print(f"wrote {Path(args.out) / pa.ANALYSIS_FILE} and its figures")
+    return 0
+
+
+# ----------------------------------------------------------------------------- walks
+
+
+def _classes(args: argparse.Namespace, gen) -> str:
+    """--classes, by default class 0, or all (its one) for an unconditional generator."""
+    return args.classes or ("all" if gen.num_classes == 0 else "0")
+
+
+def _check_png(out: str) -> Path:
+    if Path(out).suffix.lower() != ".png":
+        raise ValueError(f"--out {out}: the strip is one PNG (a name ending in .png)")
+    return Path(out)
+
+
+def _cmd_interpolate(args: argparse.Namespace) -> int:
+    from gat import sample as gs
+    from pipeline.serving import walks
+
+    try:
+        out = _check_png(args.out)
+        if args.video:
+            walks.check_animation(args.video)
+        gen, tokenizer, _ = load_parts(args, _device(args))
+        classes = gs.parse_classes(_classes(args, gen), gen.num_classes)
+        seeds = gs.parse_seeds(args.seeds)
+        walk = [args.kind, classes, seeds]
+        styles = walks.interpolation(gen, *walk, args.frames, args.psi, args.guidance)
+        moving = walks.interpolation(gen, *walk, args.video_frames, args.psi,
+                                     args.guidance) if args.video else None
+    except (ValueError, FileNotFoundError, OSError) as err:
+        return _refuse("interpolate", err)
+    walks.save_strip(walks.render(gen, tokenizer, styles), out)
+    print(f"wrote {out}: {styles.shape[0]} walk(s) in {args.kind} x {args.frames} frames")
+    if args.video:
+        path = walks.save_animation(walks.render(gen, tokenizer, moving), args.video, args.fps)
+        print(f"wrote {path}: {args.video_frames} frames at {args.fps:g} fps")
+    return 0
+
+
+def _cmd_edit(args: argparse.Namespace) -> int:
+    from gat import sample as gs
+    from gat import walk
+    from pipeline.serving import walks
+
+    try:
+        out = _check_png(args.out)
+        gen, tokenizer, name = load_parts(args, _device(args))
+        classes = gs.parse_classes(_classes(args, gen), gen.num_classes)
+        seeds = gs.parse_seeds(args.seeds)
+        components = gs.parse_seeds(args.components, what="components")
+        gs.check_settings(gen.num_classes, args.psi, args.guidance)  # before a long PCA
+        if args.directions:
+            directions, meta = walk.load_directions(args.directions)
+            source = f"loaded {args.directions} (of {meta.get('name', '?')})"
+        else:
+            pca_classes = gs.parse_classes(args.pca_classes, gen.num_classes)
+            directions = walk.pca_directions(gen, args.pca_samples, max(components) + 1,
+                                             args.pca_seed, pca_classes)
+            saved = Path(args.save_directions or out.with_suffix(".directions.pt"))
+            walk.save_directions(saved, directions, {
+                "name": name, "generator": str(args.generator), "classes": pca_classes})
+            source = (f"PCA of w over {args.pca_samples} samples of classes {args.pca_classes}"
+                      f", saved to {saved}")
+        styles = walks.edits(gen, directions, components, classes, seeds, args.steps,
+                             args.sigma, args.psi, args.guidance)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        return _refuse("edit", err)
+    walks.save_strip(walks.render(gen, tokenizer, styles), out)
+    spread = ", ".join(f"{s:.3g}" for s in directions.stdev[components].tolist())
+    print(f"directions: {source}\nwrote {out}: components {components} (sigma {spread}) x "
+          f"{len(classes)} class(es) x {len(seeds)} seed(s), {args.steps} steps from "
+          f"-{args.sigma:g} to +{args.sigma:g} sigma")
     return 0
 
 
@@ -232,14 +338,37 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generator_command(sub, name: str, func, summary: str,
+                       description: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand that loads a trained generator (see :func:`_generator_args`)."""
+    parser = sub.add_parser(name, help=summary, description=description or summary)
+    _generator_args(parser)
+    parser.set_defaults(func=func)
+    return parser
+
+
 def _generator_args(parser: argparse.ArgumentParser) -> None:
-    """--generator (a folder or an MLflow reference, see :func:`resolve_generator`) and
-    --tracking-uri, as ``gat sample`` and ``gat analyze`` take them."""
+    """--generator, --tracking-uri, --decoder, --cpu: what loads a trained generator."""
     parser.add_argument("--generator", required=True, help=(
-        "generator dir (outputs/train/SIZE/seedN/generator), or an MLflow run: runs:/RUN_ID "
-        "(its generator artifact) or runs:/RUN_ID/PATH"))
+        "a pipeline folder (outputs/pipeline/SIZE/seedN: carries its VAE), a generator "
+        "folder (outputs/train/SIZE/seedN/generator), or an MLflow run: runs:/RUN_ID (its "
+        "generator artifact) or runs:/RUN_ID/PATH"))
     parser.add_argument("--tracking-uri", help="MLflow store of a runs:/ reference "
                         "(default: $MLFLOW_TRACKING_URI), e.g. sqlite:///mlflow.db")
+    parser.add_argument("--decoder", help=(
+        "the tokenizer of a generator folder: data/tokenizer (the stage's folder, whatever "
+        "its source, a hub id's source.txt included), a save_pretrained folder, or a hub id"))
+    parser.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU")
+
+
+def _settings_args(parser: argparse.ArgumentParser) -> None:
+    """--psi, --guidance, --scale-factor."""
+    for flag, default, what in (("--psi", 1.0, "truncation in w (1: none, >= 0)"),
+                                ("--guidance", 1.0, "w-space guidance scale (1: none; "
+                                 "refused for an unconditional generator)"),
+                                ("--scale-factor", 0.0, "latent scale (default: the "
+                                 "generator's metadata, else the decoder's)")):
+        parser.add_argument(flag, type=float, default=default, help=what)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -259,23 +388,65 @@ def build_parser() -> argparse.ArgumentParser:
                       help="D's size when it differs from G's (G and D scaled apart)")
     info.set_defaults(func=_cmd_info)
 
-    sample = sub.add_parser("sample", help="images from a trained generator")
-    _generator_args(sample)
-    sample.add_argument("--decoder", required=True, help=(
-        "the tokenizer: data/tokenizer (the stage's folder, whatever its source), a "
-        "save_pretrained folder, or a hub id"))
+    sample = _generator_command(sub, "sample", _cmd_sample, "images from a trained generator")
     sample.add_argument("--classes", default="all", help="comma list, or all (default)")
     sample.add_argument("--seeds", default="0-7", help="e.g. 0-7 or 1,5,9 (default 0-7)")
-    for flag, default, what in (("--psi", 1.0, "truncation in w (1: none)"),
-                                ("--guidance", 1.0, "w-space guidance scale"),
-                                ("--scale-factor", 0.0, "latent scale (default: the "
-                                 "generator's metadata, else the decoder's)")):
-        sample.add_argument(flag, type=float, default=default, help=what)
+    _settings_args(sample)
     sample.add_argument("--out", required=True, help=(
         "grid.png (rows: classes, columns: seeds) or a folder (one PNG per sample: "
         "classCCCC_seedSSSSSS.png)"))
-    sample.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU")
-    sample.set_defaults(func=_cmd_sample)
+
+    walk = _generator_command(
+        sub, "interpolate", _cmd_interpolate,
+        "latent walks: a strip PNG and an animation (GIF or WebP)",
+        "Walk between samples: slerp in z or lerp in w from seed to seed (one row per class "
+        "and pair of consecutive seeds), or between class embeddings at one z, as the "
+        "paper's Fig. 1 (one row per seed and pair of consecutive classes).")
+    walk.add_argument("--kind", choices=("z", "w", "class"), default="z",
+                      help="z: slerp in z; w: lerp in w; class: class embeddings (default z)")
+    walk.add_argument("--classes", help=(
+        "the class of a z/w walk (comma list: one row each), or the classes a class walk "
+        "passes through, e.g. 0,7 (default 0; all for an unconditional generator)"))
+    walk.add_argument("--seeds", default="0,1", help=(
+        "the seeds a z/w walk passes through (default 0,1), or the z of a class walk"))
+    walk.add_argument("--frames", type=int, default=8, help="frames per walk in the strip "
+                      "(endpoints included, >= 2; default 8)")
+    _settings_args(walk)
+    walk.add_argument("--out", required=True, help="the strip, a .png (one walk per row)")
+    walk.add_argument("--video", help="also an animation, .gif or .webp (no MP4 encoder is "
+                      "installed here); frame t shows every walk's frame t")
+    walk.add_argument("--video-frames", type=int, default=48, help="frames of the animation "
+                      "(default 48)")
+    walk.add_argument("--fps", type=float, default=12.0, help="animation speed (default 12)")
+
+    edit = _generator_command(
+        sub, "edit", _cmd_edit, "GANSpace edits: principal directions of w as +-sigma strips",
+        "PCA of w = mapping(z, c) over many samples (GANSpace, the paper's Fig. 13); each row "
+        "moves one sample along one component from -sigma to +sigma of w's spread along "
+        "it. The directions are saved, so they can be applied to any seed later with "
+        "--directions.")
+    edit.add_argument("--components", default="0-4", help="components to show, 0 = most "
+                      "variance (default 0-4)")
+    edit.add_argument("--classes", help="class(es) of the edited samples "
+                      "(default 0; all for an unconditional generator)")
+    edit.add_argument("--seeds", default="0", help="seed(s) of the edited samples (default 0)")
+    edit.add_argument("--steps", type=int, default=7, help="columns from -sigma to +sigma "
+                      "(odd: the unedited sample in the middle; default 7)")
+    edit.add_argument("--sigma", type=float, default=3.0, help="largest move, in standard "
+                      "deviations along the component (default 3)")
+    _settings_args(edit)
+    edit.add_argument("--directions", help="apply directions saved earlier (a .pt file) "
+                      "instead of computing them")
+    edit.add_argument("--save-directions", help="where to save computed directions "
+                      "(default: beside --out, NAME.directions.pt)")
+    edit.add_argument("--pca-samples", type=int, default=10_000,
+                      help="samples of w for the PCA (default 10000)")
+    edit.add_argument("--pca-classes", default="all", help="classes the PCA samples: all "
+                      "(default; the top components then mostly change the class), or e.g. "
+                      "7 for directions within one class")
+    edit.add_argument("--pca-seed", type=int, default=0, help="seed of the PCA's z stream")
+    edit.add_argument("--out", required=True, help="the strip, a .png (one row per "
+                      "component, class and seed)")
 
     analyze = sub.add_parser(
         "analyze", help="block analyses of trained generators (paper Figs. 4a, 4b, 6b, 9)",
@@ -292,9 +463,6 @@ def build_parser() -> argparse.ArgumentParser:
                          "exp vs none)")
     analyze.add_argument("--label", default="", help="name in figures (default: its size)")
     analyze.add_argument("--compare-label", default="", help="name of --compare in figures")
-    analyze.add_argument("--decoder", default="train", help=(
-        "the tokenizer: train (this checkout's data/tokenizer), a save_pretrained folder "
-        "or a hub id (default train)"))
     analyze.add_argument("--evaluator", choices=["train", "inception"], default="train",
                          help="features of the Fig. 4b distance without LPIPS: train (the "
                          "FD-classifier) or inception (default train)")
@@ -326,7 +494,6 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--lpips-lin", help="the lpips package's linear-layer weights "
                          "(weights/v0.1/vgg.pth)")
     analyze.add_argument("--out", required=True, help="output folder")
-    analyze.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU")
     analyze.set_defaults(func=_cmd_analyze)
 
     from pipeline.config import DEFAULT_PARAMS

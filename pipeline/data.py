@@ -12,7 +12,9 @@ For evaluation code (reference statistics, FD), the simplest entry point is::
 
 Splits: ``train`` and ``eval``. Fashion-MNIST: the train / t10k files under data.path.
 Image folders: data.path (ImageNet train layout, root/CLASS/*.JPEG) and data.eval_path
-(the same class sub-folders; classes are indexed by the train folder's sorted names).
+(the same class sub-folders; classes are indexed by the train folder's sorted names). A
+flat folder of images (no sub-folder) is one class, named ``.``: an unconditional dataset
+such as FFHQ, on which the pipeline trains an unconditional model.
 Unusable files (unreadable, truncated, smaller than R, not an image) are skipped and listed
 in ``Dataset.skipped`` with the reason; grayscale, CMYK, palette, 16-bit and alpha images
 are converted to RGB (alpha composited on white).
@@ -41,6 +43,7 @@ FASHION_MNIST_FILES = {
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                          "Shirt", "Sneaker", "Bag", "Ankle boot"]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+FLAT = "."  # the one class of a flat image folder: the folder itself
 PARALLEL_CHECK_FROM = 512  # files: below this, a process pool costs more than it saves
 LOAD_THREADS = min(8, os.cpu_count() or 1)  # PIL decodes and resizes without the GIL
 
@@ -169,15 +172,17 @@ def _fashion_mnist(root: Path, split: str, resolution: int) -> Dataset:
 
 
 def _class_folders(root: Path) -> list[str]:
-    """Sorted class folder names of the train root: class index = position in this list."""
+    """Sorted class folder names of the train root: class index = position in this list;
+    ``[FLAT]`` for a folder of images without sub-folders (one class)."""
     if not root.is_dir():
         raise DataError(f"{root}: not a directory; expected one sub-folder per class")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise DataError(
-            f"{root}: no class sub-folders; expected ImageNet's layout root/CLASS/*.JPEG"
-        )
-    return classes
+    if classes:
+        return classes
+    if any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in root.iterdir()):
+        return [FLAT]
+    raise DataError(f"{root}: no class sub-folders and no images; expected ImageNet's layout "
+                    "root/CLASS/*.JPEG, or a flat folder of images (one class)")
 
 
 def _imagefolder(root: Path, resolution: int, classes: list[str]) -> Dataset:

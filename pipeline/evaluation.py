@@ -29,10 +29,12 @@ from pipeline.fidelity import (
     reference_path,
 )
 from pipeline.files import atomic_path
+from pipeline.images import save_grid
 from pipeline.layout import LAYOUT, Layout
 
 GRID_SEEDS = 10  # columns of the grid
 GRID_CLASSES = 16  # rows at most: ImageNet's 1000 classes are shown 16, evenly spaced
+GRID_UNCONDITIONAL = 4  # rows of an unconditional generator's grid (seeds continue)
 
 
 def grid_classes(num_classes: int, rows: int = GRID_CLASSES) -> list[int]:
@@ -43,9 +45,13 @@ def grid_classes(num_classes: int, rows: int = GRID_CLASSES) -> list[int]:
 
 
 def class_grid(gen, tokenizer, psi: float = 1.0) -> torch.Tensor:
-    """uint8 [rows * GRID_SEEDS, 3, H, W]: row r is one class, column s is seed s."""
-    latents, _ = sample_latents(gen, grid_classes(gen.num_classes), list(range(GRID_SEEDS)),
-                                psi=psi)
+    """uint8 [rows * GRID_SEEDS, 3, H, W]: row r is one class, column s is seed s (an
+    unconditional generator: GRID_UNCONDITIONAL rows of consecutive seeds)."""
+    if gen.num_classes == 0:
+        classes, seeds = [0], list(range(GRID_SEEDS * GRID_UNCONDITIONAL))
+    else:
+        classes, seeds = grid_classes(gen.num_classes), list(range(GRID_SEEDS))
+    latents, _ = sample_latents(gen, classes, seeds, psi=psi)
     return tokenizer.decode(latents)
 
 
@@ -75,15 +81,16 @@ def generated_features(ev: Evaluator, gen, tokenizer, num: int, batch: int = 250
         gen.train(was_training)
 
 
-def score(ev: Evaluator, out: dict[str, torch.Tensor], labels: torch.Tensor,
+def score(ev: Evaluator, out: dict[str, torch.Tensor], labels: torch.Tensor | None,
           reference: dict[str, np.ndarray], seed: int = 0) -> dict[str, float | int | str]:
     """FD/FID, precision, recall and (classifier only) class accuracy of extracted features
-    ``out`` (from :func:`extract`) whose images were meant to show ``labels`` [N]."""
+    ``out`` (from :func:`extract`) whose images were meant to show ``labels`` [N]; ``None``
+    for an unconditional generator (no class accuracy: no classes)."""
     precision, recall = precision_recall(out["features"], reference, seed)
     metrics: dict[str, float | int | str] = {
         "metric": ev.metric, "fd": frechet_distance(out["features"], reference),
-        "precision": precision, "recall": recall, "num_samples": len(labels)}
-    if "logits" in out:
+        "precision": precision, "recall": recall, "num_samples": len(out["features"])}
+    if "logits" in out and labels is not None:
         metrics["class_accuracy"] = class_accuracy(out["logits"], labels)
     return metrics
 
@@ -93,8 +100,8 @@ def evaluate_generator(ev: Evaluator, gen, tokenizer, reference: dict[str, np.nd
                        ) -> dict[str, float | int | str]:
     """:func:`score` of ``num`` class-balanced samples of ``gen``, decoded by ``tokenizer``."""
     out = generated_features(ev, gen, tokenizer, num, batch, psi, seed)
-    return {**score(ev, out, balanced_labels(num, gen.num_classes), reference, seed),
-            "psi": psi}
+    labels = balanced_labels(num, gen.num_classes) if gen.num_classes else None
+    return {**score(ev, out, labels, reference, seed), "psi": psi}
 
 
 def balanced_indices(labels: np.ndarray, num: int, seed: int = 0) -> np.ndarray:
@@ -127,19 +134,22 @@ def floors(ev: Evaluator, dataset, tokenizer, reference: dict[str, np.ndarray], 
             "reconstructed": score(ev, recon, labels, reference, seed)}
 
 
-def evaluate_folder(params: Params, generator_dir: Path, grid: Path,
-                    layout: Layout = LAYOUT) -> dict[str, Any]:
-    """Evaluate the EMA generator in ``generator_dir`` as the ``evaluate`` stage does:
-    evaluate.num_samples balanced samples against data/reference (evaluator.source), G's
-    GFLOPs and sizes, the class-row grid written to ``grid``; all of it logged to the
-    MLflow run of the training configuration that made it. Returns the metrics, with
-    ``run_key`` and ``mlflow_run_id``."""
+def load_trained(generator_dir: Path, layout: Layout = LAYOUT) -> tuple[Any, dict, Any]:
+    """(G in eval mode, its metadata, the tokenizer it was trained with) of a generator
+    folder, on the GPU when there is one."""
     from gat.io import load_generator
     from pipeline.pretrained.tokenizer import load_tokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     gen, meta = load_generator(generator_dir, device)
-    tokenizer = load_tokenizer(meta["tokenizer"], device, meta["scale_factor"], layout)
+    return gen, meta, load_tokenizer(meta["tokenizer"], device, meta["scale_factor"], layout)
+
+
+def evaluate_trained(params: Params, gen, meta: dict, tokenizer, grid: Path,
+                     layout: Layout = LAYOUT) -> dict[str, Any]:
+    """What the ``evaluate`` stage measures of a trained G: evaluate.num_samples balanced
+    samples against data/reference (evaluator.source), G's GFLOPs and sizes; the class-row
+    grid written to ``grid``. Returns the metrics with the generator's ``run_key``."""
     ev = evaluator(params.evaluator.source,
                    str(layout.classifier) if params.evaluator.source == "train" else None)
     reference = load_reference(reference_path(layout), metric=ev.metric)
@@ -148,23 +158,25 @@ def evaluate_folder(params: Params, generator_dir: Path, grid: Path,
                                     ev_cfg.batch, ev_cfg.psi,
                                     seed=params.study.seed + 1),  # not the training z stream
                **model_facts(gen, meta)}
-    save_grid(class_grid(gen, tokenizer, ev_cfg.psi), grid)
-    return {**metrics, "run_key": meta["run_key"],
-            "mlflow_run_id": log_evaluation(params, meta, metrics, grid, layout)}
+    with atomic_path(grid) as tmp:
+        save_grid(class_grid(gen, tokenizer, ev_cfg.psi), tmp, nrow=GRID_SEEDS)
+    return {**metrics, "run_key": meta["run_key"]}
 
 
-def save_grid(images: torch.Tensor, path: Path) -> None:
-    """uint8 [rows * GRID_SEEDS, 3, H, W] as a PNG grid, atomically."""
-    from torchvision.utils import save_image
+def evaluate_folder(params: Params, generator_dir: Path, grid: Path,
+                    layout: Layout = LAYOUT) -> dict[str, Any]:
+    """:func:`evaluate_trained` of a generator folder, logged to the MLflow run of the
+    training configuration that made it (``mlflow_run_id`` in the metrics)."""
+    gen, meta, tokenizer = load_trained(generator_dir, layout)
+    metrics = evaluate_trained(params, gen, meta, tokenizer, grid, layout)
+    return {**metrics, "mlflow_run_id": log_evaluation(params, meta, metrics, [grid], layout)}
 
-    with atomic_path(path) as tmp:
-        save_image(images.float() / 255, tmp, nrow=GRID_SEEDS, padding=1, format="png")
 
-
-def log_evaluation(params: Params, meta: dict, metrics: dict, grid: Path,
+def log_evaluation(params: Params, meta: dict, metrics: dict, pictures: list[Path],
                    layout: Layout = LAYOUT) -> str:
     """Into the generator's training run: the metric under its own name (FID or
-    FD-classifier) and ``eval.*`` at its last step, settings as tags, the grid."""
+    FD-classifier) and ``eval.*`` at its last step, settings as tags, the pictures under
+    ``eval/``. Returns the run id."""
     from pipeline import tracking
 
     tr = tracking.tracker(params, layout)
@@ -177,7 +189,8 @@ def log_evaluation(params: Params, meta: dict, metrics: dict, grid: Path,
     # tags, not params: evaluation settings may change while the training run stays
     tr.set_tags(run_id, {"eval.metric": metrics["metric"],
                          "eval.num_samples": metrics["num_samples"], "eval.psi": metrics["psi"]})
-    tr.log_artifact(run_id, grid, "eval")
+    for picture in pictures:
+        tr.log_artifact(run_id, picture, "eval")
     return run_id
 
 

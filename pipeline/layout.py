@@ -90,6 +90,14 @@ class Layout:
     def samples(self, size: str, seed: int) -> Path:
         return self.root / "outputs" / "eval" / run_path(size, seed) / "samples.png"
 
+    def interpolation(self, size: str, seed: int) -> Path:
+        """The evaluate stage's interpolation strip (z, w and class walks)."""
+        return self.root / "outputs" / "eval" / run_path(size, seed) / "interpolation.png"
+
+    def pipeline(self, size: str, seed: int) -> Path:
+        """The diffusers pipeline folder (GATPipeline) of a trained size."""
+        return self.root / "outputs" / "pipeline" / run_path(size, seed)
+
     def train_results(self, size: str, seed: int) -> Path:
         """metrics.json and log.csv of one size's training with one seed."""
         return self.results / "train" / run_path(size, seed)

@@ -91,13 +91,13 @@ def make_synthetic_shards(root: Path, samples: int = 256, shard_size: int = 32,
                                  "token_shape": list(tokens)})
 
 
-def synthetic_root(root: Path) -> Path:
+def synthetic_root(root: Path, classes: int = 4) -> Path:
     """A root with synthetic shards, teacher tokens and a real (untrained) AutoencoderKL as
     the `train` tokenizer (the training sample grids decode with it)."""
     from pipeline.config import TokenizerParams
     from pipeline.pretrained.tokenizer import small_autoencoder
 
-    make_synthetic_shards(root)
+    make_synthetic_shards(root, classes=classes)
     small_autoencoder(TokenizerParams(block_out_channels=[8, 16])).save_pretrained(
         root / "data" / "tokenizer")
     return root

@@ -307,18 +307,21 @@ class TrackingParams(Traced):
 
 @dataclass(frozen=True)
 class Params:
-    study: StudyParams = field(default_factory=StudyParams)
-    data: DataParams = field(default_factory=DataParams)
-    tokenizer: TokenizerParams = field(default_factory=TokenizerParams)
-    teacher: TeacherParams = field(default_factory=TeacherParams)
-    evaluator: EvaluatorParams = field(default_factory=EvaluatorParams)
-    train: TrainParams = field(default_factory=TrainParams)
-    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
-    scaling: ScalingParams = field(default_factory=ScalingParams)
-    sweep: SweepParams = field(default_factory=SweepParams)
-    claims: ClaimsParams = field(default_factory=ClaimsParams)
-    runtime: RuntimeParams = field(default_factory=RuntimeParams)
-    tracking: TrackingParams = field(default_factory=TrackingParams)
+    """The whole file. Sections are immutable, so one default instance serves every Params;
+    the comments say which stages read each section (dvc.yaml declares the exact keys)."""
+
+    study: StudyParams = StudyParams()  # seeds and sizes: every stage
+    data: DataParams = DataParams()  # the data stages, floors
+    tokenizer: TokenizerParams = TokenizerParams()  # tokenizer, encode, floors, claim@mng
+    teacher: TeacherParams = TeacherParams()  # teacher_model, teacher, claim@mng
+    evaluator: EvaluatorParams = EvaluatorParams()  # classifier, reference, evaluate
+    train: TrainParams = TrainParams()  # train (the run key), sweep, claim@
+    evaluate: EvaluateParams = EvaluateParams()  # evaluate, floors, claim@
+    scaling: ScalingParams = ScalingParams()
+    sweep: SweepParams = SweepParams()
+    claims: ClaimsParams = ClaimsParams()  # claim@, report
+    runtime: RuntimeParams = RuntimeParams()  # how: declared by no stage
+    tracking: TrackingParams = TrackingParams()  # where results are recorded: by none
 
     def check(self, where: str) -> None:
         per_step = self.runtime.workers * self.runtime.grad_accum

@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from gat.flops import counted
+from gat.models import conditioning_classes
 from gat.train import GATTrainer, NonFiniteError
 from pipeline.shards import make_train_loader, read_manifest
 from pipeline.training.job import LIVE_LOG, TrainJob
@@ -98,15 +99,16 @@ class Worker:
             self.outputs.finish(*done)
 
     def _build(self, manifest: dict[str, Any]) -> GATTrainer:
-        """The library's trainer for the shards' latent shape [C, h, w] and classes."""
+        """The library's trainer for the shards' latent shape [C, h, w] and classes (one
+        class: an unconditional model)."""
         job, rt = self.job, self.params.runtime
         teacher_dim = 1
         if job.use_teacher:
             teacher_dim = read_manifest(job.layout.teacher_tokens)["token_shape"][-1]
         cfg = self.params.train if job.use_teacher else _without_repa(self.params.train)
         return GATTrainer(job.size, manifest["latent_shape"][0], manifest["latent_shape"][-1],
-                          manifest["num_classes"], teacher_dim, cfg, self.device,
-                          seed=job.seed, grad_accum=rt.grad_accum,
+                          conditioning_classes(manifest["num_classes"]), teacher_dim, cfg,
+                          self.device, seed=job.seed, grad_accum=rt.grad_accum,
                           grad_checkpointing=rt.grad_checkpointing,
                           d_name=self.params.train.d_size or None)
 

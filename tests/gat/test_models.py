@@ -162,3 +162,18 @@ def test_g_and_d_can_differ_in_size():
     assert trainer.opt_d.param_groups[0]["lr"] == pytest.approx(trainer.lr_d)
     with pytest.raises(ValueError, match="GAT-T3/8's patch"):
         build_models("GAT-T2/4", 4, 12, 10, 8, d_name="GAT-T3/8")
+
+
+def test_unconditional_models_ignore_classes():
+    from gat.models import conditioning_classes
+
+    assert conditioning_classes(1) == 0 and conditioning_classes(10) == 10
+    torch.manual_seed(0)
+    gen, disc = build_models("GAT-T1/2", 4, 16, 0, 8)
+    gen.eval()
+    z = torch.randn(3, 64)
+    plain = gen.sample(z, None)
+    torch.testing.assert_close(gen.sample(z, torch.tensor([0, 5, 9])), plain)  # c unused
+    torch.testing.assert_close(gen.sample(z, None, guidance=3.0), plain)  # w_null is w
+    assert gen.w_avg.shape == (1, 32) and plain.shape == (3, 4, 16, 16)
+    assert disc(torch.randn(3, 16, 16, 16), None).shape == (3,)

@@ -23,3 +23,17 @@ def test_balanced_labels_and_seeded_latents(parts):
         parse_classes("0,9", 4)
     with pytest.raises(ValueError, match="backwards"):
         parse_seeds("5-1")
+
+
+def test_unconditional_classes_and_bad_settings_are_refused():
+    from gat.sample import check_settings
+
+    assert parse_classes("all", 0) == [0]  # its one internal id
+    with pytest.raises(ValueError, match="unconditional"):
+        parse_classes("0", 0)
+    with pytest.raises(ValueError, match="psi -1: truncation must be >= 0"):
+        check_settings(4, -1.0, 1.0)
+    with pytest.raises(ValueError, match="guidance 2: the generator is unconditional"):
+        check_settings(0, 1.0, 2.0)
+    check_settings(0, 0.5, 1.0)
+    check_settings(4, 0.0, 2.0)

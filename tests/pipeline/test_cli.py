@@ -60,3 +60,64 @@ def test_gat_info_with_a_different_d():
     same = model_info("GAT-T2/4", 4, 16, 10, 8)
     assert info["g_params"] == same["g_params"] and info["d_params"] > same["d_params"]
     assert info["d_lr"] < info["lr"] and "d_name" not in same
+
+
+def test_gat_sample_decoder_folder_naming_a_source(tmp_path, parts):
+    """data/tokenizer of a hub-id tokenizer holds only source.txt (here: a local folder,
+    as a hub id cannot be fetched offline): --decoder data/tokenizer follows it."""
+    decoder = tmp_path / "data" / "tokenizer"
+    decoder.mkdir(parents=True)
+    (decoder / "source.txt").write_text(f"{parts['tokenizer']}\n")
+    assert gat_main(["sample", "--generator", str(parts["generator"]), "--decoder",
+                     str(decoder), "--classes", "1", "--seeds", "0-2", "--cpu",
+                     "--out", str(tmp_path / "grid.png")]) == 0
+    check_grid_shape(tmp_path / "grid.png", rows=1, cols=3)
+
+
+def test_gat_interpolate_writes_strip_and_animation(tmp_path, parts, capsys):
+    from PIL import Image
+
+    base = ["interpolate", "--generator", str(parts["generator"]), "--decoder",
+            str(parts["tokenizer"]), "--cpu"]
+    assert gat_main([*base, "--kind", "z", "--classes", "0,2", "--seeds", "0,1,2", "--frames",
+                     "4", "--out", str(tmp_path / "z.png"), "--video", str(tmp_path / "z.gif"),
+                     "--video-frames", "6"]) == 0
+    check_grid_shape(tmp_path / "z.png", rows=4, cols=4)  # 2 classes x 2 seed pairs
+    with Image.open(tmp_path / "z.gif") as gif:
+        assert gif.n_frames == 6
+    assert gat_main([*base, "--kind", "class", "--classes", "0,3", "--seeds", "5",
+                     "--out", str(tmp_path / "c.png")]) == 0
+    check_grid_shape(tmp_path / "c.png", rows=1, cols=8)
+    for bad, message in ((["--frames", "1"], "frames 1: an interpolation needs at least 2"),
+                         (["--classes", "9"], "classes [9] out of range"),
+                         (["--psi", "-1"], "psi -1: truncation must be >= 0"),
+                         (["--video", "x.mp4"], "must end in .gif or .webp")):
+        assert gat_main([*base, *bad, "--out", str(tmp_path / "x.png")]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_gat_edit_saves_directions_and_applies_them_to_any_seed(tmp_path, parts):
+    import numpy as np
+    from PIL import Image
+
+    from gat.walk import load_directions
+
+    base = ["edit", "--generator", str(parts["generator"]), "--decoder",
+            str(parts["tokenizer"]), "--cpu", "--components", "0-1", "--steps", "3"]
+    assert gat_main([*base, "--pca-samples", "300", "--pca-classes", "1,2",
+                     "--out", str(tmp_path / "e.png")]) == 0
+    check_grid_shape(tmp_path / "e.png", rows=2, cols=3)  # 2 components x 1 class x 1 seed
+    directions, meta = load_directions(tmp_path / "e.directions.pt")
+    assert directions.components.shape == (2, 32) and meta["name"] == "GAT-T1/4"
+    assert meta["classes"] == [1, 2] and directions.samples == 300
+    assert gat_main([*base, "--directions", str(tmp_path / "e.directions.pt"), "--classes",
+                     "2", "--seeds", "5,6", "--out", str(tmp_path / "again.png")]) == 0
+    check_grid_shape(tmp_path / "again.png", rows=4, cols=3)
+    # the middle column (0 sigma) is the unedited sample, as gat sample draws it
+    assert gat_main(["sample", "--generator", str(parts["generator"]), "--decoder",
+                     str(parts["tokenizer"]), "--classes", "2", "--seeds", "6", "--cpu",
+                     "--out", str(tmp_path / "s")]) == 0
+    strip = np.asarray(Image.open(tmp_path / "again.png")).astype(int)
+    unedited = strip[1 + 33:1 + 33 + 32, 1 + 33:1 + 33 + 32]  # row 1 (seed 6), column 1
+    sample = np.asarray(Image.open(tmp_path / "s" / "class0002_seed000006.png"))
+    assert np.abs(unedited - sample).max() <= 1  # batch rounding at most

@@ -91,6 +91,19 @@ def test_empty_dataset_is_refused_with_the_folder(tmp_path):
         open_split(_folder_params(tmp_path / "x"), "train")
 
 
+def test_a_flat_folder_of_images_is_one_class(tmp_path):
+    for i, mode in enumerate(("RGB", "L", "RGBA")):
+        _save(tmp_path / "faces" / f"{i}.png", mode, seed=i)
+    (tmp_path / "faces" / "README").write_text("not an image")
+    _save(tmp_path / "held_out" / "x.png", "RGB", seed=9)
+    params = _folder_params(tmp_path / "faces", tmp_path / "held_out")
+    train, evaluation = open_split(params, "train"), open_split(params, "eval")
+    assert train.classes == ["."] and list(train.labels) == [0, 0, 0]
+    assert list(evaluation.labels) == [0]
+    assert [e["reason"] for e in train.skipped] == ["not an image file"]
+    assert train.load([0, 1]).shape == (2, 3, 32, 32)
+
+
 def test_missing_fashion_mnist_says_how_to_install(tmp_path):
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         open_split(DataParams(path=str(tmp_path)), "train")

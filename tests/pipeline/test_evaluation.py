@@ -44,3 +44,20 @@ def test_floors_real_images_sit_on_the_reference_and_reconstructions_above(parts
     assert recon["fd"] > 0.1 * scale and recon["num_samples"] == real["num_samples"] == 256
     assert 0 <= recon["class_accuracy"] <= 1 and real["metric"] == "FD-classifier"
     assert CLASSES == len(np.unique(split.labels))
+
+
+def test_an_unconditional_generator_is_measured_without_class_accuracy(parts):
+    from gat.models import build_models
+
+    torch.manual_seed(0)
+    gen, _ = build_models("GAT-T1/4", 4, 16, 0, 8)
+    ev = fidelity.evaluator("train", str(parts["classifier"]))
+    images = synthetic_images(64, seed=1)[0]
+    reference = fidelity.reference_statistics(ev, images.split(32), len(images))
+    tokenizer = load_tokenizer(str(parts["tokenizer"]))
+    metrics = evaluation.evaluate_generator(ev, gen.eval(), tokenizer, reference, num=32,
+                                            batch=16)
+    assert "class_accuracy" not in metrics and metrics["num_samples"] == 32
+    assert metrics["fd"] > 0
+    grid = evaluation.class_grid(gen, tokenizer)  # rows of seeds, no class rows
+    assert grid.shape == (evaluation.GRID_SEEDS * evaluation.GRID_UNCONDITIONAL, 3, 32, 32)

@@ -8,6 +8,7 @@ import time
 
 import pandas as pd
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from gat.train import NonFiniteError
@@ -82,3 +83,24 @@ def test_divergence_guard_stops_with_the_step(ray_cluster, root, tmp_path, mlflo
     assert max(steps) == 4, "the last good checkpoint is step 4's"
 
 
+
+
+def test_a_one_class_dataset_trains_an_unconditional_model(ray_cluster, tmp_path, mlflow_uri):
+    """The tiny profile on one-class shards (a flat image folder encodes to these): G and D
+    are built without classes, and the generator samples without them."""
+    from gat.io import load_generator
+    from gat.sample import parse_classes, sample_latents
+
+    root = synthetic_root(tmp_path / "root", classes=1)
+    params = tiny_params(tmp_path, mlflow_uri, batch=8, iterations=4, log_every=2,
+                         checkpoint_every=4, sample_every=4, fd_every=0, loader_workers=0)
+    layout = Layout(root, root)
+    metrics = run_training(params, "GAT-T1/4", 0, layout)
+    gen, meta = load_generator(layout.generator("GAT-T1/4", 0))
+    assert gen.num_classes == 0 and meta["steps"] == metrics["steps"] == 4
+    latents, _ = sample_latents(gen, parse_classes("all", 0), [0, 1, 2])
+    assert latents.shape == (3, 4, 8, 8) and torch.isfinite(latents).all()
+    with pytest.raises(ValueError, match="unconditional"):
+        parse_classes("0", gen.num_classes)
+    log = pd.read_csv(layout.train_results("GAT-T1/4", 0) / "log.csv")
+    assert list(log["step"]) == [2, 4] and log["loss_d"].notna().all()

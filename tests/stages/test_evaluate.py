@@ -12,7 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from tests.eval_helpers import (
@@ -43,7 +46,8 @@ def _study_root(root: Path, parts: dict[str, Path], mlflow_uri: str) -> None:
                  root / "params.yaml")
 
 
-def test_evaluate_stage_writes_grid_metrics_and_mlflow(tmp_path, parts, mlflow_uri):
+def test_evaluate_stage_writes_grid_metrics_and_mlflow(tmp_path, parts, mlflow_uri,
+                                                      monkeypatch):
     _study_root(tmp_path, parts, mlflow_uri)
     for stage in (["stages.reference"], ["stages.evaluate", SIZE]):
         done = _stage(tmp_path, *stage)
@@ -55,6 +59,7 @@ def test_evaluate_stage_writes_grid_metrics_and_mlflow(tmp_path, parts, mlflow_u
     assert 0 <= metrics["class_accuracy"] <= 1
     assert 0 < metrics["g_gflops"] < 1 and metrics["g_params"] > 0 and metrics["d_params"] > 0
     check_grid_shape(out / "samples.png", rows=CLASSES, cols=10)  # one row per class
+    check_grid_shape(out / "interpolation.png", rows=3, cols=8)  # z, w, class to class
 
     client = MlflowClient(mlflow_uri)
     exp = client.get_experiment_by_name("eval-test")
@@ -70,6 +75,20 @@ def test_evaluate_stage_writes_grid_metrics_and_mlflow(tmp_path, parts, mlflow_u
     history = client.get_metric_history(run.info.run_id, "FD-classifier")
     assert [m.step for m in history] == [2]  # at the generator's last training step
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
-    assert logged == {"eval/samples.png"}
+    assert logged == {"eval/samples.png", "eval/interpolation.png"}
+
+    # the pipeline folder (a DVC out) and the registered MLflow model sample alike
+    import mlflow
+
+    from pipeline.serving.diffusers_pipeline import GATPipeline, uint8_pixels
+
+    pipe = GATPipeline.from_pretrained(tmp_path / "outputs/pipeline" / SIZE / "seed0")
+    seeds = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    expected = uint8_pixels(pipe(class_labels=[2, 2], generator=seeds, output_type="np").images)
+    assert metrics["mlflow_model"] == "models:/gat-eval-test-GAT-T1_4/1"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
+    model = mlflow.pyfunc.load_model(metrics["mlflow_model"])
+    images = model.predict(pd.DataFrame({"class_id": [2, 2], "seed": [0, 1]}))
+    assert np.array_equal(images, expected)
 
 

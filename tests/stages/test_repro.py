@@ -60,9 +60,15 @@ def test_evaluate_outputs_and_mlflow(tiny_study):
         assert run.data.metrics["FD-classifier"] == pytest.approx(ev["fd"])
         assert {"eval.precision", "eval.recall", "eval.class_accuracy"} <= set(run.data.metrics)
         assert "loss_d" in run.data.metrics  # training logged to the same run
-        assert [a.path for a in client.list_artifacts(run.info.run_id, "eval")] == [
-            "eval/samples.png"]
+        assert sorted(a.path for a in client.list_artifacts(run.info.run_id, "eval")) == [
+            "eval/interpolation.png", "eval/samples.png"]
         assert (work / "outputs/eval" / size / "seed0/samples.png").stat().st_size > 500
+        # the size as a diffusers pipeline (a DVC out) and as a registered MLflow model
+        assert (work / "outputs/pipeline" / size / "seed0/model_index.json").is_file()
+        name = f"gat-tiny-e2e-{size.replace('/', '_')}"
+        assert ev["mlflow_model"] == f"models:/{name}/1"
+        (version,) = client.search_model_versions(f"name = '{name}'")
+        assert version.run_id == run.info.run_id
 
 
 def test_gat_sample_writes_requested_images(tiny_study, tmp_path):

@@ -89,6 +89,13 @@ class StorePath:
 
         return self._info().type != fs.FileType.NotFound
 
+    def size(self) -> int | None:
+        """Bytes of the file, None when it is missing."""
+        from pyarrow import fs
+
+        info = self._info()
+        return None if info.type == fs.FileType.NotFound else info.size
+
     def is_dir(self) -> bool:
         from pyarrow import fs
 
@@ -134,13 +141,20 @@ class StorePath:
         return found
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _filesystem(scheme: str, netloc: str, query: str):
     """pyarrow's filesystem for ``scheme://netloc?query`` and the path of its root in it
     (opening one resolves credentials and, for S3, the bucket's region: done once)."""
     from pyarrow import fs
 
     return fs.FileSystem.from_uri(f"{scheme}://{netloc}/" + (f"?{query}" if query else ""))
+
+
+def size(target: Path | StorePath) -> int | None:
+    """Bytes of a file, None when it is missing (either kind of path)."""
+    if isinstance(target, StorePath):
+        return target.size()
+    return target.stat().st_size if target.is_file() else None
 
 
 def write_text(target: Path | StorePath, text: str) -> None:

@@ -12,4 +12,5 @@ PLUMBING = (
     "pipeline", "pipeline.config", "pipeline.config.coerce", "pipeline.config.schema",
     "pipeline.config.trace", "pipeline.layout", "pipeline.files", "pipeline.stage",
     "pipeline.tracking", "pipeline.ray_utils", "pipeline.config.profiles", "pipeline.cli",
+    "pipeline.storage", "pipeline.cluster",
 )

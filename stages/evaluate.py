@@ -19,11 +19,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
 from torchvision.utils import save_image
 
 from gat.io import load_generator
-from pipeline import evaluation, fidelity, tracking
+from pipeline import cluster, evaluation, fidelity, tracking
 from pipeline.config import Params
 from pipeline.files import atomic_path, write_json
 from pipeline.layout import LAYOUT
@@ -50,7 +49,7 @@ def log_to_mlflow(params: Params, meta: dict, metrics: dict, grid: Path) -> str:
 
 def run(params: Params, args: argparse.Namespace) -> None:
     size, seed = args.size, args.seed
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = cluster.device(params.runtime.use_gpu)  # refuses a GPU study without one
     gen, meta = load_generator(LAYOUT.generator(size, seed), device)
     tokenizer = load_tokenizer(meta["tokenizer"], device, meta["scale_factor"])
     ev = fidelity.evaluator(params.evaluator.source)

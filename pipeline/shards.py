@@ -24,7 +24,6 @@ Loader API (what training uses)::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -39,7 +38,7 @@ import webdataset as wds
 from torch.utils.data import get_worker_info
 from tqdm import tqdm
 
-from pipeline.files import write_json
+from pipeline.files import file_sha256, write_json
 
 MANIFEST = "manifest.json"
 FINGERPRINT = "fingerprint.txt"
@@ -57,14 +56,6 @@ def shard_name(index: int) -> str:
 
 def sample_key(j: int) -> str:
     return f"{j:09d}"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sample_plan(num_images: int, hflip: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -151,7 +142,7 @@ def write_shards(
         for first, last in _runs(todo):
             _write_run(out_dir, first, last, shard_size, num_samples, encode, batch, bar)
     return [{"name": shard_name(s), "samples": _shard_len(s, shard_size, num_samples),
-             "sha256": sha256(out_dir / shard_name(s))} for s in range(num_shards)]
+             "sha256": file_sha256(out_dir / shard_name(s))} for s in range(num_shards)]
 
 
 def _discard_stale(out_dir: Path, fingerprint: str) -> None:
@@ -241,7 +232,7 @@ def read_manifest(shard_dir: str | os.PathLike, verify: bool = False) -> dict[st
         file = Path(shard_dir) / shard["name"]
         if not file.exists():
             raise ShardError(f"{file}: listed in {path} but missing; rerun `dvc repro`")
-        if verify and sha256(file) != shard["sha256"]:
+        if verify and file_sha256(file) != shard["sha256"]:
             raise ShardError(f"{file}: sha256 does not match {path} (corrupt or replaced); "
                              "delete it and rerun the stage that wrote it (`dvc repro`)")
     return manifest

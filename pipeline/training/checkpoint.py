@@ -16,7 +16,6 @@ cheap: sizes only), and loading one first checks every sha256 (:func:`verify`).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 
 from gat.train import GATTrainer
+from pipeline.files import file_sha256
 from pipeline.storage import StorePath, size
 
 SEAL, STATE = "step.json", "state.pt"
@@ -34,17 +34,9 @@ class CheckpointError(RuntimeError):
     """A checkpoint folder is incomplete or corrupt; the message names the file."""
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def seal(folder: Path, step: int) -> None:
     """Write ``step.json``: the step and {relative path: {bytes, sha256}} of every file."""
-    files = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+    files = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != SEAL}
     (folder / SEAL).write_text(json.dumps({"step": step, "files": files}, indent=1))
 
@@ -80,7 +72,7 @@ def verify(folder: Path) -> dict[str, Any]:
     for rel, meta in info["files"].items():
         path = folder / rel
         if not path.is_file() or path.stat().st_size != meta["bytes"] or (
-                _sha256(path) != meta["sha256"]):
+                file_sha256(path) != meta["sha256"]):
             raise CheckpointError(f"{path}: missing, short or changed since the checkpoint "
                                   f"of step {info['step']} was sealed (interrupted while it "
                                   "was written); delete the folder to resume from the one "

@@ -2,7 +2,8 @@
 
 ``PLUMBING`` names the modules that can never change what a stage computes: they parse and
 validate params, know paths, write files atomically, give stages their command line,
-record to MLflow and start Ray. Stages do not declare them as DVC dependencies (editing
+record to MLflow, start Ray, read and write run state on its storage, and check that the
+Ray cluster can serve a run. Stages do not declare them as DVC dependencies (editing
 MLflow logging must not retrain a model), and the check of dvc.yaml against the code
 (tests/stages/test_dvc_declarations.py) does not follow imports through them. Every other project
 module a stage imports must be declared in its ``deps``.

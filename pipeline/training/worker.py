@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from gat.train import GATTrainer, NonFiniteError
 from pipeline.shards import make_train_loader
+from pipeline.storage import StorePath
 from pipeline.training.checkpoint import load_state, local_copy, save_state
 from pipeline.training.job import LIVE_LOG, TrainJob
 from pipeline.training.outputs import RunOutputs, read_diverged, write_diverged
@@ -71,7 +72,8 @@ class Worker:
         job = self.job
         if read_diverged(job.run_dir):
             return  # Ray restarted the workers after the divergence guard stopped one: stop
-        self._record("node", _node_id(), append=True)
+        if "record_dir" in job.debug:
+            self._record("node", _node_id(), append=True)  # per attempt: where it ran
         self.trainer = self._build(job.manifest)
         parent_log = self._restore()
         # Distinct, reproducible noise per worker and per resume point.
@@ -101,7 +103,7 @@ class Worker:
                           seed=job.seed, grad_accum=rt.grad_accum,
                           grad_checkpointing=rt.grad_checkpointing)
 
-    def _restore(self) -> Path | None:
+    def _restore(self) -> Path | StorePath | None:
         """Load Ray's latest checkpoint (a restart, or a rerun of the same command), else a
         shorter run's last one (a continuation: returns that run's live log)."""
         checkpoint = self.session.get_checkpoint()

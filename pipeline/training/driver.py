@@ -67,7 +67,10 @@ def plan(params: Params, size: str, seed: int, layout: Layout = LAYOUT, track: b
         return job, None
     tr = tracking.tracker(params, layout)
     tr.check()
-    return replace(job, tracker=tracking.worker_tracker(params, tr)), tr
+    workers = tracking.worker_tracker(params, tr)
+    if workers.uri != tr.uri:
+        workers.check()  # from here; check_cluster looks from every other node too
+    return replace(job, tracker=workers), tr
 
 
 def prepare(job: TrainJob, tr: Tracker | None) -> TrainJob:

@@ -19,6 +19,11 @@ with two loaders in one run:
 Rounds alternate the order of the loaders (ABBA...), so a change in the machine's load
 hits both alike. Prints each measurement, then the median rate of each loader and the
 ratio current / baseline, with the 1-minute load average (``uptime``) before and after.
+
+Then what a training run pays: the CPU time the loader's worker process spends per batch
+of the embedded study's shapes (latents 4x16x16, teacher tokens 17x96, batch 32, one
+loader worker), batches taken 10 ms apart, for each loader, alternating: CPU time does not
+change with the machine's other load the way a rate does.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -92,6 +98,42 @@ def steady_rate(loader, workers: int, seconds: float) -> float:
     return rate
 
 
+def cpu_per_batch(make, batches: int) -> float:
+    """CPU milliseconds the loader's one worker process spends per batch, consumed at a
+    pace (10 ms apart) rather than flat out: what a training run pays for its data, which
+    the machine's other load does not change."""
+    stream = iter(make())
+    for _ in range(20):
+        next(stream)
+    workers = psutil.Process().children(recursive=True)
+    before = sum(sum(w.cpu_times()[:2]) for w in workers)
+    for _ in range(batches):
+        next(stream)
+        time.sleep(0.01)
+    spent = sum(sum(w.cpu_times()[:2]) for w in workers) - before
+    del stream
+    return 1000 * spent / batches
+
+
+def compare_cpu(baseline: ModuleType, root: Path, args: argparse.Namespace) -> None:
+    """The embedded study's shapes (latents 4x16x16, tokens 17x96, batch 32, one loader
+    worker: runtime.loader_workers 1): CPU ms per batch of each loader, alternating."""
+    make_shards(root / "small", 8000, shape=(4, 16, 16))
+    shards, tokens = root / "small" / "shards", root / "small" / "teacher"
+    kw = {"num_workers": 1, "shuffle_buffer": 1000, "teacher_dir": tokens}
+    makers = {"baseline": lambda: baseline.make_train_loader(shards, 32, **kw),
+              "current": lambda: current.make_train_loader(shards, 32, **kw)}
+    costs: dict[str, list[float]] = {name: [] for name in makers}
+    for r in range(args.rounds):
+        for name in (list(makers) if r % 2 == 0 else list(reversed(makers))):
+            costs[name].append(cpu_per_batch(makers[name], 300))
+    med = {name: statistics.median(v) for name, v in costs.items()}
+    print(f"CPU of the loader worker per batch of 32 (4x16x16 + 17x96 tokens): median of "
+          f"{args.rounds} rounds baseline {med['baseline']:.2f} ms, current "
+          f"{med['current']:.2f} ms; current / baseline = "
+          f"{med['current'] / med['baseline']:.2f}")
+
+
 def loaders(baseline: ModuleType, root: Path, args: argparse.Namespace, teacher: bool):
     """name -> a function making that loader (shards under ``root``)."""
     kw = {"num_workers": args.workers, "shuffle_buffer": 1000}
@@ -139,6 +181,7 @@ def main() -> None:
                   f"{args.batch}: " + ", ".join(f"{n} {v:,.0f}/s" for n, v in med.items())
                   + f"; current / baseline = {med['current'] / med['baseline']:.2f}, "
                   f"pipe:cat / baseline = {med['current pipe:cat'] / med['baseline']:.2f}")
+        compare_cpu(baseline, root, args)
     print(f"1-minute load average: {load_before:.2f} before, {os.getloadavg()[0]:.2f} after "
           f"({os.cpu_count()} CPUs)")
 

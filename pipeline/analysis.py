@@ -255,8 +255,8 @@ def load_discriminator(gen: Generator, meta: dict[str, Any], checkpoint: str | P
                        ) -> tuple[Discriminator | None, dict[str, Any]]:
     """D for G, and where it came from: {"how", "path", "step", "matches_generator"} or
     {"skipped": why}. Raises on a checkpoint that was given but cannot be used."""
-    from pipeline.training.driver import latest_checkpoint
-    from pipeline.training.worker import STATE_FILE
+    from pipeline.training.checkpoint import STATE as STATE_FILE
+    from pipeline.training.checkpoint import latest as latest_checkpoint
 
     if checkpoint is not None and str(checkpoint) == "none":
         return None, {"skipped": "no D requested (--checkpoint none)"}

@@ -134,13 +134,14 @@ def floors(ev: Evaluator, dataset, tokenizer, reference: dict[str, np.ndarray], 
             "reconstructed": score(ev, recon, labels, reference, seed)}
 
 
-def load_trained(generator_dir: Path, layout: Layout = LAYOUT) -> tuple[Any, dict, Any]:
+def load_trained(generator_dir: Path, device: str | None = None, layout: Layout = LAYOUT
+                 ) -> tuple[Any, dict, Any]:
     """(G in eval mode, its metadata, the tokenizer it was trained with) of a generator
-    folder, on the GPU when there is one."""
+    folder, on ``device`` (default: the GPU when there is one)."""
     from gat.io import load_generator
     from pipeline.pretrained.tokenizer import load_tokenizer
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     gen, meta = load_generator(generator_dir, device)
     return gen, meta, load_tokenizer(meta["tokenizer"], device, meta["scale_factor"], layout)
 
@@ -167,7 +168,7 @@ def evaluate_folder(params: Params, generator_dir: Path, grid: Path,
                     layout: Layout = LAYOUT) -> dict[str, Any]:
     """:func:`evaluate_trained` of a generator folder, logged to the MLflow run of the
     training configuration that made it (``mlflow_run_id`` in the metrics)."""
-    gen, meta, tokenizer = load_trained(generator_dir, layout)
+    gen, meta, tokenizer = load_trained(generator_dir, layout=layout)
     metrics = evaluate_trained(params, gen, meta, tokenizer, grid, layout)
     return {**metrics, "mlflow_run_id": log_evaluation(params, meta, metrics, [grid], layout)}
 

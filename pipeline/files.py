@@ -43,6 +43,15 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of one file's bytes, read in 1 MiB blocks (shards, checkpoint files)."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
 def digest(paths: list[str | os.PathLike], base: str | os.PathLike | None = None,
            extra: Any = None) -> str:
     """sha256 over every file under ``paths`` (files or folders, recursively, sorted), each

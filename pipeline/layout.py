@@ -9,7 +9,9 @@ Three places, three lifetimes:
   ``dvc exp show`` / ``dvc metrics diff`` / ``dvc plots diff`` compare them.
 - the *workspace*'s state, shared by every experiment of it: training checkpoints
   (``outputs/checkpoints/<size>/<run key>``), Ray Tune experiments (``outputs/tune/``) and
-  the default MLflow store (``mlflow.db``, ``mlruns/``). A queued ``dvc exp run`` works in a
+  the default MLflow store (``mlflow.db``, ``mlruns/``). With ``runtime.storage`` set (a
+  folder every Ray node mounts, or an ``s3://``/``gs://`` URI), checkpoints and Tune
+  experiments live there instead (:meth:`Layout.state`). A queued ``dvc exp run`` works in a
   temporary copy of the repo; DVC then points ``$DVC_ROOT`` at the workspace, so its runs,
   checkpoints and trials land beside the workspace's own, keyed by configuration.
 
@@ -22,6 +24,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pipeline.storage import StorePath, location
 
 # The checkout: the package's parent, or $GAT_ROOT (tests run whole stages in a temporary
 # root this way).
@@ -111,9 +115,32 @@ class Layout:
     def claim_generator(self, claim: str, variant: str, seed: int) -> Path:
         return self.root / "outputs" / "claims" / claim / variant / f"seed{seed}" / "generator"
 
-    def checkpoints(self, size: str) -> Path:
+    # -- the run state: runtime.storage, else the workspace's outputs/
+    def state(self, storage: str = "") -> Path | StorePath:
+        """Where Ray keeps run state: ``storage`` (a folder every node mounts, or a URI such
+        as ``s3://bucket/gat``), else ``<workspace>/outputs`` (one machine)."""
+        return location(storage) if storage else self.workspace / "outputs"
+
+    def checkpoints(self, size: str, storage: str = "") -> Path | StorePath:
         """Ray Train's storage for ``size``: one folder per run key inside."""
-        return self.workspace / "outputs" / "checkpoints" / size_path(size)
+        return self.state(storage) / "checkpoints" / size_path(size)
+
+    def tune_state(self, storage: str = "") -> Path | StorePath:
+        """Ray Tune's experiments: ``tune`` above, or ``<storage>/tune``."""
+        return self.state(storage) / "tune" if storage else self.tune
+
+    # -- what Ray workers read: the checkout's data/, or a copy at runtime.data_url
+    def worker_data(self, data_url: str = "") -> tuple[str, str]:
+        """(latent shard location, teacher token location) for the workers: ``data/shards/
+        train`` and ``data/teacher``, or the same sub-folders of ``data_url`` (a folder, a
+        URL, or a template whose ``{path}`` stands for a file's path under it)."""
+        if not data_url:
+            return str(self.shards), str(self.teacher_tokens)
+        subs = (IN_CHECKOUT["shards"], IN_CHECKOUT["teacher_tokens"])
+        subs = tuple(str(Path(sub).relative_to("data")) for sub in subs)
+        if "{path}" in data_url:
+            return tuple(data_url.replace("{path}", f"{sub}/{{path}}") for sub in subs)
+        return tuple(f"{data_url.rstrip('/')}/{sub}" for sub in subs)
 
 
 LAYOUT = Layout.from_env()

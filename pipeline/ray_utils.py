@@ -11,7 +11,8 @@ def init_ray(num_cpus: int | None = None) -> None:
     """Join ``$RAY_ADDRESS`` if set (a cluster), else start a local Ray bound to 127.0.0.1.
 
     The dashboard (web view and state API, for watching a local run) is bound to loopback
-    only.
+    only. Ray keeps 127.0.0.1 only when ``pipeline`` was imported before Ray (see
+    ``pipeline._ray_on_loopback``), as every stage does.
     """
     if ray.is_initialized():
         return

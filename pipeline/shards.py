@@ -24,10 +24,10 @@ Loader API (what training uses)::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
+import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 import torch
 import webdataset as wds
-from torch.utils.data import DataLoader, get_worker_info
+from torch.utils.data import get_worker_info
 from tqdm import tqdm
 
-from pipeline.files import write_json
+from pipeline.files import file_sha256, write_json
 
 MANIFEST = "manifest.json"
 FINGERPRINT = "fingerprint.txt"
@@ -58,14 +58,6 @@ def sample_key(j: int) -> str:
     return f"{j:09d}"
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def sample_plan(num_images: int, hflip: bool) -> tuple[np.ndarray, np.ndarray]:
     """(source image index [M], flipped [M]) for every sample j; M = N or 2N with flips."""
     if not hflip:
@@ -76,73 +68,36 @@ def sample_plan(num_images: int, hflip: bool) -> tuple[np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------- tar reading
 
 
-def iter_tar(path: str | os.PathLike, read_data: bool = True, verify: bool = True
-             ) -> Iterator[tuple[str, bytes | None]]:
-    """(member name, bytes or None) of every regular file in a tar, in order.
-
-    A minimal reader for the shards this module writes: about 5x faster than tarfile's
-    (which parses each member's pax header into objects), and it skips the data when only
-    names are needed. Raises ShardError naming the file on a truncated tar or, with
-    ``verify``, a header whose checksum is wrong (the loader leaves that to sha256).
-    """
-    with open(path, "rb") as f:
-        long_name = None
-        while True:
-            header = f.read(512)
-            if len(header) < 512:
-                raise ShardError(f"{path}: truncated tar (no end marker); delete it and rerun "
-                                 "the stage that wrote it")
-            if header[0] == 0 and header.count(0) == 512:
-                return
-            size, kind = _check_header(path, header, verify)
-            padded = (size + 511) & ~511
-            if kind in (b"x", b"L"):  # pax extended header / GNU long name: the next name
-                data = f.read(padded)[:size]
-                long_name = _pax_path(data) if kind == b"x" else data.rstrip(b"\0").decode()
-                continue
-            name = long_name or _header_name(header)
-            long_name = None
-            if kind not in (b"0", b"\0"):  # directories, global headers, links: no samples
-                f.seek(padded, 1)
-                continue
-            if read_data:
-                data = f.read(padded)
-                if len(data) < padded:
-                    raise ShardError(f"{path}: truncated in member {name}; delete it and "
-                                     "rerun the stage that wrote it")
-                yield name, data[:size]
-            else:
-                f.seek(padded, 1)
-                yield name, None
-
-
-def _check_header(path: str | os.PathLike, header: bytes, verify: bool) -> tuple[int, bytes]:
-    stored = header[148:156].rstrip(b"\0 ")
-    if verify and (not stored or int(stored, 8) != sum(header) - sum(header[148:156]) + 256):
-        raise ShardError(f"{path}: corrupt tar header (checksum); delete it and rerun the "
-                         "stage that wrote it")
-    return int(header[124:136].rstrip(b"\0 ") or b"0", 8), header[156:157]
-
-
-def _header_name(header: bytes) -> str:
-    name = header[:100].split(b"\0", 1)[0].decode()
-    prefix = header[345:500].split(b"\0", 1)[0].decode() if header[257:262] == b"ustar" else ""
-    return f"{prefix}/{name}" if prefix else name
-
-
-def _pax_path(data: bytes) -> str | None:
-    for record in data.decode("utf-8").splitlines():
-        key, _, value = record.partition(" ")[2].partition("=")
-        if key == "path":
-            return value
-    return None
-
-
-def iter_samples(path: str | os.PathLike, read_data: bool = True, verify: bool = True
+def iter_samples(path: str | os.PathLike, read_data: bool = True
                  ) -> Iterator[tuple[str, dict[str, bytes | None]]]:
-    """(key, {field: bytes}) per sample, grouping consecutive members by webdataset key."""
+    """(key, {field: bytes}) per sample of a shard at a path or URL, in order.
+
+    Data are read by webdataset (any URL it opens: a path, ``file://``, ``http(s)://``,
+    ``gs://``, ``pipe:CMD``); ``read_data=False`` lists a local shard's member names only
+    (the encode stage's check of finished shards; fields map to None). Raises ShardError
+    naming the shard when it is truncated or not a tar.
+    """
+    try:
+        if read_data:
+            for sample in wds.tarfile_samples([{"url": str(path)}]):
+                yield sample["__key__"], {k: v for k, v in sample.items()
+                                          if not k.startswith("__")}
+            return
+        with tarfile.open(path) as tar:  # reads headers, seeks over member data
+            members = [m for m in tar.getmembers() if m.isreg()]
+        if members and members[-1].offset_data + members[-1].size > os.path.getsize(path):
+            raise ValueError(f"truncated in member {members[-1].name}")
+        names = [m.name for m in members]
+    except (tarfile.TarError, OSError, ValueError) as err:
+        raise ShardError(f"{path}: unreadable shard ({err}); delete it and rerun the stage "
+                         "that wrote it") from None
+    yield from _group_names(names)
+
+
+def _group_names(names: list[str]) -> Iterator[tuple[str, dict[str, None]]]:
+    """Consecutive member names grouped by webdataset key (folder/stem), as a tar holds them."""
     key, fields = None, {}
-    for name, data in iter_tar(path, read_data, verify):
+    for name in names:
         folder, _, base = name.rpartition("/")
         stem, _, field = base.partition(".")
         member_key = f"{folder}/{stem}" if folder else stem
@@ -150,7 +105,7 @@ def iter_samples(path: str | os.PathLike, read_data: bool = True, verify: bool =
             if key is not None:
                 yield key, fields
             key, fields = member_key, {}
-        fields[field] = data
+        fields[field] = None
     if key is not None:
         yield key, fields
 
@@ -187,7 +142,7 @@ def write_shards(
         for first, last in _runs(todo):
             _write_run(out_dir, first, last, shard_size, num_samples, encode, batch, bar)
     return [{"name": shard_name(s), "samples": _shard_len(s, shard_size, num_samples),
-             "sha256": sha256(out_dir / shard_name(s))} for s in range(num_shards)]
+             "sha256": file_sha256(out_dir / shard_name(s))} for s in range(num_shards)]
 
 
 def _discard_stale(out_dir: Path, fingerprint: str) -> None:
@@ -213,7 +168,7 @@ def _write_run(out_dir: Path, first: int, last: int, shard_size: int, total: int
     start, stop = first * shard_size, min((last + 1) * shard_size, total)
     pattern = str(out_dir).replace("%", "%%") + f"/{_TMP_PREFIX}shard-%06d.tar"
     sink = wds.ShardWriter(pattern, maxcount=shard_size, maxsize=float("inf"), post=publish,
-                           start_shard=first, verbose=0)
+                           start_shard=first, verbose=0, mtime=0)
     try:
         for b0 in range(start, stop, batch):  # ShardWriter rolls over every shard_size
             idx = np.arange(b0, min(b0 + batch, stop))
@@ -277,7 +232,7 @@ def read_manifest(shard_dir: str | os.PathLike, verify: bool = False) -> dict[st
         file = Path(shard_dir) / shard["name"]
         if not file.exists():
             raise ShardError(f"{file}: listed in {path} but missing; rerun `dvc repro`")
-        if verify and sha256(file) != shard["sha256"]:
+        if verify and file_sha256(file) != shard["sha256"]:
             raise ShardError(f"{file}: sha256 does not match {path} (corrupt or replaced); "
                              "delete it and rerun the stage that wrote it (`dvc repro`)")
     return manifest
@@ -312,43 +267,87 @@ def assign_shards(shards: list[str], slot: int, slots: int) -> list[tuple[str, i
     return [(shards[i], slot // len(shards), parts)]
 
 
+def is_url(location: str | os.PathLike) -> bool:
+    """Whether a shard location is a URL (``file://``, ``http(s)://``, ``gs://``, ``pipe:``)
+    rather than a folder path."""
+    return isinstance(location, str) and ("://" in location or location.startswith("pipe:"))
+
+
+def shard_url(location: str | os.PathLike, name: str) -> str:
+    """The URL (or path) of file ``name`` in a shard location.
+
+    ``location``: a folder path, a folder URL (``file:///srv/shards``,
+    ``https://host/shards``, ``gs://bucket/shards``), or a template with ``{path}`` for the
+    file name (``pipe:aws s3 cp s3://bucket/shards/{path} -``).
+    """
+    location = str(location)
+    if "{path}" in location:
+        return location.replace("{path}", name)
+    return f"{location.rstrip('/')}/{name}"
+
+
+def read_manifest_at(location: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a shard location: a folder (checked as :func:`read_manifest` does) or
+    a URL, read through webdataset's ``gopen``. Raises ShardError naming the URL when it
+    cannot be read or is not a manifest."""
+    if not is_url(location):
+        return read_manifest(location)
+    url = shard_url(location, MANIFEST)
+    try:
+        with wds.gopen(url) as stream:
+            manifest = json.loads(stream.read())
+        if not {"shards", "samples"} <= set(manifest):
+            raise ValueError("no 'shards' or 'samples' in it")
+    except Exception as err:  # any opener's failure: missing file, HTTP error, bad command
+        raise ShardError(f"{url}: cannot read a shard manifest there ({err}); copy the "
+                         "shard folder (with its manifest.json) to that location or fix "
+                         "the location") from None
+    return manifest
+
+
 class LatentStream:
     """Batches {latents [B,C,h,w], labels [B], teacher [B,1+n,T] or None}; endless by default.
 
-    The slots (Ray worker x DataLoader worker) share one seeded shard permutation per
-    epoch and split it with :func:`assign_shards`, so every sample is read exactly once per
-    epoch across all of them. A shuffle buffer mixes samples within a slot; batches are
-    built in the worker. Latents are drawn from the stored posterior,
+    A webdataset pipeline: this slot's shards of each epoch -> samples (webdataset's tar
+    reader, any URL it opens) -> ``wds.shuffle`` -> ``wds.batched``. The slots (Ray worker x
+    DataLoader worker) share one seeded shard permutation per epoch and split it with
+    :func:`assign_shards`, so every sample is read exactly once per epoch across all of
+    them (``wds.split_by_node`` / ``split_by_worker`` slice one endless stream instead: an
+    epoch splits unevenly when the shards are not a multiple of the slots, and a slot past
+    the last shard would wait forever). Latents are drawn from the stored posterior,
     ``(mean + std * eps) * scale_factor``, fresh noise every time a sample is read.
+
+    ``manifest`` / ``teacher_manifest``: the manifests, when the caller has read them (a
+    Ray worker gets them from the driver instead of reading the location again).
     """
 
     def __init__(self, shard_dir: str | os.PathLike, batch_size: int, rank: int = 0,
                  world_size: int = 1, seed: int = 0, shuffle_buffer: int = 1000,
                  teacher_dir: str | os.PathLike | None = None, epochs: int | None = None,
-                 with_keys: bool = False):
-        self.shard_dir = Path(shard_dir)
-        self.teacher_dir = Path(teacher_dir) if teacher_dir else None
-        manifest = read_manifest(self.shard_dir)
+                 with_keys: bool = False, manifest: dict[str, Any] | None = None,
+                 teacher_manifest: dict[str, Any] | None = None):
+        manifest = manifest or read_manifest_at(shard_dir)
         self.shards = [s["name"] for s in manifest["shards"]]
+        self.urls = {n: shard_url(shard_dir, n) for n in self.shards}
         self.shape = tuple(manifest["latent_shape"])
         self.scale = float(manifest["scale_factor"])
-        self.token_shape = self._token_shape(manifest) if self.teacher_dir else None
+        self.token_urls, self.token_shape = {}, None
+        if teacher_dir:
+            tokens = teacher_manifest or read_manifest_at(teacher_dir)
+            if [s["name"] for s in tokens["shards"]] != self.shards or (
+                    tokens["samples"] != manifest["samples"]):
+                raise ShardError(f"{teacher_dir}: its shards do not match {shard_dir} "
+                                 "(another encode run?); rerun `dvc repro teacher`")
+            self.token_urls = {n: shard_url(teacher_dir, n) for n in self.shards}
+            self.token_shape = tuple(tokens["token_shape"])
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} must lie in 0..world_size-1 ({world_size})")
         self.batch_size, self.rank, self.world = batch_size, rank, world_size
         self.seed, self.buffer, self.epochs = seed, max(1, shuffle_buffer), epochs
         self.with_keys = with_keys
 
-    def _token_shape(self, manifest: dict) -> tuple[int, ...]:
-        tokens = read_manifest(self.teacher_dir)
-        if [s["name"] for s in tokens["shards"]] != self.shards or (
-                tokens["samples"] != manifest["samples"]):
-            raise ShardError(f"{self.teacher_dir}: its shards do not match {self.shard_dir} "
-                             "(another encode run?); rerun `dvc repro teacher`")
-        return tuple(tokens["token_shape"])
-
     def pipeline(self) -> wds.DataPipeline:
-        """The webdataset pipeline: slot's shards -> samples -> shuffle buffer -> batches."""
+        """slot's shards -> samples -> ``wds.shuffle`` -> ``wds.batched`` (collated here)."""
         return wds.DataPipeline(self._slot_shards, self._samples, self._shuffle, self._batch)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -369,46 +368,34 @@ class LatentStream:
             epoch += 1
 
     def _samples(self, shards: Iterator[tuple[str, int, int]]) -> Iterator[tuple]:
+        """(key, posterior bytes, label, token bytes or None) of this slot's part of each
+        shard, latents and teacher tokens read in lockstep by webdataset's tar reader."""
         for name, part, parts in shards:
-            lat = iter_samples(self.shard_dir / name, verify=False)
-            tok = (iter_samples(self.teacher_dir / name, verify=False) if self.teacher_dir
-                   else None)
-            for pos, (key, fields) in enumerate(lat):
-                tokens = self._tokens(next(tok, (None, {})), key, name) if tok else None
+            lat = wds.tarfile_samples([{"url": self.urls[name]}])
+            tok = (wds.tarfile_samples([{"url": self.token_urls[name]}])
+                   if self.token_urls else None)
+            for pos, sample in enumerate(lat):
+                tokens = self._tokens(next(tok, {}), sample["__key__"], name) if tok else None
                 if pos % parts == part:
-                    yield key, fields["lat.bin"], int(fields["cls"]), tokens
+                    yield sample["__key__"], sample["lat.bin"], int(sample["cls"]), tokens
 
-    def _tokens(self, item: tuple, key: str, name: str) -> bytes:
-        tkey, fields = item
-        if tkey != key:
-            raise ShardError(f"{self.teacher_dir / name}: key {tkey} where {key} was "
-                             "expected; rerun `dvc repro teacher`")
-        return fields["tok.bin"]
+    def _tokens(self, sample: dict, key: str, name: str) -> bytes:
+        if sample.get("__key__") != key:
+            raise ShardError(f"{self.token_urls[name]}: key {sample.get('__key__')} where "
+                             f"{key} was expected; rerun `dvc repro teacher`")
+        return sample["tok.bin"]
 
     def _shuffle(self, samples: Iterator[tuple]) -> Iterator[tuple]:
         slot, _ = self._slot()
         rng = random.Random(self.seed * 100_003 + 7919 * slot)
-        buffer: list[tuple] = []
-        for item in samples:
-            buffer.append(item)
-            if len(buffer) >= self.buffer:
-                i = rng.randrange(len(buffer))
-                buffer[i], buffer[-1] = buffer[-1], buffer[i]  # O(1) pop of a random item
-                yield buffer.pop()
-        rng.shuffle(buffer)
-        yield from buffer
+        return wds.shuffle(self.buffer, self.buffer, rng=rng)(samples)
 
     def _batch(self, samples: Iterator[tuple]) -> Iterator[dict[str, Any]]:
+        """Full batches; in epoch mode the remainder too."""
         slot, _ = self._slot()
         gen = torch.Generator().manual_seed(self.seed * 100_003 + 7919 * slot + 1)
-        batch: list[tuple] = []
-        for item in samples:
-            batch.append(item)
-            if len(batch) == self.batch_size:
-                yield self.collate(batch, gen)
-                batch = []
-        if batch:  # only reached in epoch mode: the remainder too
-            yield self.collate(batch, gen)
+        return wds.batched(self.batch_size, lambda items: self.collate(items, gen),
+                           partial=True)(samples)
 
     def collate(self, items: list[tuple], gen: torch.Generator) -> dict[str, Any]:
         """Raw fp16 bytes -> float32 tensors; latents sampled from the posterior."""
@@ -428,23 +415,26 @@ class LatentStream:
         return out
 
 
-def _identity(batch: Any) -> Any:
-    return batch
-
-
 def make_train_loader(shard_dir: str | os.PathLike, batch_size: int, rank: int = 0,
                       world_size: int = 1, num_workers: int = 1, seed: int = 0,
                       shuffle_buffer: int = 1000, teacher_dir: str | os.PathLike | None = None,
-                      epochs: int | None = None, with_keys: bool = False) -> DataLoader:
+                      epochs: int | None = None, with_keys: bool = False,
+                      manifest: dict[str, Any] | None = None,
+                      teacher_manifest: dict[str, Any] | None = None) -> wds.WebLoader:
     """Batches of latents f32 [B,C,h,w], labels i64 [B], teacher f32 [B,1+n,T] or None.
 
+    ``shard_dir`` / ``teacher_dir``: shard locations, folders or URLs (:func:`shard_url`).
     ``rank``/``world_size``: this Ray (or DDP) worker; ``num_workers`` DataLoader processes
     each read their own shards. ``epochs=None`` iterates forever (step-based training);
     ``epochs=k`` stops after k passes, every sample once per pass across all workers, the
     last batch of a worker possibly short. ``with_keys`` adds ``keys`` (sample keys).
     """
     stream = LatentStream(shard_dir, batch_size, rank, world_size, seed, shuffle_buffer,
-                          teacher_dir, epochs, with_keys)
-    return DataLoader(stream.pipeline(), batch_size=None, num_workers=num_workers,
-                      persistent_workers=num_workers > 0 and epochs is None,
-                      collate_fn=_identity)
+                          teacher_dir, epochs, with_keys, manifest, teacher_manifest)
+    return wds.WebLoader(stream.pipeline(), batch_size=None, num_workers=num_workers,
+                         persistent_workers=num_workers > 0 and epochs is None,
+                         collate_fn=_identity)
+
+
+def _identity(batch: Any) -> Any:
+    return batch

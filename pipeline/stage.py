@@ -3,7 +3,9 @@
 A stage module defines ``run(params, args)`` and ends with ``stage_main(__doc__, run)``;
 stages that work per model size declare ``size=True`` and get a positional SIZE argument
 and ``--seed`` (a training seed of study.train_seeds, default the first).
-``--dry-run`` prints the resolved, validated config and exits before any work.
+``--dry-run`` prints the resolved, validated config and exits before any work. A stage
+refused by the cluster or the MLflow store (``ClusterError``, ``TrackingError``) exits with
+the message, which names what to set.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from typing import Any
 
 import yaml
 
+from pipeline.cluster import ClusterError
 from pipeline.config import DEFAULT_PARAMS, Params, ParamsError, load_params
 from pipeline.config.trace import untraced
+from pipeline.tracking import TrackingError
 
 
 def stage_parser(doc: str | None, size: bool = False) -> argparse.ArgumentParser:
@@ -76,4 +80,7 @@ def stage_main(
             resolved["derived"] = extra(params, args)
         print(yaml.safe_dump(json.loads(json.dumps(resolved)), sort_keys=False))
         return
-    run(params, args)
+    try:
+        run(params, args)
+    except (ClusterError, TrackingError) as err:  # refused before any work: say what to set
+        sys.exit(f"error: {err}")

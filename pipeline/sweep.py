@@ -3,9 +3,11 @@
 Each trial is a training run through :class:`pipeline.training.worker.Worker` (the loop
 every worker of the ``train`` stage runs) with one ``train.lr_base``; ASHA stops trials
 whose FD proxy (FD-classifier offline, FID with Inception) lags at a rung. One MLflow run
-per trial, nested under the sweep's run. Tune's experiments live in the workspace
-(``outputs/tune/<name>``, shared by every DVC experiment), named by a hash of what shapes
-the trials: the same sweep restores, a changed one starts beside it.
+per trial, nested under the sweep's run (logged by the driver). Tune's experiments live in
+the workspace (``outputs/tune/<name>``, shared by every DVC experiment) or in
+``<runtime.storage>/tune``, named by a hash of what shapes the trials: the same sweep
+restores, a changed one starts beside it. A trial whose node dies restarts from its last
+checkpoint on another node (``runtime.max_failures``).
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from gat.train import lr_base_at, model_lr
-from pipeline import tracking
+from pipeline import cluster, tracking
 from pipeline.config import Params, with_overrides
 from pipeline.identity import run_identity
 from pipeline.layout import LAYOUT, Layout
 from pipeline.ray_utils import init_ray
+from pipeline.storage import StorePath
+from pipeline.training.job import TrainJob
 
 METRIC = "fd"  # the proxy reported by training every runtime.fd_every steps
 
@@ -70,7 +74,26 @@ def trial_name(config: dict[str, Any]) -> str:
     return f"lr{config['lr_base']:.3g}"
 
 
-def _trainable(params: Params, size: str, trials: Path, layout: Layout):
+def trial_jobs(params: Params, size: str, trials: Path | StorePath, lrs: list[float],
+               layout: Layout, debug: dict[str, Any] | None = None) -> dict[str, TrainJob]:
+    """Trial name -> its job, built here on the driver (identity, manifests, folders), so a
+    trial on another node reads nothing of this checkout but what the job names. A
+    trial's state (live log, diverged.json, generator) lives in ``trials/<name>`` of the
+    experiment. ``debug``: the workers' test hooks (see ``Worker._debug_hooks``)."""
+    from pipeline.training.job import make_job
+
+    jobs = {}
+    for lr in lrs:
+        name = trial_name({"lr_base": lr})
+        p = trial_params(params, lr)
+        out = trials / name
+        jobs[name] = replace(make_job(p, size, p.study.train_seeds[0], layout, session="tune",
+                                      debug=debug or {}),
+                             run_dir=out, generator_dir=out / "generator", results_dir=out)
+    return jobs
+
+
+def _trainable(jobs: dict[str, TrainJob]):
     def run_trial(config: dict[str, Any]) -> None:
         """One Tune trial: the train stage's worker loop, reporting through Tune.
 
@@ -78,17 +101,13 @@ def _trainable(params: Params, size: str, trials: Path, layout: Layout):
         nested groups wait for CPUs that finished or ASHA-stopped trials have not yet given
         back (Ray's placement-group clean-up times out under load), and trials then hang.
         """
-        from pipeline.training.job import make_job
         from pipeline.training.outputs import read_diverged
         from pipeline.training.worker import Worker
 
-        p = trial_params(params, config["lr_base"])
-        out = trials / trial_name(config)
-        out.mkdir(parents=True, exist_ok=True)
-        job = replace(make_job(p, size, p.study.train_seeds[0], layout, session="tune"),
-                      run_dir=out, generator_dir=out / "generator", results_dir=out)
+        job = jobs[trial_name(config)]
+        job.run_dir.mkdir(parents=True, exist_ok=True)
         Worker(job).run()
-        if read_diverged(out):  # rank it last rather than by its last good report
+        if read_diverged(job.run_dir):  # rank it last rather than by its last good report
             tune.report({METRIC: float("inf"), "diverged": 1.0})
 
     return run_trial
@@ -107,8 +126,8 @@ def experiment_name(params: Params, size: str, lrs: list[float], layout: Layout 
 
 
 def run_sweep(params: Params, size: str, lrs: list[float] | None = None,
-              scheduler: bool = True,
-              layout: Layout = LAYOUT) -> pd.DataFrame:
+              scheduler: bool = True, layout: Layout = LAYOUT,
+              debug: dict[str, Any] | None = None) -> pd.DataFrame:
     """Run one Tune experiment over ``lrs`` (lr_base values; default the sweep's grid) at
     ``size``; one row per trial. Rerunning after a kill restores the Tune experiment and
     finishes the trials that had not ended."""
@@ -117,9 +136,11 @@ def run_sweep(params: Params, size: str, lrs: list[float] | None = None,
     name = experiment_name(params, size, lrs, layout)
     space: dict[str, Any] = {"lr_base": tune.grid_search(lrs)}
     rt = params.runtime
-    trainable = tune.with_resources(
-        _trainable(params, size, layout.tune / name / "trials", layout),
-        {"cpu": rt.trial_cpus, "gpu": rt.trial_gpus})
+    storage = layout.tune_state(rt.storage)
+    jobs = trial_jobs(params, size, storage / name / "trials", lrs, layout, debug)
+    check_cluster(next(iter(jobs.values())), storage)
+    trainable = tune.with_resources(_trainable(jobs), {"cpu": rt.trial_cpus,
+                                                       "gpu": rt.trial_gpus})
     tr = tracking.tracker(params, layout)
     sweep_run = tr.find_or_create(
         {tracking.ROLE: "sweep", tracking.RUN_KEY: name}, f"lr-sweep {size} {name[-6:]}",
@@ -135,7 +156,7 @@ def run_sweep(params: Params, size: str, lrs: list[float] | None = None,
     # compares trials after grace_period training steps.
     asha = ASHAScheduler(time_attr="training_iteration", grace_period=1, reduction_factor=2,
                          max_t=_expected_reports(params)) if scheduler else None
-    path = layout.tune / name
+    path = storage / name
     if tune.Tuner.can_restore(str(path)):
         print(f"restoring the Tune experiment in {path}: finished trials are kept")
         tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True, param_space=space)
@@ -145,21 +166,42 @@ def run_sweep(params: Params, size: str, lrs: list[float] | None = None,
             tune_config=tune.TuneConfig(metric=METRIC, mode="min", scheduler=asha,
                                         max_concurrent_trials=rt.concurrent_trials),
             run_config=tune.RunConfig(
-                name=name, storage_path=str(layout.tune), callbacks=[mlflow_cb], verbose=1,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+                name=name, storage_path=str(storage), callbacks=[mlflow_cb], verbose=1,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                # a trial whose node dies restarts from its last checkpoint elsewhere
+                failure_config=tune.FailureConfig(max_failures=rt.max_failures)),
         )
     table = _trials_table(tuner.fit(), size, params)
     tr.set_status(sweep_run, "FINISHED")
     return table.assign(sweep_run=sweep_run)
 
 
+def check_cluster(job: TrainJob, storage: Path | StorePath) -> None:
+    """Refuse a sweep whose trial (runtime.trial_cpus, runtime.trial_gpus) fits on no node,
+    or (on several nodes) whose storage, shards or checkout files some node cannot see."""
+    from pipeline.training.driver import rank0_reads
+
+    rt = job.params.runtime
+    nodes = cluster.alive_nodes()
+    hosts = cluster.check_resources(nodes, 1, rt.trial_cpus, rt.trial_gpus, "PACK",
+                                    "one sweep trial (runtime.trial_cpus, runtime.trial_gpus)")
+    if len(nodes) > 1:
+        looks = cluster.data_looks([job.shards, *([job.teacher] if job.teacher else [])])
+        cluster.probe(hosts, looks + cluster.checkout_paths(rank0_reads(job)), state=storage)
+
+
 def _trials_table(results: tune.ResultGrid, size: str, params: Params) -> pd.DataFrame:
+    """One row per trial. Its reports are counted by Tune's ``training_iteration``: a trial
+    restored after its node died keeps counting there, while its ``metrics_dataframe``
+    holds only the reports since the restore."""
     rows = []
     for result in results:
         history = result.metrics_dataframe
         fd = history[METRIC].dropna() if history is not None and METRIC in history else []
-        diverged = history is not None and "diverged" in history and bool(
-            history["diverged"].notna().any())
+        diverged = bool((result.metrics or {}).get("diverged")) or (
+            history is not None and "diverged" in history
+            and bool(history["diverged"].notna().any()))
+        reports = int((result.metrics or {}).get("training_iteration", len(fd))) - diverged
         lr_base = result.config["lr_base"]
 
         rows.append({
@@ -167,8 +209,8 @@ def _trials_table(results: tune.ResultGrid, size: str, params: Params) -> pd.Dat
             "lr": model_lr(replace(params.train, lr_base=lr_base), size),
             "fd": float(fd.iloc[-1]) if len(fd) else float("nan"),
             "best_fd": float(fd.min()) if len(fd) else float("nan"),
-            "reports": len(fd),
-            "stopped_early": not diverged and len(fd) < _expected_reports(params),
+            "reports": reports,
+            "stopped_early": not diverged and reports < _expected_reports(params),
             "diverged": diverged,
             "error": str(result.error) if result.error else "",
         })

@@ -185,6 +185,13 @@ def tracker(params: Params, layout: Layout = LAYOUT) -> Tracker:
     return Tracker(tracking_uri(params, layout), params.tracking.experiment, layout)
 
 
+def worker_tracker(params: Params, driver: Tracker) -> Tracker:
+    """The store Ray workers log to from their own nodes: ``tracking.worker_uri``, else the
+    driver's (the same server, perhaps by another address: the driver may reach it through
+    a tunnel at 127.0.0.1, workers by its cluster address)."""
+    return Tracker(params.tracking.worker_uri or driver.uri, driver.experiment, driver.layout)
+
+
 # ----------------------------------------------------------------------------- runs
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import torch
 
+from pipeline import cluster
 from pipeline.config import Params
 from pipeline.data import open_split
 from pipeline.files import digest
@@ -44,7 +44,7 @@ def tokenizer_fingerprint(params: Params) -> str:
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = cluster.device(params.runtime.use_gpu)  # refuses a GPU study without one
     tok = load_tokenizer(params.tokenizer.source, device,
                                     params.tokenizer.scale_factor)
     train = open_split(params.data, "train")

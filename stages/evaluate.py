@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline import evaluation, tracking
+from pipeline import cluster, evaluation, tracking
 from pipeline.config import Params
 from pipeline.files import atomic_path, write_json
 from pipeline.layout import LAYOUT
@@ -34,7 +34,8 @@ from pipeline.stage import stage_main
 
 def run(params: Params, args: argparse.Namespace) -> None:
     size, seed = args.size, args.seed
-    gen, meta, tokenizer = evaluation.load_trained(LAYOUT.generator(size, seed))
+    device = cluster.device(params.runtime.use_gpu)  # refuses a GPU study without one
+    gen, meta, tokenizer = evaluation.load_trained(LAYOUT.generator(size, seed), device)
     grid, strip = LAYOUT.samples(size, seed), LAYOUT.interpolation(size, seed)
     metrics = {"size": size, "seed": seed,
                **evaluation.evaluate_trained(params, gen, meta, tokenizer, grid)}

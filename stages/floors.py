@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from pipeline import evaluation, fidelity
+from pipeline import cluster, evaluation, fidelity
 from pipeline.config import Params
 from pipeline.data import open_split
 from pipeline.files import digest
@@ -27,7 +25,7 @@ from pipeline.tracking import record_stage
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = cluster.device(params.runtime.use_gpu)  # refuses a GPU study without one
     ev = fidelity.evaluator(params.evaluator.source)
     reference = fidelity.load_reference(fidelity.reference_path(), metric=ev.metric)
     tokenizer = load_tokenizer(params.tokenizer.source, device, params.tokenizer.scale_factor)

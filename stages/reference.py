@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline import cluster
 from pipeline.config import Params
 from pipeline.data import open_split
 from pipeline.fidelity import REFERENCE_FILE, evaluator, reference_statistics, save_reference
@@ -23,6 +24,7 @@ BATCH = 250  # images per extractor call; the statistics do not depend on it
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
+    cluster.device(params.runtime.use_gpu)  # a GPU study refuses a CPU-only machine
     split = open_split(params.data, "eval")
     ev = evaluator(params.evaluator.source)
     batches = (images for _, images in split.batches(BATCH))

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import torch
 
+from pipeline import cluster
 from pipeline.config import Params
 from pipeline.data import open_split
 from pipeline.files import digest
@@ -39,7 +39,7 @@ def teacher_fingerprint(params: Params, latents: dict) -> str:
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = cluster.device(params.runtime.use_gpu)  # refuses a GPU study without one
     latents = read_manifest(SHARDS)
     teacher = load_teacher(params.teacher.source, device, params.teacher.input_size)
     train = open_split(params.data, "train")

@@ -16,6 +16,7 @@ import time
 import numpy as np
 import torch
 
+from pipeline import cluster
 from pipeline.config import Params
 from pipeline.data import open_split
 from pipeline.files import atomic_path, digest
@@ -72,7 +73,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
         with atomic_path(LAYOUT.tokenizer) as tmp:
             tmp.mkdir()
             (tmp / SOURCE_FILE).write_text(params.tokenizer.source + "\n")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = cluster.device(params.runtime.use_gpu)  # refuses a GPU study without one
     tok = load_tokenizer(params.tokenizer.source, device,
                                     params.tokenizer.scale_factor)
     psnr, shape = reconstruction_psnr(tok, params)

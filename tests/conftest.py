@@ -12,6 +12,11 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Ray rewrites 127.0.0.1 (in `_node_ip_address`, in a cluster address) to the machine's
+# outward address unless this is 0 when it is imported: then 127.0.0.1 is this machine's
+# address, so local Ray really listens on loopback only, and a driver can join the
+# loopback-bound multi-node cluster of tests/multinode.py.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 @pytest.fixture(scope="session")

@@ -103,6 +103,22 @@ def synthetic_root(root: Path, classes: int = 4) -> Path:
     return root
 
 
+def fd_root(root: Path) -> Path:
+    """:func:`synthetic_root` plus what the FD proxy reads (a small classifier in
+    data/classifier, reference statistics of synthetic images in data/reference): enough for
+    training with ``fd_every`` and for sweep trials."""
+    from pipeline.fidelity import evaluator, reference_path, reference_statistics, save_reference
+    from pipeline.layout import Layout
+    from tests.eval_helpers import save_classifier_dir, synthetic_images
+
+    synthetic_root(root)
+    layout = Layout(root, root)
+    save_classifier_dir(layout.classifier)
+    ev = evaluator("train", str(layout.classifier))
+    save_reference(reference_statistics(ev, [synthetic_images(64)[0]]), reference_path(layout))
+    return root
+
+
 def tiny_params(tmp: Path, mlflow_uri: str, **overrides: object) -> Params:
     """The tiny profile with a test's MLflow store and overrides of train.* or runtime.*
     keys, given by their names (``batch=8, workers=2``)."""

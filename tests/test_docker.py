@@ -26,8 +26,11 @@ def _tool(name: str) -> bool:
     return (VENV_BIN / name).exists() or shutil.which(name) is not None
 
 
-def _compose() -> dict[str, Any]:
-    return yaml.safe_load((DOCKER / "docker-compose.yml").read_text())
+COMPOSE_FILES = ("docker-compose.yml", "docker-compose.multihost.yml")
+
+
+def _compose(name: str = "docker-compose.yml") -> dict[str, Any]:
+    return yaml.safe_load((DOCKER / name).read_text())
 
 
 def _defaults(text: str) -> str:
@@ -82,8 +85,9 @@ def test_ray_head_and_gpu_workers():
         assert "..:/workspace" in node["volumes"]  # same checkout path on every node
 
 
-def test_references_resolve():
-    compose = _compose()
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_references_resolve(name):
+    compose = _compose(name)
     services = compose["services"]
     for name, svc in services.items():
         for dep in svc.get("depends_on", {}):
@@ -101,7 +105,7 @@ def test_references_resolve():
 
 
 def test_env_example_documents_every_variable():
-    used = set(VAR.findall((DOCKER / "docker-compose.yml").read_text()))
+    used = {v for name in COMPOSE_FILES for v in VAR.findall((DOCKER / name).read_text())}
     example = (DOCKER / ".env.example").read_text()
     documented = set(re.findall(r"^([A-Z0-9_]+)=", example, flags=re.M))
     missing = used - documented - {"MLFLOW_IMAGE", "MLFLOW_ALLOWED_HOSTS"}
@@ -109,6 +113,38 @@ def test_env_example_documents_every_variable():
     # The password has no default: compose refuses to start until it is set.
     assert re.search(r"^POSTGRES_PASSWORD=$", example, flags=re.M)
     assert ".env" in (DOCKER / ".gitignore").read_text().split()
+
+
+def test_multihost_addresses_reach_across_hosts():
+    """Several hosts: nothing on loopback or a compose-only name, a GPU-less head, one
+    worker container per host with its GPUs, Ray's token auth on."""
+    services = _compose("docker-compose.multihost.yml")["services"]
+    for name, svc in services.items():
+        for port in svc.get("ports", []):
+            assert str(port).startswith("${HEAD_IP:?"), (name, port)  # required, no default
+    head, worker = services["ray-head"], services["ray-worker"]
+    assert services["mlflow"]["profiles"] == ["head"] and worker["profiles"] == ["worker"]
+    assert "--num-gpus=0" in head["command"]
+    assert any(a.startswith("--address=${HEAD_IP:?") for a in worker["command"])
+    for node in (head, worker):
+        env = node["environment"]
+        assert env["RAY_ADDRESS"].startswith("${HEAD_IP:?")
+        assert env["MLFLOW_TRACKING_URI"].startswith("http://${HEAD_IP:?")
+        assert env["RAY_AUTH_MODE"] == "token" and "RAY_AUTH_TOKEN:?" in env["RAY_AUTH_TOKEN"]
+        assert node["network_mode"] == "host"
+        assert any(a.startswith("--node-ip-address=${") for a in node["command"])
+        assert node["volumes"][0].startswith("${GAT_CHECKOUT:?")  # a shared path, required
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["count"] == "all" and "replicas" not in worker["deploy"]
+
+
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_the_driver_runs_on_a_gpu_node(name):
+    """The documented `dvc repro` runs in a worker container: the head has no GPU."""
+    text = (DOCKER / name).read_text()
+    assert re.search(r"exec ray-worker dvc repro", text) and "exec ray-head" not in text
+    readme = (DOCKER / "README.md").read_text()
+    assert "exec ray-worker dvc repro" in readme and "exec ray-head dvc" not in readme
 
 
 def test_dockerfile_cuda_python311_pinned_stack_non_root():

@@ -284,6 +284,12 @@ class RuntimeParams(Traced):
     trial_cpus: float = 1.0  # one sweep trial = one training process with these resources
     trial_gpus: float = 0.0
     concurrent_trials: int = 1  # sweep trials side by side
+    # Where the Ray workers' run state and data live (README: "More than one machine"):
+    placement: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    storage: str = ""  # Ray Train checkpoints and Tune experiments: empty = <workspace>/outputs
+    #                    (one machine); else a folder every node mounts or s3://, gs://...
+    data_url: str = ""  # where workers read shards/train/ and teacher/: empty = data/ of the
+    #                     checkout; else a folder or URL holding copies ({path}: a template)
 
     def check(self, where: str) -> None:
         positive(self, where, "workers", "cpus_per_worker", "grad_accum", "checkpoint_every",
@@ -292,12 +298,20 @@ class RuntimeParams(Traced):
                     "trial_gpus"):
             if getattr(self, key) < 0:
                 raise ParamsError(f"{where}.{key}: {getattr(self, key)} must be 0 or positive")
+        for key, example in (("storage", "/mnt/shared/gat or s3://bucket/gat"),
+                             ("data_url", "/mnt/shared/gat-data or https://host/gat-data")):
+            value = getattr(self, key)
+            if value and ":" not in value and not value.startswith("/"):
+                raise ParamsError(f"{where}.{key}: {value!r} is a relative path: every node "
+                                  f"resolves it differently. Give an absolute path or a URI "
+                                  f"(e.g. {example}), or leave it empty")
 
 
 @dataclass(frozen=True)
 class TrackingParams(Traced):
     SECTION = "tracking"
     uri: str = ""  # empty: $MLFLOW_TRACKING_URI, else sqlite:///<workspace>/mlflow.db
+    worker_uri: str = ""  # the MLflow URI Ray workers log to (from their node); empty: uri's
     experiment: str = "gat"
     study_name: str = "gat-study"  # display name of the study's MLflow run
 

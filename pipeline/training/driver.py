@@ -1,43 +1,47 @@
 """The ``train`` stage's driver: one Ray Train ``TorchTrainer`` per run, resume, continue.
 
-Ray's storage for a size is ``<workspace>/outputs/checkpoints/<size>/``, one folder per
-run key (:mod:`pipeline.identity`), outside DVC's outputs (DVC deletes those before a
-stage runs) and shared by every experiment of the workspace. Ray Train V2 restores a run
-by name: the same command after a kill resumes from the last checkpoint; a finished run
-re-emits its outputs without training. A run with a larger ``train.iterations`` (or kimg)
-and otherwise the same key *continues* from the longest shorter run's last checkpoint.
+Ray's storage for a size is ``<state>/checkpoints/<size>/``, one folder per run key
+(:mod:`pipeline.identity`); ``<state>`` is ``runtime.storage`` (a folder every node mounts,
+or ``s3://...``), else the workspace's ``outputs/``: outside DVC's outputs (DVC deletes
+those before a stage runs) and shared by every experiment of the workspace. Ray Train V2
+restores a run by name: the same command after a kill (of the driver, or of a node: then
+within the run, under ``runtime.max_failures``) resumes from the last checkpoint; a
+finished run re-emits its outputs without training. A run with a larger
+``train.iterations`` (or kimg) and otherwise the same key *continues* from the longest
+shorter run's last complete checkpoint.
+
+Before any worker starts, the cluster is checked (:mod:`pipeline.cluster`): its GPUs and
+CPUs, and, on several nodes, that every node sees the storage, the shards and the MLflow
+server its workers use. The run's outputs come back through Ray's ``Result`` (the final
+checkpoint), not through files rank 0 wrote on its own node.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from gat.train import NonFiniteError
+from pipeline import cluster
 from pipeline.config import Params
 from pipeline.layout import LAYOUT, Layout
+from pipeline.storage import StorePath
+from pipeline.tracking import Tracker
+from pipeline.training.checkpoint import latest
 from pipeline.training.job import TrainJob, make_job
-from pipeline.training.outputs import read_diverged
+from pipeline.training.outputs import publish, read_diverged
 from pipeline.training.worker import train_loop
 
 KEEP_CHECKPOINTS = 2  # Ray deletes older ones; the newest is what a rerun resumes from
 
 
-def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
-    """(step, folder) of the newest checkpoint in a Ray run folder, if any."""
-    found = [(json.loads(p.read_text())["step"], p.parent)
-             for p in run_dir.glob("checkpoint_*/step.json")]
-    return max(found) if found else None
-
-
-def shorter_run(job: TrainJob) -> tuple[int, Path] | None:
-    """The newest checkpoint of a shorter run with the same base key, to continue from."""
+def shorter_run(job: TrainJob) -> tuple[int, Path | StorePath] | None:
+    """The newest complete checkpoint of a shorter run with the same base key."""
     best = None
     for run_dir in job.run_dir.parent.glob(f"{job.identity.base}-*"):
         steps = int(run_dir.name.rsplit("-", 1)[1])
-        found = latest_checkpoint(run_dir) if steps < job.steps else None
+        found = latest(run_dir) if steps < job.steps else None
         if found and (best is None or found[0] > best[0]):
             best = found
     return best
@@ -51,29 +55,70 @@ def training_config(job: TrainJob) -> dict[str, Any]:
             "run_key": ident.key, "study_key": ident.study}
 
 
-def prepare(params: Params, size: str, seed: int, layout: Layout = LAYOUT, track: bool = True,
-            debug: dict[str, Any] | None = None, out_dir: Path | None = None) -> TrainJob:
-    """The job for ``size``: identity, folders, continuation source, MLflow run.
-
-    The MLflow store is checked here, before any Ray worker starts: an unreachable one
-    stops the stage with the URI and how to set it.
-    """
+def plan(params: Params, size: str, seed: int, layout: Layout = LAYOUT, track: bool = True,
+         debug: dict[str, Any] | None = None, out_dir: Path | None = None
+         ) -> tuple[TrainJob, Tracker | None]:
+    """The job for ``size`` and the driver's MLflow store, without touching anything: the
+    job carries the workers' store (``tracking.worker_uri``). The driver's store is checked
+    here: an unreachable one stops the stage with the URI and how to set it. ``out_dir``:
+    see :func:`make_job`."""
     from pipeline import tracking
 
     job = make_job(params, size, seed, layout, out_dir, debug=debug or {})
-    job.run_dir.mkdir(parents=True, exist_ok=True)
-    (job.run_dir / "diverged.json").unlink(missing_ok=True)  # a rerun retries from the last
-    parent = None if latest_checkpoint(job.run_dir) else shorter_run(job)
-    if parent:
-        job = replace(job, continue_from=parent[1])
     if not track:
-        return job
+        return job, None
     tr = tracking.tracker(params, layout)
     tr.check()
+    workers = tracking.worker_tracker(params, tr)
+    if workers.uri != tr.uri:
+        workers.check()  # from here; check_cluster looks from every other node too
+    return replace(job, tracker=workers), tr
+
+
+def prepare(job: TrainJob, tr: Tracker | None) -> TrainJob:
+    """The run's folder, its continuation source and its MLflow run (found or created)."""
+    from pipeline import tracking
+
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    (job.run_dir / "diverged.json").unlink(missing_ok=True)  # a rerun retries from the last
+    parent = None if latest(job.run_dir) else shorter_run(job)
+    if parent:
+        job = replace(job, continue_from=parent[1])
+    if tr is None:
+        return job
     tags = {"gat.continued_from": parent[1].parent.name} if parent else {}
-    run_id = tracking.training_run(tr, params, size, job.identity.key, job.identity.study,
-                                   training_config(job), {"gat.seed": str(seed), **tags})
-    return replace(job, tracker=tr, mlflow_run=run_id)
+    run_id = tracking.training_run(tr, job.params, job.size, job.identity.key,
+                                   job.identity.study, training_config(job),
+                                   {"gat.seed": str(job.seed), **tags})
+    return replace(job, mlflow_run=run_id)
+
+
+def rank0_reads(job: TrainJob) -> list[Path]:
+    """Folders of the checkout that rank 0 reads (grids: the tokenizer; the FD proxy: the
+    reference statistics and the classifier), those this machine has."""
+    layout = job.layout
+    wanted = [layout.tokenizer] if job.tracker else []
+    if job.params.runtime.fd_every > 0:
+        wanted += [layout.tokenizer, layout.reference, layout.classifier]
+    return [p for p in dict.fromkeys(wanted) if p.exists()]
+
+
+def check_cluster(job: TrainJob) -> None:
+    """Refuse a run this Ray cluster cannot hold, or (on several nodes) whose storage,
+    shards or MLflow server some node cannot reach; see :mod:`pipeline.cluster`."""
+    rt = job.params.runtime
+    nodes = cluster.alive_nodes()
+    hosts = cluster.check_resources(
+        nodes, rt.workers, rt.cpus_per_worker, 1.0 if rt.use_gpu else 0.0, rt.placement,
+        "runtime.workers x (runtime.cpus_per_worker, runtime.use_gpu)")
+    if len(nodes) < 2:
+        return  # the driver's own node: it sees what the driver sees
+    looks = cluster.data_looks([job.shards, *([job.teacher] if job.teacher else [])])
+    looks += cluster.checkout_paths(rank0_reads(job))
+    if job.tracker:
+        cluster.check_worker_tracking(job.tracker.uri, hosts)
+        looks.append(cluster.Look("mlflow", job.tracker.uri, "tracking.worker_uri"))
+    cluster.probe(hosts, looks, state=job.run_dir.parent)
 
 
 def run_training(params: Params, size: str, seed: int | None = None, layout: Layout = LAYOUT,
@@ -82,9 +127,11 @@ def run_training(params: Params, size: str, seed: int | None = None, layout: Lay
     """Train ``size`` with training seed ``seed`` (default: the first of
     study.train_seeds) with a Ray TorchTrainer; returns its results' metrics.json.
 
-    Raises ``NonFiniteError`` if training diverged (the last good checkpoint is kept).
-    ``debug`` is for tests (see :meth:`Worker._debug_hooks`); ``out_dir`` puts the outputs
-    there instead of the train stage's places (see :func:`make_job`).
+    Raises ``NonFiniteError`` if training diverged (the last good checkpoint is kept), and
+    ``ClusterError`` / ``TrackingError`` before any work when the cluster or the MLflow
+    store cannot serve the run. ``debug`` is for tests (see :meth:`Worker._debug_hooks`).
+    ``out_dir`` puts the outputs there instead of the train stage's places (see
+    :func:`make_job`).
     """
     from ray.train import (
         CheckpointConfig,
@@ -98,11 +145,13 @@ def run_training(params: Params, size: str, seed: int | None = None, layout: Lay
     from pipeline.ray_utils import init_ray
 
     seed = params.study.train_seeds[0] if seed is None else seed
-    job = prepare(params, size, seed, layout, track, debug, out_dir)
+    job, tr = plan(params, size, seed, layout, track, debug, out_dir)
     rt = params.runtime
     init_ray()
+    check_cluster(job)  # refuse before any work
+    job = prepare(job, tr)
     how = (f"continuing from {job.continue_from.parent.name} step "
-           f"{latest_checkpoint(job.continue_from.parent)[0]}; " if job.continue_from else "")
+           f"{latest(job.continue_from.parent)[0]}; " if job.continue_from else "")
     print(f"training {size} seed {seed} (lr {job.lr:.4g}) for {job.steps} steps; {how}run "
           f"{job.run_dir}"
           f"{f', MLflow run {job.mlflow_run}' if job.mlflow_run else ''}. To resume after a "
@@ -111,26 +160,29 @@ def run_training(params: Params, size: str, seed: int | None = None, layout: Lay
         train_loop,
         train_loop_config={"job": job},
         scaling_config=ScalingConfig(num_workers=rt.workers, use_gpu=rt.use_gpu,
-                                     resources_per_worker={"CPU": rt.cpus_per_worker}),
+                                     resources_per_worker={"CPU": rt.cpus_per_worker},
+                                     placement_strategy=rt.placement),
         run_config=RunConfig(
             name=job.identity.key, storage_path=str(job.run_dir.parent),
             failure_config=FailureConfig(max_failures=rt.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS)),
     )
     try:
-        trainer.fit()
+        result = trainer.fit()
     except TrainingFailedError:
         if not read_diverged(job.run_dir):  # a real failure, not the divergence guard
-            _failed(job)
+            _failed(job, tr)
             raise
+        result = None
     diverged = read_diverged(job.run_dir)
     if diverged:
-        _failed(job)
+        _failed(job, tr)
         raise NonFiniteError(f"{diverged['message']}; last good checkpoint kept in "
                              f"{job.run_dir}")
-    return json.loads((job.results_dir / "metrics.json").read_text())
+    with result.checkpoint.as_directory() as final:  # downloaded when the storage is remote
+        return publish(job, Path(final), tr)
 
 
-def _failed(job: TrainJob) -> None:
-    if job.tracker:
-        job.tracker.set_status(job.mlflow_run, "FAILED")
+def _failed(job: TrainJob, tr: Tracker | None) -> None:
+    if tr and job.mlflow_run:
+        tr.set_status(job.mlflow_run, "FAILED")

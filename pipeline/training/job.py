@@ -1,4 +1,9 @@
-"""What one training run needs, in one typed object: the job the driver hands each worker."""
+"""What one training run needs, in one typed object: the job the driver hands each worker.
+
+The driver reads everything a worker would otherwise read from the checkout (the shard
+manifests) and resolves every place a worker reads or writes (the run's storage, the shard
+locations), so a worker on another node needs no files of the driver's machine.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gat.train import model_lr
+from pipeline.cluster import ClusterError
 from pipeline.config import Params
 from pipeline.identity import RunIdentity, run_identity, total_steps, uses_teacher
 from pipeline.layout import LAYOUT, Layout
+from pipeline.shards import ShardError, read_manifest, read_manifest_at
+from pipeline.storage import StorePath
 from pipeline.tracking import Tracker
 
 DIVERGED = "diverged.json"  # in the run folder: written by the worker that hit the guard
@@ -29,11 +37,16 @@ class TrainJob:
     seed: int  # the training seed (study.train_seeds): init, noise and data order
     identity: RunIdentity
     layout: Layout
-    run_dir: Path  # the run's state: Ray checkpoints, the live log, diverged.json
-    generator_dir: Path  # the EMA generator, written at the end
-    results_dir: Path  # metrics.json and log.csv, written at the end
+    run_dir: Path | StorePath  # the run's state (runtime.storage): Ray checkpoints, the live
+    #                            log, diverged.json; every node reads and writes it
+    generator_dir: Path  # the EMA generator, written by the driver at the end
+    results_dir: Path  # metrics.json and log.csv, written by the driver at the end
     use_teacher: bool
-    tracker: Tracker | None = None
+    shards: str  # where workers read the latent shards (folder or URL, runtime.data_url)
+    manifest: dict[str, Any]  # the latent shards' manifest (as read by the driver)
+    teacher: str | None = None  # where workers read the teacher tokens, when REPA is on
+    teacher_manifest: dict[str, Any] | None = None
+    tracker: Tracker | None = None  # the workers' MLflow store (tracking.worker_uri)
     mlflow_run: str | None = None
     continue_from: Path | None = None  # a shorter run's last checkpoint to start from
     session: Literal["train", "tune"] = "train"
@@ -60,16 +73,52 @@ class TrainJob:
 
 def make_job(params: Params, size: str, seed: int, layout: Layout = LAYOUT,
              out_dir: Path | None = None, **kw: Any) -> TrainJob:
-    """The job for ``size`` and training seed ``seed``: Ray's storage under the layout;
-    the outputs where the ``train`` stage puts them, or in ``out_dir`` (generator/,
-    metrics.json, log.csv: a claim's variant)."""
+    """The job for ``size`` and training seed ``seed``: Ray's storage (runtime.storage),
+    the shards the workers read; the outputs where the ``train`` stage puts them, or in
+    ``out_dir`` (generator/, metrics.json, log.csv: a claim's variant)."""
     identity = run_identity(params, size, seed, layout)
+    use_teacher = uses_teacher(params, layout)
     return TrainJob(params=params, size=size, seed=seed, identity=identity, layout=layout,
-                    run_dir=layout.checkpoints(size) / identity.key,
+                    run_dir=layout.checkpoints(size, params.runtime.storage) / identity.key,
                     generator_dir=(out_dir / "generator" if out_dir
                                    else layout.generator(size, seed)),
                     results_dir=out_dir or layout.train_results(size, seed),
-                    use_teacher=uses_teacher(params, layout), **kw)
+                    use_teacher=use_teacher,
+                    **worker_data(params, layout, use_teacher), **kw)
+
+
+def worker_data(params: Params, layout: Layout, use_teacher: bool) -> dict[str, Any]:
+    """Where workers read the shards (and teacher tokens) and their manifests.
+
+    The checkout's data/ by default; with runtime.data_url, its copy there, refused before
+    any work unless it lists the very shards of data/ (same names, same sha256).
+    """
+    shards, teacher = layout.worker_data(params.runtime.data_url)
+    out: dict[str, Any] = {"shards": shards, "manifest": read_manifest(layout.shards)}
+    if use_teacher:
+        out.update(teacher=teacher, teacher_manifest=read_manifest(layout.teacher_tokens))
+    if params.runtime.data_url:
+        _same_shards(shards, out["manifest"], layout.shards)
+        if use_teacher:
+            _same_shards(teacher, out["teacher_manifest"], layout.teacher_tokens)
+    return out
+
+
+def _same_shards(location: str, manifest: dict[str, Any], local: Path) -> None:
+    """Refuse a runtime.data_url copy that is missing or differs from the local shards."""
+    try:
+        copy = read_manifest_at(location)
+    except ShardError as err:
+        raise ClusterError(f"runtime.data_url: {err}") from None
+    want = [(s["name"], s["sha256"]) for s in manifest["shards"]]
+    have = [(s["name"], s["sha256"]) for s in copy["shards"]]
+    if have != want:
+        differ = [w[0] for w, h in zip(want, have) if w != h]
+        what = (f"{differ[0]} differs" if differ
+                else f"{len(have)} shards there, {len(want)} here")
+        raise ClusterError(
+            f"runtime.data_url: the shards at {location} are not those of {local} ({what}); "
+            f"copy the folder there again (e.g. `rsync -a {local}/ <dest>/`, `aws s3 sync`)")
 
 
 def derived(params: Params, size: str) -> dict[str, Any]:

@@ -1,5 +1,12 @@
-"""What rank 0 writes: the live log (CSV + MLflow, each step exactly once), sample grids,
-the FD proxy, and at the end the EMA generator, metrics.json and log.csv.
+"""A run's outputs: rank 0 logs while it trains, and seals the final ones into the last
+checkpoint; the driver writes them where DVC expects them.
+
+While training, rank 0 keeps the live log (in the run folder, on the run's storage: CSV +
+MLflow, each step exactly once), logs sample grids and the FD proxy. At the end it puts
+the EMA generator, the whole log and the run's metrics into the final checkpoint
+(:meth:`RunOutputs.final`). The driver takes them from the ``Result`` Ray returns
+(:func:`publish`): ``outputs/train/.../generator``, ``results/train/.../{metrics.json,
+log.csv}`` are written on the driver's machine, wherever rank 0 ran.
 
 Exactly once: every logged row goes to the run folder's ``log.csv`` first, then to
 MLflow. A resumed run (after a kill, or a continuation of a shorter run) first sends MLflow
@@ -10,6 +17,7 @@ resume are not logged twice, and none is missing.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 from pathlib import Path
@@ -20,6 +28,9 @@ import torch
 from gat.io import save_generator
 from gat.train import GATTrainer
 from pipeline.files import atomic_path, write_json
+from pipeline.storage import StorePath, write_text
+from pipeline.tracking import Tracker
+from pipeline.training.checkpoint import verify
 from pipeline.training.job import DIVERGED, LIVE_LOG, TrainJob
 
 LOG_FIELDS = ["step", "kimg", "loss_d", "loss_g", "d_adv", "r1", "r2", "repa", "logit_real",
@@ -27,20 +38,23 @@ LOG_FIELDS = ["step", "kimg", "loss_d", "loss_g", "d_adv", "r1", "r2", "repa", "
               "step_time_s", "fd"]
 PROGRESS = ("loss_d", "loss_g", "logit_gap", "repa", "images_per_s")
 FLOPS_FILE = "flops.json"  # in the run folder: one iteration's counted GFLOPs
+FINAL = "final.json"  # the run's metrics, in the final checkpoint
 
 
-def read_log(path: Path, until: int | None = None) -> list[dict[str, str]]:
+def read_log(path: Path | StorePath, until: int | None = None) -> list[dict[str, str]]:
     if not path.exists():
         return []
-    with open(path) as f:
-        return [r for r in csv.DictReader(f) if until is None or int(r["step"]) <= until]
+    rows = csv.DictReader(io.StringIO(path.read_text()))
+    return [r for r in rows if until is None or int(r["step"]) <= until]
 
 
-def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+def _write_log(path: Path | StorePath, rows: list[dict[str, Any]]) -> None:
+    """The whole log, published at once (a rename, or one upload to an object store)."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, LOG_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, text.getvalue())
 
 
 def _numbers(row: dict[str, Any]) -> dict[str, float]:
@@ -50,16 +64,16 @@ def _numbers(row: dict[str, Any]) -> dict[str, float]:
 class RunOutputs:
     """Rank 0's outputs of one training run (see the module docstring)."""
 
-    def __init__(self, job: TrainJob, trainer: GATTrainer, manifest: dict[str, Any],
-                 parent_log: Path | None = None):
-        self.job, self.trainer, self.manifest = job, trainer, manifest
+    def __init__(self, job: TrainJob, trainer: GATTrainer,
+                 parent_log: Path | StorePath | None = None):
+        self.job, self.trainer, self.manifest = job, trainer, job.manifest
         self.log_path = job.run_dir / LIVE_LOG
         self.tr, self.run_id = job.tracker, job.mlflow_run
         self._tokenizer = None
         if not self.log_path.exists() and parent_log is not None:
             # A continuation: the shorter run's history up to the checkpoint it starts from.
             _write_log(self.log_path, read_log(parent_log, until=trainer.step_count))
-        rows = read_log(self.log_path)
+        rows = self.rows = read_log(self.log_path)
         self.last_logged = max((int(r["step"]) for r in rows), default=0)
         if self.tr:
             self.tr.set_status(self.run_id, "RUNNING")
@@ -78,9 +92,9 @@ class RunOutputs:
     def record_gflops(self, gflops: float, step: int) -> None:
         """Store one iteration's counted GFLOPs (G and D forward and backward, the K MNG
         levels, the aGP copies, the REPA head; no VAE: a step never decodes)."""
-        write_json(self.job.run_dir / FLOPS_FILE, {
+        write_text(self.job.run_dir / FLOPS_FILE, json.dumps({
             "gflops_per_iteration": gflops, "counted_at_step": step,
-            "workers": self.job.workers, "batch": self.job.params.train.batch})
+            "workers": self.job.workers, "batch": self.job.params.train.batch}))
 
     def due(self, step: int) -> bool:
         """Whether ``step`` is still to be logged (not logged by an earlier attempt)."""
@@ -91,12 +105,8 @@ class RunOutputs:
         step = int(metrics["step"])
         if not self.due(step):
             return
-        new = not self.log_path.exists()
-        with open(self.log_path, "a", newline="") as f:
-            writer = csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow({k: metrics.get(k, "") for k in LOG_FIELDS})
+        self.rows.append({k: metrics.get(k, "") for k in LOG_FIELDS})
+        _write_log(self.log_path, self.rows)  # whole: the storage may be an object store
         self.last_logged = step
         print(f"[{self.job.size}] step {step}/{self.job.steps} " + " ".join(
             f"{k} {metrics[k]:.4g}" for k in PROGRESS if k in metrics), flush=True)
@@ -138,13 +148,15 @@ class RunOutputs:
         return generator_fd(self.trainer.G_ema, self.tokenizer(),
                             self.job.params.runtime.fd_samples, self.job.layout)
 
-    def finish(self, seconds: float, images: int) -> dict[str, Any]:
-        """Write the generator, results/.../metrics.json and log.csv; log the generator.
+    def final(self, folder: Path, seconds: float, images: int) -> dict[str, Any]:
+        """Put the run's outputs into ``folder`` (the final checkpoint): the EMA generator
+        (``generator/``), the whole log (``log.csv``) and its metrics (``final.json``,
+        returned).
 
         ``seconds``/``images``: this worker's loop in this process. When a rerun found the
         run complete (nothing left to train), the rate is the mean of the logged rates.
         """
-        job, rows = self.job, read_log(self.log_path)
+        job, rows = self.job, self.rows
         ident = job.identity
         meta = {"name": job.size, "d_name": job.params.train.d_size or job.size,
                 "mng": job.params.train.mng,
@@ -153,8 +165,7 @@ class RunOutputs:
                 "scale_factor": self.manifest["scale_factor"],
                 "tokenizer": self.manifest.get("tokenizer", "train"),
                 "run_key": ident.key, "study_key": ident.study}
-        with atomic_path(job.generator_dir) as tmp:
-            save_generator(tmp, self.trainer.G_ema, meta)
+        save_generator(folder / "generator", self.trainer.G_ema, meta)
         rates = [float(r["images_per_s"]) for r in rows if r.get("images_per_s")]
         rate = images / seconds if images else (sum(rates) / len(rates) if rates else 0.0)
         final = {"size": job.size, "seed": job.seed, "steps": job.steps, "lr": self.trainer.lr,
@@ -171,27 +182,42 @@ class RunOutputs:
                          train_gflops_total=per_iteration * job.steps)
         final.update({f"final_{k}": float(v) for k, v in rows[-1].items()
                       if v not in ("", None) and k not in ("step", "kimg", "fd")} if rows else {})
-        job.results_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(job.results_dir / "log.csv") as tmp:
-            shutil.copyfile(self.log_path, tmp)
-        write_json(job.results_dir / "metrics.json", final)
-        if self.tr:
-            self.tr.log_metrics(self.run_id, {
-                "train_images_per_s": rate * job.workers, "train_images_per_s_per_worker": rate,
-                "train_wall_s": seconds, "train_gflops_per_iter": per_iteration or 0.0},
-                job.steps)
-            self.tr.log_artifacts(self.run_id, job.generator_dir, "generator")
-            self.tr.set_status(self.run_id, "FINISHED")
+        _write_log(folder / "log.csv", rows)
+        (folder / FINAL).write_text(json.dumps(final, indent=2, sort_keys=True) + "\n")
         return final
 
 
-def write_diverged(run_dir: Path, message: str, step: int, rank: int) -> None:
+def publish(job: TrainJob, checkpoint: Path, tracker: Tracker | None = None) -> dict[str, Any]:
+    """The driver's half: the final checkpoint's outputs (a local copy, seal verified) to
+    ``outputs/train/.../generator`` and ``results/train/.../{metrics.json,log.csv}``,
+    atomically; with ``tracker`` (the driver's MLflow store), the final rates, the
+    generator as an artifact, and the run FINISHED. Returns the run's metrics."""
+    verify(checkpoint)
+    final = json.loads((checkpoint / FINAL).read_text())
+    with atomic_path(job.generator_dir) as tmp:
+        shutil.copytree(checkpoint / "generator", tmp)
+    job.results_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(job.results_dir / "log.csv") as tmp:
+        shutil.copyfile(checkpoint / "log.csv", tmp)
+    write_json(job.results_dir / "metrics.json", final)
+    if tracker and job.mlflow_run:
+        tracker.log_metrics(job.mlflow_run, {
+            "train_images_per_s": final["images_per_s"],
+            "train_images_per_s_per_worker": final["images_per_s_per_worker"],
+            "train_wall_s": final["wall_s"],
+            "train_gflops_per_iter": final.get("train_gflops_per_iter", 0.0)}, job.steps)
+        tracker.log_artifacts(job.mlflow_run, job.generator_dir, "generator")
+        tracker.set_status(job.mlflow_run, "FINISHED")
+    return final
+
+
+def write_diverged(run_dir: Path | StorePath, message: str, step: int, rank: int) -> None:
     """Record a divergence (first worker wins): the driver turns it into an error."""
     path = run_dir / DIVERGED
     if not path.exists():
-        write_json(path, {"message": message, "step": step, "rank": rank})
+        write_text(path, json.dumps({"message": message, "step": step, "rank": rank}))
 
 
-def read_diverged(run_dir: Path) -> dict[str, Any] | None:
+def read_diverged(run_dir: Path | StorePath) -> dict[str, Any] | None:
     path = run_dir / DIVERGED
     return json.loads(path.read_text()) if path.exists() else None

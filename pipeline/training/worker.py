@@ -2,15 +2,16 @@
 
 Each Ray Train worker (or one Tune trial, training on its own) runs :func:`train_loop` with
 the driver's :class:`~pipeline.training.job.TrainJob`. Workers read their own share of the
-shards; :class:`gat.train.GATTrainer` averages gradients across them. Every worker reports
-to Ray at the same steps (Ray's report is collective); rank 0 attaches the checkpoint and
-owns the outputs (:class:`~pipeline.training.outputs.RunOutputs`).
+shards (by path or URL, as the job says); :class:`gat.train.GATTrainer` averages gradients
+across them. Every worker reports to Ray at the same steps (Ray's report is collective);
+rank 0 attaches the checkpoint and owns the outputs
+(:class:`~pipeline.training.outputs.RunOutputs`). A training run's last report carries the
+final checkpoint with the run's outputs, which the driver takes from Ray's result.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import tempfile
 import time
@@ -23,11 +24,11 @@ from tqdm import tqdm
 from gat.flops import counted
 from gat.models import conditioning_classes
 from gat.train import GATTrainer, NonFiniteError
-from pipeline.shards import make_train_loader, read_manifest
+from pipeline.shards import make_train_loader
+from pipeline.storage import StorePath
+from pipeline.training.checkpoint import load_state, local_copy, save_state
 from pipeline.training.job import LIVE_LOG, TrainJob
 from pipeline.training.outputs import RunOutputs, read_diverged, write_diverged
-
-STATE_FILE = "state.pt"
 
 
 class WorkerDiverged(RuntimeError):
@@ -47,12 +48,6 @@ def _quiet_report_logs() -> None:
         from ray.train.v2._internal.execution import context
 
         logging.getLogger(context.__file__).setLevel(logging.WARNING)
-
-
-def load_state(trainer: GATTrainer, checkpoint_dir: str | Path, device: torch.device) -> None:
-    state = torch.load(Path(checkpoint_dir) / STATE_FILE, map_location=device,
-                       weights_only=True)
-    trainer.load_state_dict(state)
 
 
 class Worker:
@@ -79,13 +74,14 @@ class Worker:
         job = self.job
         if read_diverged(job.run_dir):
             return  # Ray restarted the workers after the divergence guard stopped one: stop
-        manifest = read_manifest(job.layout.shards)
-        self.trainer = self._build(manifest)
+        if "record_dir" in job.debug:
+            self._record("node", _node_id(), append=True)  # per attempt: where it ran
+        self.trainer = self._build(job.manifest)
         parent_log = self._restore()
         # Distinct, reproducible noise per worker and per resume point.
         torch.manual_seed(job.seed + 7919 * self.rank + 104729 * self.trainer.step_count)
         if self.rank == 0:
-            self.outputs = RunOutputs(job, self.trainer, manifest, parent_log)
+            self.outputs = RunOutputs(job, self.trainer, parent_log)
         done = self._steps(self._batches())
         if done is None:  # diverged
             return
@@ -93,10 +89,9 @@ class Worker:
             checksum = sum(p.double().sum().item() for p in [
                 *self.trainer.G.parameters(), *self.trainer.D.parameters(),
                 self.trainer.G.w_avg])
-            (Path(job.debug["record_dir"]) / f"params_rank{self.rank}.txt").write_text(
-                repr(checksum))
-        if self.outputs:
-            self.outputs.finish(*done)
+            self._record("params", repr(checksum))
+        if job.session == "train":  # a Tune trial's result is its reports
+            self._finish(*done)
 
     def _build(self, manifest: dict[str, Any]) -> GATTrainer:
         """The library's trainer for the shards' latent shape [C, h, w] and classes (one
@@ -104,7 +99,7 @@ class Worker:
         job, rt = self.job, self.params.runtime
         teacher_dim = 1
         if job.use_teacher:
-            teacher_dim = read_manifest(job.layout.teacher_tokens)["token_shape"][-1]
+            teacher_dim = job.teacher_manifest["token_shape"][-1]
         cfg = self.params.train if job.use_teacher else _without_repa(self.params.train)
         return GATTrainer(job.size, manifest["latent_shape"][0], manifest["latent_shape"][-1],
                           conditioning_classes(manifest["num_classes"]), teacher_dim, cfg,
@@ -112,16 +107,17 @@ class Worker:
                           grad_checkpointing=rt.grad_checkpointing,
                           d_name=self.params.train.d_size or None)
 
-    def _restore(self) -> Path | None:
+    def _restore(self) -> Path | StorePath | None:
         """Load Ray's latest checkpoint (a restart, or a rerun of the same command), else a
         shorter run's last one (a continuation: returns that run's live log)."""
         checkpoint = self.session.get_checkpoint()
         if checkpoint:
             with checkpoint.as_directory() as ckpt_dir:
-                load_state(self.trainer, ckpt_dir, self.device)
+                load_state(self.trainer, Path(ckpt_dir), self.device)
             how, parent_log = "resumed from checkpoint", None
         elif self.job.continue_from is not None:
-            load_state(self.trainer, self.job.continue_from, self.device)
+            with local_copy(self.job.continue_from) as ckpt_dir:
+                load_state(self.trainer, ckpt_dir, self.device)
             how, parent_log = "continued from", self.job.continue_from.parent / LIVE_LOG
         else:
             return None
@@ -132,11 +128,10 @@ class Worker:
     def _batches(self):
         job, rt = self.job, self.params.runtime
         loader = make_train_loader(
-            job.layout.shards, self.params.train.batch // self.world, self.rank, self.world,
+            job.shards, self.params.train.batch // self.world, self.rank, self.world,
             rt.loader_workers, job.seed + self.trainer.step_count,
-            self.params.train.shuffle_buffer,
-            job.layout.teacher_tokens if job.use_teacher else None,
-            with_keys="record_dir" in job.debug)
+            self.params.train.shuffle_buffer, job.teacher, with_keys="record_dir" in job.debug,
+            manifest=job.manifest, teacher_manifest=job.teacher_manifest)
         return iter(loader)
 
     def _steps(self, loader) -> tuple[float, int] | None:
@@ -174,10 +169,12 @@ class Worker:
         return time.perf_counter() - t_start, images
 
     def _after_step(self, metrics: dict[str, Any]) -> None:
-        """FD proxy, logging (rank 0) and the Ray report with a checkpoint when due."""
+        """FD proxy, logging (rank 0) and the Ray report with a checkpoint when due. A
+        training run's last step is reported by :meth:`_finish`, with the final outputs."""
         step, rt, out = metrics["step"], self.params.runtime, self.outputs
-        report = step % rt.log_every == 0 or step == self.job.steps
-        save = step % rt.checkpoint_every == 0 or step == self.job.steps
+        last = step == self.job.steps
+        report = step % rt.log_every == 0 or last
+        save = step % rt.checkpoint_every == 0 or last
         fd_now = rt.fd_every > 0 and step % rt.fd_every == 0
         # A Tune trial reports the proxy every time (ASHA ranks on it); a training run
         # computes it only for steps it still logs.
@@ -186,23 +183,34 @@ class Worker:
         report = report or fd_now  # every rank reports the same number of times
         if out and report:
             out.log(metrics)
-        if report or save:
+        if (report or save) and not (last and self.job.session == "train"):
             self._report(metrics, save)
 
-    def _report(self, metrics: dict[str, Any], save: bool) -> None:
-        """``report`` from every worker; rank 0 attaches the checkpoint when ``save``.
+    def _finish(self, seconds: float, images: int) -> None:
+        """The last report of a training run: rank 0's checkpoint holds the state and the
+        run's outputs (generator, log, metrics); the others report the same step."""
+        if self.rank != 0:
+            self.session.report({"step": float(self.job.steps)})
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            final = self.outputs.final(Path(tmp), seconds, images)
+            self._save(Path(tmp), {k: v for k, v in final.items()
+                                   if isinstance(v, (int, float))})
 
-        A checkpoint folder holds state.pt (tensors only: G, D, EMA, both optimizers, w
-        averages as G's buffer, step, RNG; loaded with ``weights_only=True``) and step.json.
-        """
+    def _report(self, metrics: dict[str, Any], save: bool) -> None:
+        """``report`` from every worker; rank 0 attaches a checkpoint when ``save``."""
         scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         if not (save and self.rank == 0):
             self.session.report(scalars)
             return
         with tempfile.TemporaryDirectory() as tmp:
-            torch.save(self.trainer.state_dict(), Path(tmp) / STATE_FILE)
-            (Path(tmp) / "step.json").write_text(json.dumps({"step": self.trainer.step_count}))
-            self.session.report(scalars, checkpoint=self.session.Checkpoint.from_directory(tmp))
+            self._save(Path(tmp), scalars)
+
+    def _save(self, folder: Path, scalars: dict[str, float]) -> None:
+        """Seal the trainer's state (and whatever ``folder`` holds) and report it to Ray,
+        which copies it to the run's storage (see :mod:`~pipeline.training.checkpoint`)."""
+        save_state(self.trainer, folder)
+        self.session.report(scalars, checkpoint=self.session.Checkpoint.from_directory(folder))
 
     def _diverged(self, err: NonFiniteError, step: int) -> None:
         """Record the divergence and stop this worker.
@@ -218,16 +226,36 @@ class Worker:
             raise WorkerDiverged(f"rank {self.rank}: {err}") from err
 
     def _debug_hooks(self, batch: dict, step: int) -> None:
-        """Tests: ``record_dir`` (sample keys and a G/D checksum per worker), ``nan_at_step``
-        (D outputs NaN from that step, on every rank or only on ``nan_rank``)."""
+        """Tests: ``record_dir`` (sample keys, node ids and a G/D checksum per worker),
+        ``nan_at_step`` (D outputs NaN from that step, on every rank or only on
+        ``nan_rank``), ``hold_at_step`` (``hold_rank`` stops before that step, once per
+        record_dir, until its node is killed)."""
         debug = self.job.debug
         if "record_dir" in debug:
-            with open(Path(debug["record_dir"]) / f"keys_rank{self.rank}.txt", "a") as f:
-                f.write("".join(f"{step} {key}\n" for key in batch["keys"]))
+            self._record("keys", "".join(f"{step} {key}\n" for key in batch["keys"]), True)
         if debug.get("nan_at_step") == step and debug.get("nan_rank", self.rank) == self.rank:
             self.trainer.D.register_forward_hook(
                 lambda m, i, out: (out[0] * float("nan"), out[1]) if isinstance(out, tuple)
                 else out * float("nan"))
+        held = Path(debug.get("record_dir", ".")) / "held"
+        if (debug.get("hold_at_step") == step and debug.get("hold_rank", 0) == self.rank
+                and not held.exists()):
+            held.write_text(f"{step}\n")
+            time.sleep(600)  # the test kills this node meanwhile
+
+    def _record(self, kind: str, text: str, append: bool = False) -> None:
+        """Tests: ``<record_dir>/<kind>_rank<r>.txt``, appended or replaced."""
+        if "record_dir" in self.job.debug:
+            path = Path(self.job.debug["record_dir"]) / f"{kind}_rank{self.rank}.txt"
+            with open(path, "a" if append else "w") as f:
+                f.write(text if not append or text.endswith("\n") else text + "\n")
+
+
+def _node_id() -> str:
+    """The Ray node this process runs on."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
 
 
 def _without_repa(cfg):

@@ -49,6 +49,16 @@ def test_sweep_size_is_checked_too():
     _refused(_raw(sweep={"transfer_size": "GAT-Q/4"}), "sweep.transfer_size", "Allowed:")
 
 
+def test_storage_and_data_url_must_name_the_same_place_on_every_node():
+    for key in ("storage", "data_url"):
+        _refused(_raw(runtime={key: "outputs/shared"}), f"runtime.{key}", "relative path",
+                 "every node")
+    _refused(_raw(runtime={"placement": "ANYWHERE"}), "runtime.placement", "STRICT_SPREAD")
+    parse_params(_raw(runtime={"storage": "s3://bucket/gat", "placement": "STRICT_SPREAD",
+                               "data_url": "pipe:curl -s https://host/data/{path}"}),
+                 check_paths=False)
+
+
 @pytest.mark.parametrize("section,key,value,fragment", [
     ("runtime", "concurrent_trials", 0, "greater than 0"),
     ("runtime", "trial_cpus", -1.0, "greater than 0"),

@@ -1,0 +1,54 @@
+"""What the cluster checks refuse, on node lists (the probe and the refusals on a real
+multi-node cluster: tests/pipeline/test_multinode.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.cluster import (
+    ClusterError,
+    Node,
+    check_resources,
+    check_worker_tracking,
+    device,
+    tracking_problem,
+)
+
+GPU_HOSTS = [Node("a" * 56, "10.0.0.1", 16, 2), Node("b" * 56, "10.0.0.2", 16, 2)]
+
+
+def test_gpus_and_placement():
+    assert check_resources(GPU_HOSTS, 4, 8, 1, "PACK", "k") == GPU_HOSTS
+    check_resources(GPU_HOSTS, 2, 8, 1, "STRICT_SPREAD", "k")
+    with pytest.raises(ClusterError, match=r"k asks for 8 x \(8 CPU, 1 GPU\).*holds 4 .*"
+                                           r"4 GPUs in all: add GPU nodes"):
+        check_resources(GPU_HOSTS, 8, 8, 1, "PACK", "k")
+    with pytest.raises(ClusterError, match=r"STRICT_SPREAD fits only 2: choose PACK"):
+        check_resources(GPU_HOSTS, 3, 1, 0, "STRICT_SPREAD", "k")
+    with pytest.raises(ClusterError, match=r"STRICT_PACK fits only 2"):
+        check_resources(GPU_HOSTS, 4, 8, 1, "STRICT_PACK", "k")
+    with pytest.raises(ClusterError, match=r"asks for 3 x \(12 CPU\).*holds 2"):
+        check_resources(GPU_HOSTS, 3, 12, 0, "SPREAD", "k")
+
+
+def test_mlflow_store_that_cannot_span_hosts_refused():
+    one_host = [Node("a" * 56, "127.0.0.1", 1, 0), Node("b" * 56, "127.0.0.1", 1, 0)]
+    for uri in ("sqlite:////nfs/mlflow.db", "/nfs/mlruns", "http://127.0.0.1:5000",
+                "http://localhost:5000", "file:///nfs/mlruns"):
+        assert tracking_problem(uri), uri
+        with pytest.raises(ClusterError,
+                           match=r"2 hosts \(10.0.0.1, 10.0.0.2\)\. Set tracking.worker_uri"):
+            check_worker_tracking(uri, GPU_HOSTS)
+        check_worker_tracking(uri, one_host)  # one machine: its files, its loopback
+    check_worker_tracking("http://mlflow.internal:5000", GPU_HOSTS)
+
+
+def test_gpu_study_refuses_a_machine_without_cuda():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert device(False) == "cpu"
+    with pytest.raises(ClusterError, match=r"runtime.use_gpu is true .* no CUDA device.*"
+                                           r"`exec ray-worker`, not `ray-head`"):
+        device(True)

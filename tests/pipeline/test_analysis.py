@@ -82,17 +82,21 @@ def test_analyze_one_generator_numbers_in_range_and_figures(parts, extras, tmp_p
 
 def test_d_defaults_to_the_runs_last_ray_checkpoint(parts, extras, tmp_path):
     from gat.io import load_generator
+    from pipeline.training.checkpoint import seal
 
     gen, meta = load_generator(parts["generator"])
     layout = Layout(tmp_path, tmp_path)
     disc, info = pa.load_discriminator(gen, meta, None, layout)
     assert disc is None and "give --checkpoint" in info["skipped"]
     run = layout.checkpoints(SIZE) / meta["run_key"]
-    for step in (1, 2):  # Ray's checkpoint folders; the newest is taken
+    for step in (1, 2):  # Ray's checkpoint folders, sealed as training seals them
         folder = run / f"checkpoint_00000{step}"
         folder.mkdir(parents=True)
-        (folder / "step.json").write_text(json.dumps({"step": step}))
         (folder / "state.pt").write_bytes(extras["state"].read_bytes())
+        seal(folder, step)
+    unsealed = run / "checkpoint_000003"  # a torn copy: never the newest
+    unsealed.mkdir()
+    (unsealed / "state.pt").write_bytes(extras["state"].read_bytes())
     disc, info = pa.load_discriminator(gen, meta, None, layout)
     assert disc is not None and info["path"].endswith("checkpoint_000002/state.pt")
     assert "last Ray checkpoint (step 2)" in info["how"]

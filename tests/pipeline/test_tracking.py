@@ -59,7 +59,8 @@ def test_logging_never_flips_the_status(mlflow_uri):
 
 def test_two_studies_in_one_experiment_overwrite_nothing(mlflow_uri):
     a, b = _params(mlflow_uri, "shared"), dataclasses.replace(
-        _params(mlflow_uri, "shared"), tracking=TrackingParams(mlflow_uri, "shared", "other"))
+        _params(mlflow_uri, "shared"),
+        tracking=TrackingParams(uri=mlflow_uri, experiment="shared", study_name="other"))
     tr = tracking.tracker(a)
     run_a = tracking.training_run(tr, a, "GAT-T1/4", "ka-5", "sa", {"train.lr_base": 1e-3})
     run_b = tracking.training_run(tr, b, "GAT-T1/4", "kb-5", "sb", {"train.lr_base": 2e-3})

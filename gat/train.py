@@ -26,7 +26,7 @@ from gat.losses import (
 )
 from gat.mng import mng_alphas, nested_noise, perturb_levels
 from gat.models import MNG_LEVELS, Z_DIM, build_models
-from gat.optim import EMA, build_optimizers, width_aware_lr
+from gat.optim import ADAM_BETAS, EMA, SLOW_LR_FACTOR, build_optimizers, width_aware_lr
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,11 @@ class TrainConfig:
     grad_checkpointing: bool = False
     grad_accum: int = 1
     w_avg_beta: float = 0.995
+    ema_rampup: float = 0.0  # >0: EMA half-life <= ema_rampup * step (gat.optim.EMA)
+    mapping_lr_factor: float = SLOW_LR_FACTOR  # G's mapping network: lr x this
+    class_mlp_lr_factor: float = SLOW_LR_FACTOR  # D's class-embedding MLP: lr x this
+    adam_beta1: float = ADAM_BETAS[0]
+    adam_beta2: float = ADAM_BETAS[1]
 
 
 class NonFiniteError(RuntimeError):
@@ -110,8 +115,10 @@ class GATTrainer:
         broadcast_module(self.G)
         broadcast_module(self.D)
         self.lr = width_aware_lr(cfg.lr_base, cfg.c_base, self.G.cfg.width)
-        self.opt_g, self.opt_d = build_optimizers(self.G, self.D, self.lr)
-        self.ema = EMA(self.G, cfg.ema_decay)
+        self.opt_g, self.opt_d = build_optimizers(
+            self.G, self.D, self.lr, cfg.mapping_lr_factor, cfg.class_mlp_lr_factor,
+            (cfg.adam_beta1, cfg.adam_beta2))
+        self.ema = EMA(self.G, cfg.ema_decay, cfg.ema_rampup)
         self.alphas = mng_alphas(cfg.mng, MNG_LEVELS)
         self.step_count = 0
         rank, _ = _world()
@@ -175,8 +182,8 @@ class GATTrainer:
                          teacher.chunk(accum) if teacher is not None else [None] * accum))
         metrics = self._d_step(parts)
         metrics.update(self._g_step(parts))
-        self.ema.update(self.G)
         self.step_count += 1
+        self.ema.update(self.G, self.step_count)
         return metrics
 
     def _d_step(self, parts: list) -> dict[str, float]:

@@ -39,6 +39,7 @@ class TrainConfig:
     agp_sigma: float = 0.01
     repa_weight: float = 1.0
     augment: bool = True
+    augment_p: float = 1.0  # probability that a sample is augmented (DiffAugment: 1)
     grad_checkpointing: bool = False
     grad_accum: int = 1
     w_avg_beta: float = 0.995
@@ -138,7 +139,8 @@ class GATTrainer:
     def _augment_params(self, batch: int) -> AugmentParams | None:
         if not self.cfg.augment:
             return None
-        return sample_augment(batch, self.G.size, self.D.cfg.patch, self.device)
+        return sample_augment(batch, self.G.size, self.D.cfg.patch, self.device,
+                              p=self.cfg.augment_p)
 
     def _d_input(
         self, levels: list[torch.Tensor], aug: AugmentParams | None,

@@ -1,0 +1,193 @@
+"""Train one GAT size in-process (no Ray) on the embedded shards, then score its EMA G.
+
+    python benchmarks/quality_probe.py --size GAT-T1/4 --steps 1000 --batch 32 --seed 0
+    python benchmarks/quality_probe.py --size GAT-T4/4 --set ema_decay=0.999 \
+        --set mapping_lr_factor=1.0 --eval-at 250,500 --grid /tmp/t4.png --log runs.jsonl
+
+What it runs is what a Ray worker of the `train` stage runs (pipeline/training.py): the
+library's :class:`gat.train.GATTrainer` fed by ``pipeline.shards.make_train_loader`` with
+the REPA teacher tokens of data/teacher, lr from the width-aware rule. Every field of
+``gat.train.TrainConfig`` can be overridden with ``--set name=value`` (the defaults are the
+library's, then params.yaml's train.* values that share a name, then the overrides).
+
+At the end (and at each ``--eval-at`` step) the EMA generator is scored with
+``pipeline.fidelity.evaluate_generator`` against data/reference: FD-classifier (a
+stand-in, NOT FID), precision, recall, class accuracy, on ``--samples`` class-balanced
+samples. Prints one row per evaluation and, with ``--log``, appends it as JSON.
+
+Deterministic per ``--seed`` at a fixed thread count: model init, z and noise come from
+the trainer's seeded RNG, batches from the loader's seeded shuffle, samples from a fixed
+evaluation seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from gat.train import GATTrainer, TrainConfig
+
+
+def load_avg() -> str:
+    """The 1/5/15-minute load average (what `uptime` prints), as one string."""
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["ema_decay=0.999", "adam_betas=(0.0,0.99)"]`` -> typed TrainConfig overrides."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--set {item!r}: expected NAME=VALUE with NAME one of "
+                             f"{', '.join(fields)}")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text  # a bare string such as mng=lin
+        out[key] = value
+    return out
+
+
+def base_config(use_params: bool) -> dict:
+    """TrainConfig fields from params.yaml's train section (same names), if asked."""
+    if not use_params:
+        return {}
+    from pipeline.params import load_params
+
+    train = load_params(None, check_paths=False).to_dict()["train"]
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return {k: v for k, v in train.items() if k in names}
+
+
+def evaluate(trainer: GATTrainer, tokenizer, samples: int) -> dict:
+    from pipeline.fidelity import evaluator, evaluate_generator, load_reference
+
+    ev = evaluator("train")
+    ref = load_reference(metric=ev.metric)
+    t0 = time.perf_counter()
+    out = evaluate_generator(ev, trainer.G_ema, tokenizer, ref, samples, batch=250, seed=0)
+    out["eval_s"] = time.perf_counter() - t0
+    return out
+
+
+@torch.no_grad()
+def save_grid(trainer: GATTrainer, tokenizer, path: str, per_class: int = 10) -> None:
+    """EMA samples, one row per class, fixed z (column j: the same z in every row)."""
+    from torchvision.utils import save_image
+
+    g = trainer.G_ema
+    classes = min(10, g.num_classes)
+    z = torch.randn(per_class, 64, generator=torch.Generator().manual_seed(1234))
+    z = z.repeat(classes, 1)
+    c = torch.arange(classes).repeat_interleave(per_class)
+    images = tokenizer.decode(g.sample(z, c).float())
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_image(images.float() / 255, path, nrow=per_class, padding=1)
+
+
+@torch.no_grad()
+def latent_spread(trainer: GATTrainer, per_class: int = 64) -> float:
+    """Within-class diversity: per-class std across z of EMA latents, averaged over
+    latent pixels and classes (latent units; real latents of one class: ~0.75-0.95)."""
+    g = trainer.G_ema
+    gen = torch.Generator().manual_seed(99)
+    stds = []
+    for cls in range(g.num_classes):
+        z = torch.randn(per_class, 64, generator=gen)
+        x = g.sample(z, torch.full((per_class,), cls, dtype=torch.long)).float()
+        stds.append(x.std(0).mean())
+    return float(torch.stack(stds).mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="GAT-T1/4")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a TrainConfig field (repeatable)")
+    parser.add_argument("--no-params", action="store_true",
+                        help="start from the library's TrainConfig defaults, not params.yaml")
+    parser.add_argument("--eval-at", default="", help="also evaluate at these steps (1,2,..)")
+    parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--loader-workers", type=int, default=1)
+    parser.add_argument("--shuffle-buffer", type=int, default=2000)
+    parser.add_argument("--grid", default="", help="write an EMA sample grid PNG here")
+    parser.add_argument("--log", default="", help="append result rows as JSON lines here")
+    parser.add_argument("--tag", default="", help="a label for the row")
+    args = parser.parse_args()
+
+    from pipeline.params import REPO_ROOT
+    from pipeline.pretrained import load_tokenizer
+    from pipeline.shards import TEACHER_TOKENS, TRAIN_SHARDS, make_train_loader, read_manifest
+
+    torch.set_num_threads(args.threads)
+    fields = {**base_config(not args.no_params), **parse_overrides(args.set)}
+    cfg = TrainConfig(**fields)
+    shards, teacher = REPO_ROOT / TRAIN_SHARDS, REPO_ROOT / TEACHER_TOKENS
+    manifest = read_manifest(shards)
+    use_teacher = cfg.repa_weight > 0
+    teacher_dim = read_manifest(teacher)["token_shape"][-1] if use_teacher else 1
+    trainer = GATTrainer(args.size, manifest["latent_shape"][0], manifest["latent_shape"][-1],
+                         manifest["num_classes"], teacher_dim, cfg, "cpu", seed=args.seed)
+    torch.manual_seed(args.seed)  # as pipeline/training.py does before its loop
+    loader = iter(make_train_loader(shards, args.batch, 0, 1, args.loader_workers, args.seed,
+                                    args.shuffle_buffer, teacher if use_teacher else None))
+    tokenizer = load_tokenizer("train", scale_factor=manifest["scale_factor"])
+    eval_at = {int(s) for s in args.eval_at.split(",") if s}
+    changed = {k: v for k, v in dataclasses.asdict(cfg).items()
+               if getattr(TrainConfig(), k) != v}
+    print(f"{args.size} steps {args.steps} batch {args.batch} seed {args.seed} lr "
+          f"{trainer.lr:.4g} threads {torch.get_num_threads()} load {load_avg()}\n"
+          f"config (vs library defaults): {changed}", flush=True)
+
+    header = (f"{'tag':<18} {'size':<9} {'step':>5} {'FD-cls':>7} {'prec':>5} {'rec':>5} "
+              f"{'acc':>5} {'spread':>6} {'train_s':>7} {'img/s':>6}  load")
+    print(header, flush=True)
+    train_s, recent = 0.0, []
+    for step in range(1, args.steps + 1):
+        batch = next(loader)
+        t0 = time.perf_counter()
+        metrics = trainer.step(batch["latents"], batch["labels"], batch["teacher"])
+        train_s += time.perf_counter() - t0
+        recent = (recent + [metrics])[-50:]
+        if step in eval_at or step == args.steps:
+            load_end = load_avg()
+            res = evaluate(trainer, tokenizer, args.samples)
+            spread = latent_spread(trainer)
+            mean = {k: sum(m[k] for m in recent) / len(recent) for k in recent[-1]}
+            row = {"tag": args.tag, "size": args.size, "step": step, "batch": args.batch,
+                   "seed": args.seed, "config": changed, "fd": res["fd"],
+                   "precision": res["precision"], "recall": res["recall"],
+                   "class_accuracy": res["class_accuracy"], "latent_spread": spread,
+                   "train_s": train_s, "images_per_s": step * args.batch / train_s,
+                   "load": load_end, "lr": trainer.lr,
+                   "last50": {k: round(v, 4) for k, v in mean.items()}}
+            print(f"{args.tag:<18} {args.size:<9} {step:>5} {res['fd']:>7.2f} "
+                  f"{res['precision']:>5.3f} {res['recall']:>5.3f} "
+                  f"{res['class_accuracy']:>5.3f} {spread:>6.3f} {train_s:>7.1f} "
+                  f"{row['images_per_s']:>6.1f}  {load_end}", flush=True)
+            print("  last 50 steps: " + " ".join(f"{k} {v:.3g}" for k, v in mean.items()),
+                  flush=True)
+            if args.log:
+                with open(args.log, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+    if args.grid:
+        save_grid(trainer, tokenizer, args.grid)
+        print(f"grid: {args.grid}")
+
+
+if __name__ == "__main__":
+    main()

@@ -68,13 +68,26 @@ def base_config(use_params: bool) -> dict:
     return {k: v for k, v in train.items() if k in names}
 
 
-def evaluate(trainer: GATTrainer, tokenizer, samples: int) -> dict:
-    from pipeline.fidelity import evaluator, evaluate_generator, load_reference
+def parse_emas(text: str) -> dict[str, tuple[float, float]]:
+    """``"0.9,0.999r0.05"`` -> {label: (decay, rampup)}: extra EMAs of G to score."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        decay, _, rampup = item.partition("r")
+        out[f"ema{item}"] = (float(decay), float(rampup or 0.0))
+    return out
+
+
+def evaluate(trainer: GATTrainer, tokenizer, samples: int, raw: bool = False,
+             gen=None) -> dict:
+    """Scores of the EMA generator (``raw``: of the trained G itself; or of ``gen``)."""
+    from pipeline.fidelity import evaluate_generator, evaluator, load_reference
 
     ev = evaluator("train")
     ref = load_reference(metric=ev.metric)
     t0 = time.perf_counter()
-    out = evaluate_generator(ev, trainer.G_ema, tokenizer, ref, samples, batch=250, seed=0)
+    if gen is None:
+        gen = trainer.G if raw else trainer.G_ema
+    out = evaluate_generator(ev, gen, tokenizer, ref, samples, batch=250, seed=0)
     out["eval_s"] = time.perf_counter() - t0
     return out
 
@@ -97,7 +110,7 @@ def save_grid(trainer: GATTrainer, tokenizer, path: str, per_class: int = 10) ->
 @torch.no_grad()
 def latent_spread(trainer: GATTrainer, per_class: int = 64) -> float:
     """Within-class diversity: per-class std across z of EMA latents, averaged over
-    latent pixels and classes (latent units; real latents of one class: ~0.75-0.95)."""
+    latent pixels and classes (latent units; real latents from the shards: 0.44)."""
     g = trainer.G_ema
     gen = torch.Generator().manual_seed(99)
     stds = []
@@ -127,6 +140,11 @@ def main() -> None:
     parser.add_argument("--grid", default="", help="write an EMA sample grid PNG here")
     parser.add_argument("--log", default="", help="append result rows as JSON lines here")
     parser.add_argument("--tag", default="", help="a label for the row")
+    parser.add_argument("--emas", default="",
+                        help="extra EMAs of G scored beside the trainer's, DECAY[rRAMPUP],..."
+                             " e.g. 0.9,0.999r0.05 (same training run)")
+    parser.add_argument("--raw", action="store_true",
+                        help="at every evaluation also score the trained G itself (not its EMA)")
     args = parser.parse_args()
 
     from pipeline.params import REPO_ROOT
@@ -156,17 +174,24 @@ def main() -> None:
     header = (f"{'tag':<18} {'size':<9} {'step':>5} {'FD-cls':>7} {'prec':>5} {'rec':>5} "
               f"{'acc':>5} {'spread':>6} {'train_s':>7} {'img/s':>6}  load")
     print(header, flush=True)
+    from gat.optim import EMA
+
+    extra = {k: EMA(trainer.G, d, r) for k, (d, r) in parse_emas(args.emas).items()}
     train_s, recent = 0.0, []
     for step in range(1, args.steps + 1):
         batch = next(loader)
         t0 = time.perf_counter()
         metrics = trainer.step(batch["latents"], batch["labels"], batch["teacher"])
         train_s += time.perf_counter() - t0
-        recent = (recent + [metrics])[-50:]
+        for ema in extra.values():
+            ema.update(trainer.G, trainer.step_count)
+        recent = [*recent, metrics][-50:]
         if step in eval_at or step == args.steps:
             load_end = load_avg()
+            rng = torch.get_rng_state()  # evaluation must not shift training's noise stream
             res = evaluate(trainer, tokenizer, args.samples)
             spread = latent_spread(trainer)
+            torch.set_rng_state(rng)
             mean = {k: sum(m[k] for m in recent) / len(recent) for k in recent[-1]}
             row = {"tag": args.tag, "size": args.size, "step": step, "batch": args.batch,
                    "seed": args.seed, "config": changed, "fd": res["fd"],
@@ -178,12 +203,26 @@ def main() -> None:
             print(f"{args.tag:<18} {args.size:<9} {step:>5} {res['fd']:>7.2f} "
                   f"{res['precision']:>5.3f} {res['recall']:>5.3f} "
                   f"{res['class_accuracy']:>5.3f} {spread:>6.3f} {train_s:>7.1f} "
-                  f"{row['images_per_s']:>6.1f}  {load_end}", flush=True)
+                  f"{row['images_per_s']:>6.1f}  {load_end}  (eval {res['eval_s']:.0f} s)",
+                  flush=True)
             print("  last 50 steps: " + " ".join(f"{k} {v:.3g}" for k, v in mean.items()),
                   flush=True)
             if args.log:
                 with open(args.log, "a") as f:
                     f.write(json.dumps(row) + "\n")
+            others = {"raw G": trainer.G} if args.raw else {}
+            others.update({k: e.model for k, e in extra.items()})
+            for label, gen in others.items():
+                res = evaluate(trainer, tokenizer, args.samples, gen=gen)
+                torch.set_rng_state(rng)
+                print(f"{args.tag + ' ' + label:<18} {args.size:<9} {step:>5} {res['fd']:>7.2f} "
+                      f"{res['precision']:>5.3f} {res['recall']:>5.3f} "
+                      f"{res['class_accuracy']:>5.3f}", flush=True)
+                if args.log:
+                    with open(args.log, "a") as f:
+                        f.write(json.dumps({**row, "tag": f"{args.tag} {label}", **{
+                            k: res[k] for k in ("fd", "precision", "recall",
+                                                "class_accuracy")}}) + "\n")
     if args.grid:
         save_grid(trainer, tokenizer, args.grid)
         print(f"grid: {args.grid}")

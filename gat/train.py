@@ -91,8 +91,9 @@ def broadcast_module(module: nn.Module) -> None:
 
 
 def grad_norm(module: nn.Module) -> float:
-    norms = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
-    return torch.stack(norms).norm().item() if norms else 0.0
+    """Global L2 norm of the gradients (one foreach kernel, not one op per parameter)."""
+    grads = [p.grad.detach().float() for p in module.parameters() if p.grad is not None]
+    return torch.stack(torch._foreach_norm(grads)).norm().item() if grads else 0.0
 
 
 class GATTrainer:

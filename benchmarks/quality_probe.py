@@ -57,6 +57,22 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
+def set_constants(items: list[str]) -> dict:
+    """``["gat.models.MODULATION_GAIN=1.0"]``: set module constants (before building)."""
+    import importlib
+
+    out = {}
+    for item in items:
+        path, _, text = item.partition("=")
+        module, _, name = path.rpartition(".")
+        mod = importlib.import_module(module)
+        if not hasattr(mod, name):
+            raise SystemExit(f"--const {item!r}: {module} has no {name}")
+        setattr(mod, name, ast.literal_eval(text))
+        out[path] = getattr(mod, name)
+    return out
+
+
 def base_config(use_params: bool) -> dict:
     """TrainConfig fields from params.yaml's train section (same names), if asked."""
     if not use_params:
@@ -140,6 +156,9 @@ def main() -> None:
     parser.add_argument("--grid", default="", help="write an EMA sample grid PNG here")
     parser.add_argument("--log", default="", help="append result rows as JSON lines here")
     parser.add_argument("--tag", default="", help="a label for the row")
+    parser.add_argument("--const", action="append", default=[], metavar="MODULE.NAME=VALUE",
+                        help="set a module constant before building, e.g. "
+                             "gat.models.MODULATION_GAIN=1.0 (repeatable)")
     parser.add_argument("--emas", default="",
                         help="extra EMAs of G scored beside the trainer's, DECAY[rRAMPUP],..."
                              " e.g. 0.9,0.999r0.05 (same training run)")
@@ -152,6 +171,7 @@ def main() -> None:
     from pipeline.shards import TEACHER_TOKENS, TRAIN_SHARDS, make_train_loader, read_manifest
 
     torch.set_num_threads(args.threads)
+    consts = set_constants(args.const)
     fields = {**base_config(not args.no_params), **parse_overrides(args.set)}
     cfg = TrainConfig(**fields)
     shards, teacher = REPO_ROOT / TRAIN_SHARDS, REPO_ROOT / TEACHER_TOKENS
@@ -169,7 +189,7 @@ def main() -> None:
                if getattr(TrainConfig(), k) != v}
     print(f"{args.size} steps {args.steps} batch {args.batch} seed {args.seed} lr "
           f"{trainer.lr:.4g} threads {torch.get_num_threads()} load {load_avg()}\n"
-          f"config (vs library defaults): {changed}", flush=True)
+          f"config (vs library defaults): {changed} {consts or ''}", flush=True)
 
     header = (f"{'tag':<18} {'size':<9} {'step':>5} {'FD-cls':>7} {'prec':>5} {'rec':>5} "
               f"{'acc':>5} {'spread':>6} {'train_s':>7} {'img/s':>6}  load")
@@ -194,7 +214,7 @@ def main() -> None:
             torch.set_rng_state(rng)
             mean = {k: sum(m[k] for m in recent) / len(recent) for k in recent[-1]}
             row = {"tag": args.tag, "size": args.size, "step": step, "batch": args.batch,
-                   "seed": args.seed, "config": changed, "fd": res["fd"],
+                   "seed": args.seed, "config": changed, "consts": consts, "fd": res["fd"],
                    "precision": res["precision"], "recall": res["recall"],
                    "class_accuracy": res["class_accuracy"], "latent_spread": spread,
                    "train_s": train_s, "images_per_s": step * args.batch / train_s,

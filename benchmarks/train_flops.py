@@ -20,10 +20,13 @@ memory (no loader), at ``--threads`` torch threads. MFU = counted FLOPs per seco
 the fp32 matmul peak of this CPU, measured here with a large ``torch.matmul`` at the same
 thread count. Every timing line carries the load average (the machine is shared).
 
-``--compare VARIANT`` times the baseline and a variant alternately (``--rounds`` times,
-each round building both afresh) and checks that both give the same losses on the same
-inputs. Variants: ``compile`` (torch.compile, inductor, of G's and D's blocks and heads),
-``threads1`` (1 torch thread), ``batch64`` (twice the batch; ratio per image).
+``--compare BASE VARIANT`` times two variants alternately (``--rounds`` times, the order
+swapped every round, each built afresh), prints the images/s ratio per round, and checks
+that both give the same losses on the same inputs. Variants: ``lib`` (the library as it
+is), ``loops`` (the per-parameter Python loops the library had before: unfused AdamW, a
+norm per gradient, a w_avg update per class), ``compile`` (torch.compile, inductor, of
+G's and D's blocks and heads), ``threads1`` (1 torch thread), ``batch2x``/``batch4x``
+(images/s at 2x/4x the batch).
 """
 
 from __future__ import annotations
@@ -37,10 +40,14 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+import gat.optim
+import gat.train
 from gat.flops import generator_gflops
 from gat.train import GATTrainer, TrainConfig
 
 DEFAULT_MODELS = ["GAT-T1/4", "GAT-T2/4", "GAT-T3/4", "GAT-T4/4"]
+_LIB_FUSED = gat.optim.FUSED_ADAMW
+_LIB_GRAD_NORM = gat.train.grad_norm
 
 
 def load_avg() -> str:
@@ -69,12 +76,52 @@ def make_batch(batch: int, latent: tuple[int, int], tokens: tuple[int, int], cla
             torch.randn(batch, *tokens, generator=g))
 
 
-def build(name: str, latent, tokens, classes: int, cfg: TrainConfig, compile_: bool
+VARIANTS = ("lib", "loops", "compile", "threads1", "batch2x", "batch4x")
+
+
+def build(name: str, latent, tokens, classes: int, cfg: TrainConfig, variant: str = "lib"
           ) -> GATTrainer:
+    """A trainer for ``variant``: ``lib`` is the library as it is; ``loops`` puts back the
+    per-parameter Python loops the library had before this benchmark (unfused AdamW, one
+    norm per gradient, one w_avg update per class); ``compile`` compiles G's and D's blocks
+    and heads; ``threads1``/``batch2x``/``batch4x`` are set by the caller (threads, batch)."""
+    gat.optim.FUSED_ADAMW = _LIB_FUSED and variant != "loops"
     trainer = GATTrainer(name, latent[0], latent[1], classes, tokens[1], cfg, "cpu", seed=0)
-    if compile_:
+    gat.optim.FUSED_ADAMW = _LIB_FUSED
+    if variant == "loops":
+        _use_loops(trainer)
+    if variant == "compile":
         compile_trainer(trainer)
     return trainer
+
+
+def _use_loops(trainer: GATTrainer) -> None:
+    """The pre-benchmark Python-level implementations, for a before/after ratio."""
+
+    def grad_norm(module) -> float:
+        norms = [p.grad.detach().float().norm() for p in module.parameters()
+                 if p.grad is not None]
+        return torch.stack(norms).norm().item() if norms else 0.0
+
+    def update_w_avg(w, c, beta=0.995) -> None:
+        with torch.no_grad():
+            for cls in c.unique():
+                trainer.G.w_avg[cls].lerp_(w[c == cls].float().mean(0), 1 - beta)
+
+    gat.train.grad_norm = grad_norm  # restored by _restore_lib before the next build
+    trainer.G.update_w_avg = update_w_avg
+
+
+def _restore_lib() -> None:
+    gat.train.grad_norm = _LIB_GRAD_NORM
+
+
+def _variant_threads(variant: str, threads: int) -> int:
+    return 1 if variant == "threads1" else threads
+
+
+def _variant_batch(variant: str, batch: int) -> int:
+    return {"batch2x": 2, "batch4x": 4}.get(variant, 1) * batch
 
 
 def compile_trainer(trainer: GATTrainer) -> None:
@@ -124,18 +171,22 @@ def time_steps(trainer: GATTrainer, batch, warmup: int, iters: int) -> float:
 
 
 def losses_match(name: str, latent, tokens, classes: int, cfg: TrainConfig, batch_size: int,
-                 variant: str, steps: int = 3) -> float:
-    """Largest relative difference of the step losses, baseline vs variant, same inputs."""
+                 variants: tuple[str, str], threads: int, steps: int = 3) -> float:
+    """Largest relative difference of the step losses of two variants on the same inputs
+    (the same batch size, so batch variants are compared at the base batch)."""
     results = []
-    for v in ("base", variant):
-        torch.set_num_threads(1 if v == "threads1" else torch.get_num_threads())
-        trainer = build(name, latent, tokens, classes, cfg, v == "compile")
+    for v in variants:
+        _restore_lib()
+        torch.set_num_threads(_variant_threads(v, threads))
+        trainer = build(name, latent, tokens, classes, cfg, v)
         torch.manual_seed(123)
         out = []
         for i in range(steps):
             m = trainer.step(*make_batch(batch_size, latent, tokens, classes, seed=i))
-            out.append([m["loss_d"], m["loss_g"], m["r1"], m["repa"]])
+            out.append([m["loss_d"], m["loss_g"], m["r1"], m["r2"], m["repa"]])
         results.append(torch.tensor(out, dtype=torch.float64))
+    _restore_lib()
+    torch.set_num_threads(threads)
     a, b = results
     return float(((a - b).abs() / a.abs().clamp_min(1e-6)).max())
 
@@ -151,7 +202,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
-    parser.add_argument("--compare", choices=["compile", "threads1", "batch64"], default=None)
+    parser.add_argument("--compare", nargs=2, choices=VARIANTS, metavar=("BASE", "VARIANT"),
+                        default=None, help=f"two of {', '.join(VARIANTS)}")
     parser.add_argument("--rounds", type=int, default=2, help="alternations for --compare")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="TrainConfig override (as in quality_probe.py)")
@@ -170,7 +222,7 @@ def main() -> None:
     for name in args.models:
         for b in args.batch:
             batch = make_batch(b, latent, tokens, args.classes)
-            trainer = build(name, latent, tokens, args.classes, cfg, False)
+            trainer = build(name, latent, tokens, args.classes, cfg)
             total = count_flops(trainer, batch)
             flops_of[(name, b)] = total
             g_fwd, d_fwd = forward_gmacs(trainer)
@@ -180,33 +232,39 @@ def main() -> None:
                   f"{total / step_s / 1e9 / peak:>6.1%}  {load_avg()}", flush=True)
     if not args.compare:
         return
-    print(f"\n--compare {args.compare}: {args.rounds} round(s), base and variant alternate")
+    base, variant = args.compare
+    print(f"\n--compare {base} {variant}: {args.rounds} round(s), alternating")
     for name in args.models:
         b = args.batch[0]
-        diff = losses_match(name, latent, tokens, args.classes, cfg, b, args.compare)
-        torch.set_num_threads(args.threads)
+        diff = losses_match(name, latent, tokens, args.classes, cfg, b, (base, variant),
+                            args.threads)
         ratios = []
         for r in range(args.rounds):
             row = {}
-            for v in ("base", args.compare):
-                vb = 2 * b if v == "batch64" else b
-                torch.set_num_threads(1 if v == "threads1" else args.threads)
+            for v in (base, variant) if r % 2 == 0 else (variant, base):
+                vb = _variant_batch(v, b)
+                _restore_lib()
+                torch.set_num_threads(_variant_threads(v, args.threads))
                 t0 = time.perf_counter()
-                trainer = build(name, latent, tokens, args.classes, cfg, v == "compile")
+                trainer = build(name, latent, tokens, args.classes, cfg, v)
                 batch = make_batch(vb, latent, tokens, args.classes)
-                flops = flops_of.get((name, vb)) or count_flops(
-                    build(name, latent, tokens, args.classes, cfg, False), batch)
                 step_s = time_steps(trainer, batch, args.warmup, args.iters)
                 setup_s = time.perf_counter() - t0 - step_s * args.iters
+                if (name, vb) not in flops_of:
+                    flops_of[(name, vb)] = count_flops(
+                        build(name, latent, tokens, args.classes, cfg), batch)
                 row[v] = vb / step_s
                 print(f"  round {r} {name:<9} {v:<8} batch {vb:>3} {step_s * 1e3:>8.1f} ms/step "
-                      f"{vb / step_s:>7.1f} img/s MFU {flops / step_s / 1e9 / peak:>6.1%} "
-                      f"(setup+warmup {setup_s:.1f} s)  load {load_avg()}", flush=True)
-            ratios.append(row[args.compare] / row["base"])
+                      f"{vb / step_s:>7.1f} img/s MFU "
+                      f"{flops_of[(name, vb)] / step_s / 1e9 / peak:>6.1%} "
+                      f"(build+warmup {setup_s:.1f} s)  load {load_avg()}", flush=True)
+            ratios.append(row[variant] / row[base])
+        _restore_lib()
         torch.set_num_threads(args.threads)
-        print(f"  {name}: img/s ratio {args.compare}/base per round "
-              f"{', '.join(f'{x:.3f}' for x in ratios)}; max rel. loss diff over 3 steps "
-              f"{diff:.2e}", flush=True)
+        print(f"  {name}: img/s ratio {variant}/{base} per round "
+              f"{', '.join(f'{x:.3f}' for x in ratios)} (median "
+              f"{statistics.median(ratios):.3f}); max rel. loss diff over 3 steps at batch "
+              f"{b}: {diff:.2e}", flush=True)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,13 @@ class AugmentParams:
 
 def sample_augment(
     batch: int, size: int, step: int = 1, device: torch.device | str = "cpu",
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, p: float = 1.0,
 ) -> AugmentParams:
-    """Draw parameters for ``batch`` samples of a [*, size, size] latent."""
+    """Draw parameters for ``batch`` samples of a [*, size, size] latent.
+
+    ``p`` < 1: each sample is augmented with probability p, else left as it is (identity
+    parameters: no colour change, flip or shift, the cutout square outside the frame).
+    """
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.rand(shape, generator=generator, device=device)
@@ -39,7 +43,7 @@ def sample_augment(
     shift = torch.randint(-max_shift, max_shift + 1, (batch, 2), generator=generator,
                           device=device) * step
     cutout = torch.randint(0, size, (batch, 2), generator=generator, device=device)
-    return AugmentParams(
+    params = AugmentParams(
         brightness=rand(batch) - 0.5,
         saturation=rand(batch) * 2.0,
         contrast=rand(batch) + 0.5,
@@ -48,6 +52,16 @@ def sample_augment(
         cutout=cutout,
         step=step,
     )
+    if p >= 1.0:
+        return params
+    keep = rand(batch) < p
+    identity = {"brightness": 0.0, "saturation": 1.0, "contrast": 1.0, "flip": False,
+                "shift": 0, "cutout": -size}  # a cutout centred at -size covers nothing
+    for name, value in identity.items():
+        field = getattr(params, name)
+        mask = keep.view(-1, *([1] * (field.dim() - 1)))
+        setattr(params, name, torch.where(mask, field, torch.full_like(field, value)))
+    return params
 
 
 def apply_augment(x: torch.Tensor, params: AugmentParams, levels: int = 1) -> torch.Tensor:

@@ -58,6 +58,8 @@ GAT_MODELS: dict[str, GATConfig] = {
 Z_DIM = 64
 CLASS_EMBED_DIM = 64
 MNG_LEVELS = 4
+# xavier gain of the Linear layers that turn w into G's per-channel scales and gates
+MODULATION_GAIN = 0.1
 
 
 def conditioning_classes(dataset_classes: int) -> int:
@@ -288,7 +290,7 @@ class Generator(nn.Module):
         for mod in [b.modulation for b in self.blocks] + [h.modulation for h in self.heads]:
             # Style-derived scales and gates start small (gain 0.1): blocks start near
             # identity, which keeps early adversarial training stable.
-            nn.init.xavier_uniform_(mod.weight, gain=0.1)
+            nn.init.xavier_uniform_(mod.weight, gain=MODULATION_GAIN)
 
     def mapping_parameters(self) -> list[nn.Parameter]:
         """Parameters trained at 1/100 of G's learning rate (StyleGAN practice)."""
@@ -315,10 +317,15 @@ class Generator(nn.Module):
 
     @torch.no_grad()
     def update_w_avg(self, w: torch.Tensor, c: torch.Tensor, beta: float = 0.995) -> None:
-        """Move each class's mean w toward this batch's mean w of that class."""
-        for cls in c.unique():
-            mean = w[c == cls].float().mean(0)
-            self.w_avg[cls].lerp_(mean, 1 - beta)
+        """Move each class's mean w toward this batch's mean w of that class.
+
+        Vectorised (one scatter-add, no loop over the classes present): same result."""
+        w = w.float()
+        sums = torch.zeros_like(self.w_avg).index_add_(0, c, w)
+        counts = torch.bincount(c, minlength=self.num_classes).to(w.dtype)
+        present = counts > 0
+        means = sums[present] / counts[present, None]
+        self.w_avg[present] = self.w_avg[present].lerp(means, 1 - beta)
 
     def guided(self, z: torch.Tensor, w: torch.Tensor, guidance: float) -> torch.Tensor:
         """w-space guidance: w_null + s * (w - w_null), w_null the mean of w(z, c') over all

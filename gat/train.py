@@ -27,7 +27,7 @@ from gat.losses import (
 )
 from gat.mng import mng_alphas, nested_noise, perturb_levels
 from gat.models import MNG_LEVELS, Z_DIM, build_models, class_ids, model_config
-from gat.optim import EMA, build_optimizers, width_aware_lr
+from gat.optim import ADAM_BETAS, EMA, SLOW_LR_FACTOR, build_optimizers, width_aware_lr
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,13 @@ class TrainConfig:
     agp_sigma: float = 0.01
     repa_weight: float = 1.0
     augment: bool = True  # DiffAugment on D's inputs
+    augment_p: float = 1.0  # probability that a sample is augmented (DiffAugment: 1)
     w_avg_beta: float = 0.995  # per-class running mean of w (truncation centre)
+    ema_rampup: float = 0.0  # >0: EMA half-life <= ema_rampup * step (gat.optim.EMA)
+    mapping_lr_factor: float = SLOW_LR_FACTOR  # G's mapping network: lr x this
+    class_mlp_lr_factor: float = SLOW_LR_FACTOR  # D's class-embedding MLP: lr x this
+    adam_beta1: float = ADAM_BETAS[0]
+    adam_beta2: float = ADAM_BETAS[1]
 
 
 def model_lr(cfg: TrainConfig, name: str) -> float:
@@ -107,8 +113,9 @@ def broadcast_module(module: nn.Module) -> None:
 
 
 def grad_norm(module: nn.Module) -> float:
-    norms = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
-    return torch.stack(norms).norm().item() if norms else 0.0
+    """Global L2 norm of the gradients (one foreach kernel, not one op per parameter)."""
+    grads = [p.grad.detach().float() for p in module.parameters() if p.grad is not None]
+    return torch.stack(torch._foreach_norm(grads)).norm().item() if grads else 0.0
 
 
 class GATTrainer:
@@ -138,8 +145,10 @@ class GATTrainer:
         broadcast_module(self.G)
         broadcast_module(self.D)
         self.lr, self.lr_d = model_lr(cfg, name), model_lr(cfg, d_name or name)
-        self.opt_g, self.opt_d = build_optimizers(self.G, self.D, self.lr, self.lr_d)
-        self.ema = EMA(self.G, cfg.ema_decay)
+        self.opt_g, self.opt_d = build_optimizers(
+            self.G, self.D, self.lr, self.lr_d, cfg.mapping_lr_factor, cfg.class_mlp_lr_factor,
+            (cfg.adam_beta1, cfg.adam_beta2))
+        self.ema = EMA(self.G, cfg.ema_decay, cfg.ema_rampup)
         self.alphas = mng_alphas(cfg.mng, MNG_LEVELS)
         self.step_count = 0
         rank, _ = _world()
@@ -159,7 +168,8 @@ class GATTrainer:
     def _augment_params(self, batch: int) -> AugmentParams | None:
         if not self.cfg.augment:
             return None
-        return sample_augment(batch, self.G.size, self.D.cfg.patch, self.device)
+        return sample_augment(batch, self.G.size, self.D.cfg.patch, self.device,
+                              p=self.cfg.augment_p)
 
     def _d_input(
         self, levels: list[torch.Tensor], aug: AugmentParams | None,
@@ -205,8 +215,8 @@ class GATTrainer:
                          teacher.chunk(accum) if teacher is not None else [None] * accum))
         metrics = self._d_step(parts)
         metrics.update(self._g_step(parts))
-        self.ema.update(self.G)
         self.step_count += 1
+        self.ema.update(self.G, self.step_count)
         return metrics
 
     def _d_step(self, parts: list) -> dict[str, float]:

@@ -4,14 +4,14 @@
     python benchmarks/quality_probe.py --size GAT-T4/4 --set ema_decay=0.999 \
         --set mapping_lr_factor=1.0 --eval-at 250,500 --grid /tmp/t4.png --log runs.jsonl
 
-What it runs is what a Ray worker of the `train` stage runs (pipeline/training.py): the
+What it runs is what a Ray worker of the `train` stage runs (pipeline/training/worker.py): the
 library's :class:`gat.train.GATTrainer` fed by ``pipeline.shards.make_train_loader`` with
 the REPA teacher tokens of data/teacher, lr from the width-aware rule. Every field of
 ``gat.train.TrainConfig`` can be overridden with ``--set name=value`` (the defaults are the
 library's, then params.yaml's train.* values that share a name, then the overrides).
 
 At the end (and at each ``--eval-at`` step) the EMA generator is scored with
-``pipeline.fidelity.evaluate_generator`` against data/reference: FD-classifier (a
+``pipeline.evaluation.evaluate_generator`` against data/reference: FD-classifier (a
 stand-in, NOT FID), precision, recall, class accuracy, on ``--samples`` class-balanced
 samples. Prints one row per evaluation and, with ``--log``, appends it as JSON.
 

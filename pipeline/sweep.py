@@ -171,7 +171,8 @@ def run_sweep(params: Params, size: str, lrs: list[float] | None = None,
                 # a trial whose node dies restarts from its last checkpoint elsewhere
                 failure_config=tune.FailureConfig(max_failures=rt.max_failures)),
         )
-    table = _trials_table(tuner.fit(), size, params)
+    with tracking.process_uris_kept():  # the MLflow callback sets them process-wide
+        table = _trials_table(tuner.fit(), size, params)
     tr.set_status(sweep_run, "FINISHED")
     return table.assign(sweep_run=sweep_run)
 

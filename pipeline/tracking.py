@@ -21,9 +21,11 @@ back. Logging goes through :class:`MlflowClient`: no call flips a run's status.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,6 +181,29 @@ class Tracker:
         """The highest step logged for ``metric`` (-1 when none)."""
         history = self.client.get_metric_history(run_id, metric)
         return max((m.step for m in history), default=-1)
+
+
+@contextlib.contextmanager
+def process_uris_kept() -> Iterator[None]:
+    """Put MLflow's process-wide tracking and registry URIs (and their environment
+    variables) back as they were. Ray Tune's ``MLflowLoggerCallback`` sets them to the
+    sweep's store in the driver; left so, whatever this process (or a child it starts)
+    logs afterwards would resolve ``tracking.uri`` to that store."""
+    from mlflow.tracking._model_registry import utils as registry
+    from mlflow.tracking._tracking_service import utils as service
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    env = {k: os.environ.get(k) for k in names}
+    kept = service._tracking_uri, registry._registry_uri  # no public getter of "unset"
+    try:
+        yield
+    finally:
+        service._tracking_uri, registry._registry_uri = kept
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def tracker(params: Params, layout: Layout = LAYOUT) -> Tracker:

@@ -15,9 +15,11 @@ and three 1-CPU nodes, separate raylets, one cluster for the whole module.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -178,8 +180,11 @@ def test_sweep_trial_resumes_on_another_node_after_its_node_is_killed(nodes, roo
     killer = Killer(nodes, lambda: (record / "held").exists() and bool(list(
         shared.glob("tune/*/*/checkpoint_*/step.json"))), lambda: _first_nodes(record, 0)[0])
     killer.start()
+    uris = os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri()
     table = run_sweep(params, SIZE, lrs=[2e-3], scheduler=False, layout=Layout(root, root),
                       debug={"record_dir": str(record), "hold_at_step": 6, "hold_rank": 0})
+    # Tune's MLflow callback set the process's URIs to the sweep's store; they are back
+    assert (os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri()) == uris
     killer.join(5)
     assert killer.error is None and killer.killed, killer.error
     nodes_seen = _first_nodes(record, 0)

@@ -29,8 +29,9 @@ import numpy as np
 from gat.models import model_config
 from gat.train import lr_base_at
 from pipeline.config import CLAIM_NAMES, Params, with_overrides
-from pipeline.files import digest, write_json
+from pipeline.files import digest
 from pipeline.layout import LAYOUT, Layout
+from pipeline.storage import write_text
 
 HOLDS, REVERSED, OVERLAP, ONE_SEED = ("holds", "reversed", "inconclusive (intervals overlap)",
                                       "inconclusive (one seed: no interval)")
@@ -223,12 +224,12 @@ def _evaluated(params: Params, out: Path, trained: dict[str, Any], layout: Layou
 
     settings = {"evaluate": params.section("evaluate"), "source": params.evaluator.source,
                 "seed": params.study.seed}
-    cache = (layout.checkpoints(trained["size"]) / trained["run_key"]
-             / f"eval-{digest([], extra=settings)[:10]}.json")
+    run_dir = layout.checkpoints(trained["size"], params.runtime.storage) / trained["run_key"]
+    cache = run_dir / f"eval-{digest([], extra=settings)[:10]}.json"
     if cache.exists():
         return json.loads(cache.read_text())
     metrics = evaluate_folder(params, out / "generator", out / "samples.png", layout)
-    write_json(cache, metrics)
+    write_text(cache, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics
 
 

@@ -28,9 +28,9 @@ from pipeline.config import Params
 from pipeline.layout import LAYOUT, Layout
 from pipeline.storage import StorePath
 from pipeline.tracking import Tracker
-from pipeline.training.checkpoint import latest
+from pipeline.training.checkpoint import latest, local_copy
 from pipeline.training.job import TrainJob, make_job
-from pipeline.training.outputs import publish, read_diverged
+from pipeline.training.outputs import FINAL, publish, read_diverged
 from pipeline.training.worker import train_loop
 
 KEEP_CHECKPOINTS = 2  # Ray deletes older ones; the newest is what a rerun resumes from
@@ -103,6 +103,15 @@ def rank0_reads(job: TrainJob) -> list[Path]:
     return [p for p in dict.fromkeys(wanted) if p.exists()]
 
 
+def finished_checkpoint(job: TrainJob) -> Path | StorePath | None:
+    """The final checkpoint of a run that trained all its steps before (it holds the run's
+    outputs), else None: publishing it needs no Ray workers."""
+    found = latest(job.run_dir)
+    if found and found[0] >= job.steps and (found[1] / FINAL).exists():
+        return found[1]
+    return None
+
+
 def check_cluster(job: TrainJob) -> None:
     """Refuse a run this Ray cluster cannot hold, or (on several nodes) whose storage,
     shards or MLflow server some node cannot reach; see :mod:`pipeline.cluster`."""
@@ -146,6 +155,13 @@ def run_training(params: Params, size: str, seed: int | None = None, layout: Lay
 
     seed = params.study.train_seeds[0] if seed is None else seed
     job, tr = plan(params, size, seed, layout, track, debug, out_dir)
+    done = finished_checkpoint(job)
+    if done is not None:  # trained before (an earlier repro, the ladder, another claim)
+        job = prepare(job, tr)
+        print(f"{size} seed {seed}: run {job.run_dir} trained its {job.steps} steps before; "
+              "publishing its outputs, training nothing", flush=True)
+        with local_copy(done) as final:
+            return publish(job, final, tr)
     rt = params.runtime
     init_ray()
     check_cluster(job)  # refuse before any work

@@ -191,7 +191,8 @@ def publish(job: TrainJob, checkpoint: Path, tracker: Tracker | None = None) -> 
     """The driver's half: the final checkpoint's outputs (a local copy, seal verified) to
     ``outputs/train/.../generator`` and ``results/train/.../{metrics.json,log.csv}``,
     atomically; with ``tracker`` (the driver's MLflow store), the final rates, the
-    generator as an artifact, and the run FINISHED. Returns the run's metrics."""
+    generator as an artifact (once per run), and the run FINISHED. Returns the run's
+    metrics."""
     verify(checkpoint)
     final = json.loads((checkpoint / FINAL).read_text())
     with atomic_path(job.generator_dir) as tmp:
@@ -201,12 +202,13 @@ def publish(job: TrainJob, checkpoint: Path, tracker: Tracker | None = None) -> 
         shutil.copyfile(checkpoint / "log.csv", tmp)
     write_json(job.results_dir / "metrics.json", final)
     if tracker and job.mlflow_run:
-        tracker.log_metrics(job.mlflow_run, {
-            "train_images_per_s": final["images_per_s"],
-            "train_images_per_s_per_worker": final["images_per_s_per_worker"],
-            "train_wall_s": final["wall_s"],
-            "train_gflops_per_iter": final.get("train_gflops_per_iter", 0.0)}, job.steps)
-        tracker.log_artifacts(job.mlflow_run, job.generator_dir, "generator")
+        if tracker.last_step(job.mlflow_run, "train_wall_s") < job.steps:  # once per run
+            tracker.log_metrics(job.mlflow_run, {
+                "train_images_per_s": final["images_per_s"],
+                "train_images_per_s_per_worker": final["images_per_s_per_worker"],
+                "train_wall_s": final["wall_s"],
+                "train_gflops_per_iter": final.get("train_gflops_per_iter", 0.0)}, job.steps)
+            tracker.log_artifacts(job.mlflow_run, job.generator_dir, "generator")
         tracker.set_status(job.mlflow_run, "FINISHED")
     return final
 

@@ -71,6 +71,15 @@ def test_sigkill_then_same_command_resumes(root, tmp_path, mlflow_uri):
     history = MlflowClient(params.tracking.uri).get_metric_history(metrics["mlflow_run_id"],
                                                                    "loss_d")
     assert sorted(m.step for m in history) == list(range(5, 45, 5))
+    # The same command once more: the run is complete, so its final checkpoint is published
+    # as it was (no Ray workers), and MLflow gets nothing twice.
+    (out / "metrics.json").unlink()
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "training nothing" in again.stdout, again.stderr[-3000:]
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    client = MlflowClient(params.tracking.uri)
+    assert len(client.get_metric_history(metrics["mlflow_run_id"], "train_wall_s")) == 1
+    assert client.get_run(metrics["mlflow_run_id"]).info.status == "FINISHED"
 
 
 def test_unreachable_mlflow_store_stops_before_the_first_step(tmp_path):

@@ -413,8 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "(endpoints included, >= 2; default 8)")
     _settings_args(walk)
     walk.add_argument("--out", required=True, help="the strip, a .png (one walk per row)")
-    walk.add_argument("--video", help="also an animation, .gif or .webp (no MP4 encoder is "
-                      "installed here); frame t shows every walk's frame t")
+    walk.add_argument("--video", help="also an animation, .mp4 (H.264, through "
+                      "imageio-ffmpeg), .gif or .webp; frame t shows every walk's frame t")
     walk.add_argument("--video-frames", type=int, default=48, help="frames of the animation "
                       "(default 48)")
     walk.add_argument("--fps", type=float, default=12.0, help="animation speed (default 12)")

@@ -7,6 +7,7 @@ PyAV or ffmpeg), so animations are animated GIF or WebP, written by PIL.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import os
 from pathlib import Path
@@ -17,12 +18,13 @@ import torch
 from gat import walk
 from gat.sample import check_settings, seed_z
 from gat.walk import Directions
+from pipeline.files import atomic_path
 from pipeline.images import save_grid
 from pipeline.pretrained.tokenizer import Tokenizer
 
 Kind = Literal["z", "w", "class"]
 KINDS = ("z", "w", "class")
-ANIMATIONS = (".gif", ".webp")
+ANIMATIONS = (".mp4", ".gif", ".webp")
 STRIP_FRAMES = 8  # frames of the strip the evaluate stage logs
 
 
@@ -87,28 +89,58 @@ def save_strip(images: torch.Tensor, path: str | os.PathLike) -> Path:
 def check_animation(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix.lower() not in ANIMATIONS:
-        raise ValueError(f"{path}: an animation must end in {' or '.join(ANIMATIONS)} (no MP4 "
-                         "encoder is installed: imageio-ffmpeg, PyAV or ffmpeg)")
+        raise ValueError(f"{path}: an animation must end in {', '.join(ANIMATIONS)}")
+    if path.suffix.lower() == ".mp4" and importlib.util.find_spec("imageio_ffmpeg") is None:
+        raise ValueError(f"{path}: MP4 needs the imageio-ffmpeg package (in requirements.txt: "
+                         "bash scripts/setup.sh); or write a .gif or .webp")
     return path
 
 
 def save_animation(images: torch.Tensor, path: str | os.PathLike, fps: float = 12.0,
                    min_side: int = 128) -> Path:
-    """uint8 [rows, frames, 3, H, W] -> an animated GIF or WebP (by suffix): frame t shows
-    frame t of every row, stacked; small images are enlarged (nearest) to ``min_side``."""
-    from PIL import Image
+    """uint8 [rows, frames, 3, H, W] -> an MP4 (H.264), animated GIF or WebP (by suffix):
+    frame t shows frame t of every row, stacked; small images are enlarged (nearest) to
+    ``min_side``. Written to a temporary name, then renamed."""
     from torchvision.utils import make_grid
 
     path = check_animation(path)
     frames = [make_grid(images[:, t], nrow=1, padding=1) for t in range(images.shape[1])]
     zoom = max(1, -(-min_side // min(frames[0].shape[1:])))  # ceil
-    pictures = [Image.fromarray(f.permute(1, 2, 0).numpy()).resize(
-        (f.shape[2] * zoom, f.shape[1] * zoom), Image.NEAREST) for f in frames]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pictures[0].save(path, save_all=True, append_images=pictures[1:], loop=0,
-                     duration=round(1000 / fps), **({"lossless": True}
-                                                    if path.suffix.lower() == ".webp" else {}))
+    pictures = [f.repeat_interleave(zoom, 1).repeat_interleave(zoom, 2).permute(1, 2, 0)
+                for f in frames]  # [H, W, 3] uint8, nearest-neighbour enlarged
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() == ".mp4":
+            _write_mp4(pictures, tmp, fps)
+        else:
+            _write_pillow(pictures, tmp, fps, path.suffix.lower())
     return path
+
+
+def _write_pillow(pictures: list[torch.Tensor], path: Path, fps: float, suffix: str) -> None:
+    from PIL import Image
+
+    images = [Image.fromarray(p.numpy()) for p in pictures]
+    images[0].save(path, format=suffix.lstrip(".").upper(), save_all=True,
+                   append_images=images[1:], loop=0, duration=round(1000 / fps),
+                   **({"lossless": True} if suffix == ".webp" else {}))
+
+
+def _write_mp4(pictures: list[torch.Tensor], path: Path, fps: float) -> None:
+    """H.264 in yuv420p (what every player decodes): sides padded with black to multiples
+    of 16, the codec's macro block, rather than rescaled."""
+    import imageio_ffmpeg
+    import torch.nn.functional as F
+
+    h, w = pictures[0].shape[:2]
+    pad_h, pad_w = -h % 16, -w % 16
+    writer = imageio_ffmpeg.write_frames(str(path), (w + pad_w, h + pad_h), fps=fps,
+                                         codec="libx264", pix_fmt_out="yuv420p",
+                                         output_params=["-f", "mp4"], macro_block_size=16)
+    writer.send(None)  # start ffmpeg
+    for p in pictures:
+        padded = F.pad(p.permute(2, 0, 1), (0, pad_w, 0, pad_h)).permute(1, 2, 0)
+        writer.send(padded.contiguous().numpy().tobytes())
+    writer.close()
 
 
 def evaluation_strip(gen, tokenizer: Tokenizer, psi: float = 1.0,

@@ -162,6 +162,16 @@ def test_mlflow_model_registered_loaded_back_and_sampled(folder, mlflow_uri, mon
     assert found.run_id == run_id and found.tags["gat.size"] == "GAT-T1/4"
 
 
+def walks_mp4_frames(path) -> list[np.ndarray]:
+    """The decoded frames of an MP4, uint8 [H, W, 3] each (imageio-ffmpeg's reader)."""
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    w, h = meta["size"]
+    return [np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in reader]
+
+
 def test_walk_strips_and_animations(parts, tmp_path):
     gen, _ = load_generator(parts["generator"])
     tokenizer = load_tokenizer(str(parts["tokenizer"]))
@@ -172,7 +182,15 @@ def test_walk_strips_and_animations(parts, tmp_path):
     walks.save_animation(strip, tmp_path / "walk.gif")
     with Image.open(tmp_path / "walk.gif") as gif:
         assert gif.n_frames == 5 and min(gif.size) >= 128
-    with pytest.raises(ValueError, match=r"\.gif or \.webp"):
-        walks.save_animation(strip, tmp_path / "walk.mp4")
+    walks.save_animation(strip, tmp_path / "walk.mp4", fps=5)
+    frames = walks_mp4_frames(tmp_path / "walk.mp4")
+    assert len(frames) == 5 and frames[0].shape[0] % 16 == 0 and frames[0].shape[1] >= 128
+    # H.264 is lossy: the decoded first frame is close to the GIF's, not equal
+    with Image.open(tmp_path / "walk.gif") as gif:
+        first = np.asarray(gif.convert("RGB"))
+    h, w = first.shape[:2]
+    assert np.abs(frames[0][:h, :w].astype(int) - first.astype(int)).mean() < 12
+    with pytest.raises(ValueError, match=r"\.mp4, \.gif, \.webp"):
+        walks.save_animation(strip, tmp_path / "walk.avi")
     with pytest.raises(ValueError, match=r"seeds \[0\]: a walk needs at least 2"):
         walks.interpolation(gen, "z", [0], [0], 4)

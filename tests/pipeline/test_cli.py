@@ -91,7 +91,7 @@ def test_gat_interpolate_writes_strip_and_animation(tmp_path, parts, capsys):
     for bad, message in ((["--frames", "1"], "frames 1: an interpolation needs at least 2"),
                          (["--classes", "9"], "classes [9] out of range"),
                          (["--psi", "-1"], "psi -1: truncation must be >= 0"),
-                         (["--video", "x.mp4"], "must end in .gif or .webp")):
+                         (["--video", "x.avi"], "must end in .mp4, .gif, .webp")):
         assert gat_main([*base, *bad, "--out", str(tmp_path / "x.png")]) == 2
         assert message in capsys.readouterr().err
 

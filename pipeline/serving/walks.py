@@ -1,8 +1,8 @@
 """Latent walks and edits (:mod:`gat.walk`) rendered: rows of styles -> G -> the one
 decoder -> a strip PNG (one walk per row) and an animation (frame t of every row).
 
-No MP4 encoder is installed on the machines this project is built on (no imageio-ffmpeg,
-PyAV or ffmpeg), so animations are animated GIF or WebP, written by PIL.
+Animations are MP4 (H.264, by the ffmpeg binary of the imageio-ffmpeg package), or
+animated GIF or WebP (written by PIL), by the file's suffix.
 """
 
 from __future__ import annotations

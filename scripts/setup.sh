@@ -10,8 +10,9 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import gat, ray, dvc, mlflow, diffusers, torch_fidelity" 2>/dev/null \
-   || ! cmp -s requirements.txt .venv/.requirements.installed; then
+# -P: `gat` must import from the installed (editable) project, not from the current folder
+if ! .venv/bin/python -P -c "import gat, ray, dvc, mlflow, diffusers, torch_fidelity" \
+     2>/dev/null || ! cmp -s requirements.txt .venv/.requirements.installed; then
   .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
   .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
   cp requirements.txt .venv/.requirements.installed

@@ -64,7 +64,12 @@ def tiny_study(tmp_path_factory):
     # Every params key each stage's processes read (tests/stages/test_dvc_declarations.py).
     env[TRACE_ENV] = str(params_trace(work))
     params_trace(work).mkdir()
-    if (venv.parent / ".requirements.installed").exists():  # a venv made by setup.sh
+    marker = venv.parent / ".requirements.installed"
+    if marker.exists() and marker.read_text() != (work / "requirements.txt").read_text():
+        # setup.sh in the copy would reinstall into this venv, pointing it at the copy
+        pytest.fail(f"{venv.parent} was set up for other requirements: run "
+                    "`bash scripts/setup.sh`, then the tests again")
+    if marker.exists():  # a venv made by setup.sh
         (work / ".venv").symlink_to(venv.parent)
         env["PATH"] = ":".join(d for d in env["PATH"].split(":") if Path(d) != venv)
         commands = [["git", "init", "-q"], ["bash", "scripts/repro.sh"]]

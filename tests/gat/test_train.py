@@ -134,3 +134,34 @@ def test_unconditional_training_steps_whatever_the_labels():
         metrics = trainer.step(latents, labels, teacher)
         assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
     assert trainer.G_ema.w_avg.abs().sum() > 0  # its one truncation centre moved
+
+
+def _linear_output_dtypes(module: torch.nn.Module) -> tuple[set[torch.dtype], list]:
+    """Records the dtype of every nn.Linear output of ``module`` while the hooks live."""
+    dtypes: set[torch.dtype] = set()
+    hooks = [m.register_forward_hook(lambda _m, _i, out: dtypes.add(out.dtype))
+             for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    return dtypes, hooks
+
+
+@pytest.mark.parametrize("precision, expected", [("bf16", torch.bfloat16),
+                                                 ("auto", torch.float32)])
+def test_precision_on_cpu(precision, expected):
+    """bf16 autocast really runs G's and D's matmuls in bf16 on CPU; ``auto`` is fp32 there.
+    Parameters and the returned losses stay fp32 and finite."""
+    trainer = GATTrainer(**TINY, cfg=TrainConfig(c_base=32), precision=precision)
+    g_dtypes, g_hooks = _linear_output_dtypes(trainer.G)
+    d_dtypes, d_hooks = _linear_output_dtypes(trainer.D)
+    metrics = trainer.step(*_batch())
+    for hook in g_hooks + d_hooks:
+        hook.remove()
+    assert g_dtypes == {expected} and d_dtypes == {expected}
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    params = [*trainer.G.parameters(), *trainer.D.parameters()]
+    assert {p.dtype for p in params} == {torch.float32}
+    assert {p.grad.dtype for p in params if p.grad is not None} == {torch.float32}
+
+
+def test_bad_precision_is_refused():
+    with pytest.raises(ValueError, match=r"precision 'fp16'.*bf16"):
+        GATTrainer(**TINY, precision="fp16")

@@ -43,7 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import gat.optim
 import gat.train
 from gat.flops import generator_gflops
-from gat.train import GATTrainer, TrainConfig
+from gat.train import GATTrainer, TrainConfig, compile_blocks
 
 DEFAULT_MODELS = ["GAT-T1/4", "GAT-T2/4", "GAT-T3/4", "GAT-T4/4"]
 _LIB_FUSED = gat.optim.FUSED_ADAMW
@@ -125,14 +125,9 @@ def _variant_batch(variant: str, batch: int) -> int:
 
 
 def compile_trainer(trainer: GATTrainer) -> None:
-    """torch.compile (inductor) every G and D block and G's output heads, in place.
-
-    Module-level compile of the blocks keeps the trainer's Python (MNG, aGP, augmentation,
-    losses) as it is; each block is a graph of a few matmuls and many elementwise ops that
-    inductor fuses.
-    """
-    for module in [*trainer.G.blocks, *trainer.G.heads, *trainer.D.blocks]:
-        module.compile()
+    """torch.compile (inductor) every G and D block and G's output heads, in place: what
+    ``runtime.compile`` does (:func:`gat.train.compile_blocks`)."""
+    compile_blocks(trainer.G, trainer.D)
 
 
 def count_flops(trainer: GATTrainer, batch) -> float:

@@ -1,9 +1,10 @@
 """One GAT training step (D step, then G step) as a library function.
 
 A single process can run it as is; the Ray Train stage runs one per worker and the
-gradients are averaged across workers by :func:`sync_gradients` (all-reduce), the same
-data-parallel scheme as DDP but compatible with the several D forwards per step and the
-frozen-D G step.
+gradients are averaged across workers by :class:`gat.distributed.GradientReducer` (a flat
+or DDP-like bucketed all-reduce), compatible with the D step's G-without-gradients and the
+frozen-D G step. Numerics: fp32, or bf16 autocast (the paper's; on CPU too); G's and D's
+blocks can be compiled (inductor).
 """
 
 from __future__ import annotations
@@ -14,10 +15,17 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from gat.augment import AugmentParams, align_tokens, apply_augment, sample_augment
+from gat.distributed import (
+    BUCKET_MB,
+    AllReduce,
+    GradientReducer,
+    average_tensor,
+    broadcast_module,
+    world,
+)
 from gat.losses import (
     approx_gradient_penalty,
     d_relativistic,
@@ -72,44 +80,26 @@ def lr_base_at(cfg: TrainConfig, name: str, like: str) -> float:
     return lr_base_for(cfg, name, model_lr(cfg, like))
 
 
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+
+
+def compile_blocks(*modules: nn.Module) -> None:
+    """torch.compile (inductor) the transformer blocks and output heads of G and D, in place.
+
+    Regional compilation: identical blocks share one compiled graph (their parameters are
+    graph inputs), so compile time does not grow with depth; the trainer's Python (MNG,
+    aGP, augmentation, losses) stays eager, where inductor has little to fuse; and
+    ``nn.Module.compile`` keeps ``state_dict`` keys, so checkpoints are unchanged.
+    """
+    for module in modules:
+        for name in ("blocks", "heads"):
+            for block in getattr(module, name, []):
+                block.compile()
+
+
 class NonFiniteError(RuntimeError):
     """A loss or logit became NaN/inf: training diverged."""
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def sync_gradients(module: nn.Module) -> None:
-    """Average gradients over all workers (one flat all-reduce); no-op in one process."""
-    _, world = _world()
-    if world == 1:
-        return
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    flat = torch.cat([g.flatten() for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
-def _average_buffer(tensor: torch.Tensor) -> None:
-    _, world = _world()
-    if world > 1:
-        dist.all_reduce(tensor)
-        tensor /= world
-
-
-def broadcast_module(module: nn.Module) -> None:
-    """Make every worker start from rank 0's parameters and buffers."""
-    if _world()[1] == 1:
-        return
-    for tensor in list(module.parameters()) + list(module.buffers()):
-        dist.broadcast(tensor.data, src=0)
 
 
 def grad_norm(module: nn.Module) -> float:
@@ -128,15 +118,28 @@ class GATTrainer:
         d_name: D's size when it differs from G's (its own width-aware lr then).
         grad_accum: micro-batches per step (same result, less memory).
         grad_checkpointing: recompute activations in backward (same result, less memory).
+        precision: ``bf16`` runs G's and D's forwards under bf16 autocast (on CPU too),
+            ``fp32`` without, ``auto`` bf16 on CUDA and fp32 elsewhere. Parameters, optimizer
+            state, losses and the logits' checks stay fp32.
+        compile_models: torch.compile G's and D's blocks (:func:`compile_blocks`); the EMA
+            copy stays eager (it only samples).
+        allreduce: how gradients are averaged over workers: ``flat`` (one all-reduce per
+            network after the backward) or ``bucketed`` (DDP's overlapped buckets of
+            ``bucket_mb``); see :mod:`gat.distributed`.
     """
 
     def __init__(
         self, name: str, channels: int, size: int, num_classes: int, teacher_dim: int,
         cfg: TrainConfig = TrainConfig(), device: str | torch.device = "cpu", seed: int = 0,
         grad_accum: int = 1, grad_checkpointing: bool = False, d_name: str | None = None,
+        precision: Precision = "auto", compile_models: bool = False,
+        allreduce: AllReduce = "flat", bucket_mb: float = BUCKET_MB,
     ):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}: choose one of {PRECISIONS}")
         self.cfg, self.name, self.device = cfg, name, torch.device(device)
         self.grad_accum = grad_accum
+        self.bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
         torch.manual_seed(seed)  # identical initialisation on every worker
         self.G, self.D = build_models(name, channels, size, num_classes, teacher_dim, d_name)
         self.G.to(self.device).train()
@@ -149,9 +152,13 @@ class GATTrainer:
             self.G, self.D, self.lr, self.lr_d, cfg.mapping_lr_factor, cfg.class_mlp_lr_factor,
             (cfg.adam_beta1, cfg.adam_beta2))
         self.ema = EMA(self.G, cfg.ema_decay, cfg.ema_rampup)
+        if compile_models:  # after the EMA's deep copy: it stays an eager module
+            compile_blocks(self.G, self.D)
+        self.reduce_g = GradientReducer(self.G, allreduce, bucket_mb)
+        self.reduce_d = GradientReducer(self.D, allreduce, bucket_mb)
         self.alphas = mng_alphas(cfg.mng, MNG_LEVELS)
         self.step_count = 0
-        rank, _ = _world()
+        rank, _ = world()
         torch.manual_seed(seed + 1 + 7919 * rank)  # but different noise and z per worker
 
     @property
@@ -159,8 +166,8 @@ class GATTrainer:
         return self.ema.model
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     # ------------------------------------------------------------------ D inputs
@@ -222,7 +229,7 @@ class GATTrainer:
     def _d_step(self, parts: list) -> dict[str, float]:
         cfg, sums = self.cfg, {}
         self.opt_d.zero_grad(set_to_none=True)
-        for x, c, tokens in parts:
+        for i, (x, c, tokens) in enumerate(parts):
             b = x.shape[0]
             with torch.no_grad(), self._autocast():
                 fakes = [f.float() for f in self.G(torch.randn(b, Z_DIM, device=self.device), c)]
@@ -245,10 +252,12 @@ class GATTrainer:
                 repa = repa_loss(projected, target, mask)
             loss = adv + cfg.agp_weight * (r1 + r2) + cfg.repa_weight * repa
             self._check_finite(step_part="D", loss=loss, logits=logits)
+            if i == len(parts) - 1:
+                self.reduce_d.arm()  # workers average the accumulated gradient only
             (loss / len(parts)).backward()
             _accumulate(sums, loss_d=loss, d_adv=adv, r1=r1, r2=r2, repa=repa,
                         logit_real=l_real.mean(), logit_fake=l_fake.mean())
-        sync_gradients(self.D)
+        self.reduce_d.finish()
         out = {k: v / len(parts) for k, v in sums.items()}
         out["logit_gap"] = out["logit_real"] - out["logit_fake"]
         out["grad_norm_d"] = grad_norm(self.D)
@@ -260,7 +269,7 @@ class GATTrainer:
         self.D.requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
         try:
-            for x, c, _ in parts:
+            for i, (x, c, _) in enumerate(parts):
                 b = x.shape[0]
                 with self._autocast():
                     w = self.G.mapping(torch.randn(b, Z_DIM, device=self.device), c)
@@ -272,13 +281,15 @@ class GATTrainer:
                     l_fake = self.D(fake_in, c).float()
                 loss = g_relativistic(l_real, l_fake)
                 self._check_finite(step_part="G", loss=loss, logits=l_fake)
+                if i == len(parts) - 1:
+                    self.reduce_g.arm()  # D is frozen: only G's hooks fire
                 (loss / len(parts)).backward()
                 self.G.update_w_avg(w.detach(), c, self.cfg.w_avg_beta)
                 _accumulate(sums, loss_g=loss)
         finally:
             self.D.requires_grad_(True)
-        sync_gradients(self.G)
-        _average_buffer(self.G.w_avg)  # each worker saw other w: keep one truncation centre
+        self.reduce_g.finish()
+        average_tensor(self.G.w_avg)  # each worker saw other w: keep one truncation centre
         out = {k: v / len(parts) for k, v in sums.items()}
         out["grad_norm_g"] = grad_norm(self.G)
         self.opt_g.step()

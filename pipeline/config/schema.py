@@ -273,6 +273,16 @@ class RuntimeParams(Traced):
     cpus_per_worker: float = 1.0  # torch threads of a worker
     grad_accum: int = 1  # micro-batches per step (memory), same global batch
     grad_checkpointing: bool = False  # recompute activations in backward (memory)
+    # Numerics (the fp path, not the method): bf16 = the forwards under bf16 autocast, as
+    # the paper trains; fp32 without; auto = bf16 on CUDA, fp32 on CPU. Weights, optimizer
+    # state and losses stay fp32 in all three (gat.train.GATTrainer).
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    compile: bool = False  # torch.compile G's and D's blocks (inductor): minutes of compile
+    #                        at start (335 s for GAT-T1/2 on 2 busy cores), faster steps after
+    allreduce: Literal["flat", "bucketed"] = "flat"  # gradient averaging over workers: one
+    #                        all-reduce per network after backward, or DDP's buckets
+    #                        overlapped with the backward (gat.distributed)
+    bucket_mb: float = 25.0  # bucket size of allreduce: bucketed (DDP's default 25)
     loader_workers: int = 1  # DataLoader processes per worker
     max_failures: int = 1  # worker-group restarts Ray Train allows before giving up
     checkpoint_every: int = 100  # steps
@@ -293,7 +303,8 @@ class RuntimeParams(Traced):
 
     def check(self, where: str) -> None:
         positive(self, where, "workers", "cpus_per_worker", "grad_accum", "checkpoint_every",
-                 "log_every", "fd_samples", "encode_batch", "trial_cpus", "concurrent_trials")
+                 "bucket_mb", "log_every", "fd_samples", "encode_batch", "trial_cpus",
+                 "concurrent_trials")
         for key in ("loader_workers", "max_failures", "sample_every", "fd_every",
                     "trial_gpus"):
             if getattr(self, key) < 0:

@@ -105,7 +105,9 @@ class Worker:
                           conditioning_classes(manifest["num_classes"]), teacher_dim, cfg,
                           self.device, seed=job.seed, grad_accum=rt.grad_accum,
                           grad_checkpointing=rt.grad_checkpointing,
-                          d_name=self.params.train.d_size or None)
+                          d_name=self.params.train.d_size or None, precision=rt.precision,
+                          compile_models=rt.compile, allreduce=rt.allreduce,
+                          bucket_mb=rt.bucket_mb)
 
     def _restore(self) -> Path | StorePath | None:
         """Load Ray's latest checkpoint (a restart, or a rerun of the same command), else a

@@ -49,6 +49,12 @@ def test_sweep_size_is_checked_too():
     _refused(_raw(sweep={"transfer_size": "GAT-Q/4"}), "sweep.transfer_size", "Allowed:")
 
 
+def test_precision_allreduce_and_bucket_size_are_checked():
+    _refused(_raw(runtime={"precision": "fp16"}), "runtime.precision", "'fp16'", "bf16")
+    _refused(_raw(runtime={"allreduce": "ring"}), "runtime.allreduce", "bucketed")
+    _refused(_raw(runtime={"bucket_mb": 0}), "runtime.bucket_mb", "greater than 0")
+
+
 def test_storage_and_data_url_must_name_the_same_place_on_every_node():
     for key in ("storage", "data_url"):
         _refused(_raw(runtime={key: "outputs/shared"}), f"runtime.{key}", "relative path",

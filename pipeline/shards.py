@@ -189,12 +189,17 @@ def _write_run(out_dir: Path, first: int, last: int, shard_size: int, total: int
     sink = wds.ShardWriter(pattern, maxcount=shard_size, maxsize=float("inf"), post=publish,
                            start_shard=first, verbose=0, mtime=0)
     try:
-        for b0 in range(start, stop, batch):  # ShardWriter rolls over every shard_size
-            idx = np.arange(b0, min(b0 + batch, stop))
-            for j, sample in zip(idx, encode(idx)):
-                sink.write({"__key__": sample_key(j), **sample})
-            if bar is not None:
-                bar.update(len(idx))
+        # ShardWriter rolls over every shard_size. Batches never straddle two shards: a
+        # shard's bytes must not depend on which writer wrote it (this process or one of
+        # pipeline.shard_pool's actors), and a batch's size can change fp32 results.
+        for s0 in range(start, stop, shard_size):
+            end = min(s0 + shard_size, stop)
+            for b0 in range(s0, end, batch):
+                idx = np.arange(b0, min(b0 + batch, end))
+                for j, sample in zip(idx, encode(idx)):
+                    sink.write({"__key__": sample_key(j), **sample})
+                if bar is not None:
+                    bar.update(len(idx))
     except BaseException:
         sink.post = None  # closing must not publish a partial shard under its final name
         sink.close()

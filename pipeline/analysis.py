@@ -199,14 +199,16 @@ def load_parts(decoder: str = "train", evaluator_source: str = "train",
                classifier: str | None = None, teacher: str | None = "train",
                teacher_input_size: int = 0, shards: str | Path | None = None,
                lpips_vgg: str | Path | None = None, lpips_lin: str | Path | None = None,
-               device: str | torch.device = "cpu", layout: Layout = LAYOUT) -> Parts:
+               device: str | torch.device = "cpu", layout: Layout = LAYOUT,
+               decoder_revision: str = "", teacher_revision: str = "") -> Parts:
     """Load the parts: ``decoder`` / ``teacher``: ``train`` (this checkout's stand-in), a
     hub id or a folder (teacher None: no CKNNA); ``classifier``: the FD-classifier folder
     (default data/classifier); ``shards``: latent shards for real data (default
     data/shards/train when it exists, else no D-on-real analysis); LPIPS when both weight
-    files are given, else the evaluator's feature distance."""
+    files are given, else the evaluator's feature distance. ``*_revision``: a hub id's
+    commit (empty: its default branch)."""
     device = torch.device(device)
-    tok = load_tokenizer(decoder, device, layout=layout)
+    tok = load_tokenizer(decoder, device, layout=layout, revision=decoder_revision)
     if (lpips_vgg is None) != (lpips_lin is None):
         raise ValueError("LPIPS needs both --lpips-vgg and --lpips-lin (or neither: the "
                          "evaluator's feature distance is used)")
@@ -227,8 +229,9 @@ def load_parts(decoder: str = "train", evaluator_source: str = "train",
     if shards is not None and not (Path(shards) / "manifest.json").exists():
         raise FileNotFoundError(f"--shards {shards}: no manifest.json there; give the "
                                 "encode stage's folder (data/shards/train)")
-    return Parts(tok, distance,
-                 load_teacher(teacher, device, teacher_input_size, layout) if teacher else None,
+    teach = (load_teacher(teacher, device, teacher_input_size, layout, teacher_revision)
+             if teacher else None)
+    return Parts(tok, distance, teach,
                  Path(shards) if shards is not None else None, device)
 
 

@@ -277,6 +277,7 @@ def analyze_mng(params: Params, layout: Layout = LAYOUT) -> dict[str, Any] | Non
     parts = load_parts(params.tokenizer.source, params.evaluator.source,
                        teacher=params.teacher.source,
                        teacher_input_size=params.teacher.input_size, shards=layout.shards,
-                       layout=layout)
+                       layout=layout, decoder_revision=params.tokenizer.revision,
+                       teacher_revision=params.teacher.revision)
     return analyze(subjects, layout.claims / "mng" / "analysis", parts, c.analysis_samples,
                    c.analysis_per_class, params.study.seed, layout=layout)

@@ -20,6 +20,7 @@ from pipeline.config import Params
 from pipeline.fidelity import (
     SOURCES,
     Evaluator,
+    check_reference,
     class_accuracy,
     evaluator,
     extract,
@@ -143,7 +144,8 @@ def load_trained(generator_dir: Path, device: str | None = None, layout: Layout 
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     gen, meta = load_generator(generator_dir, device)
-    return gen, meta, load_tokenizer(meta["tokenizer"], device, meta["scale_factor"], layout)
+    return gen, meta, load_tokenizer(meta["tokenizer"], device, meta["scale_factor"], layout,
+                                     meta.get("tokenizer_revision", ""))
 
 
 def evaluate_trained(params: Params, gen, meta: dict, tokenizer, grid: Path,
@@ -154,6 +156,7 @@ def evaluate_trained(params: Params, gen, meta: dict, tokenizer, grid: Path,
     ev = evaluator(params.evaluator.source,
                    str(layout.classifier) if params.evaluator.source == "train" else None)
     reference = load_reference(reference_path(layout), metric=ev.metric)
+    check_reference(reference, ev, layout)  # before sampling: width, given file unchanged
     ev_cfg = params.evaluate
     metrics = {**evaluate_generator(ev, gen, tokenizer, reference, ev_cfg.num_samples,
                                     ev_cfg.batch, ev_cfg.psi,

@@ -190,6 +190,46 @@ def reference_statistics(ev: Evaluator, batches: Iterable[torch.Tensor],
             "extractor": np.array(ev.name)}
 
 
+def feature_dim(ev: Evaluator) -> int:
+    """F, the width of the extractor's FD features: Inception's pool layer names it
+    ("2048"), the classifier stand-in's config holds it."""
+    layer = ev.outputs[0]
+    return int(layer) if layer.isdigit() else int(ev.extractor.model.config["feature_dim"])
+
+
+def precomputed_reference(path: str | os.PathLike, dim: int) -> dict[str, np.ndarray]:
+    """``mu`` [F] and ``sigma`` [F, F] of a precomputed reference ``.npz`` (ADM's
+    ``VIRTUAL_imagenet256_labeled.npz``: Inception pool statistics of its reference batch),
+    and ``images`` uint8 [N, R, R, 3] when it holds them (``arr_0``). Refuses a missing
+    file, a missing key, and statistics of another width than the evaluator's ``dim``;
+    ``images`` are read only when the statistics pass (ADM's take 2 GB)."""
+    path = Path(path)
+    fix = ("set evaluator.reference to an .npz holding mu [F] and sigma [F, F] of the "
+           "evaluator's features, or leave it empty to compute them from data.eval_path")
+    if not path.is_file():
+        raise FileNotFoundError(f"evaluator.reference: {path} does not exist; {fix}")
+    try:
+        data = np.load(path)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"evaluator.reference: {path} is not an .npz ({err}); {fix}") from None
+    with data:
+        for key in ("mu", "sigma"):
+            if key not in data.files:
+                raise ValueError(f"evaluator.reference: {path} has no key {key!r} (it holds "
+                                 f"{', '.join(data.files) or 'nothing'}); {fix}")
+        mu, sigma = data["mu"], data["sigma"]
+        if mu.shape != (dim,) or sigma.shape != (dim, dim):
+            raise ValueError(
+                f"evaluator.reference: {path}: mu {list(mu.shape)} and sigma "
+                f"{list(sigma.shape)}, but the evaluator's features are {dim}-d (2048 for "
+                f"Inception: evaluator.source inception with ADM's file; the stand-in "
+                f"classifier's feature_dim for source train); {fix}")
+        ref = {"mu": mu.astype(np.float64), "sigma": sigma.astype(np.float64)}
+        if "arr_0" in data.files:
+            ref["images"] = data["arr_0"]
+    return ref
+
+
 def reference_path(layout: Layout = LAYOUT) -> Path:
     return layout.reference / REFERENCE_FILE
 
@@ -215,6 +255,27 @@ def load_reference(path: str | os.PathLike | None = None, metric: str | None = N
         raise ValueError(f"{path}: statistics for {made_by}, but the evaluator gives {metric}; "
                          "rerun the `reference` stage (dvc repro reference)")
     return ref
+
+
+def check_reference(reference: dict[str, np.ndarray], ev: Evaluator,
+                    layout: Layout = LAYOUT) -> None:
+    """Before sampling: ``reference`` (data/reference) has the evaluator's feature width,
+    and the precomputed file it came from (evaluator.reference), if any, still has the
+    sha256 the ``reference`` stage recorded: DVC tracks that file by its path only."""
+    from pipeline.files import file_sha256
+
+    dim, where = feature_dim(ev), reference_path(layout)
+    if reference["mu"].shape != (dim,):
+        raise ValueError(f"{where}: mu {list(reference['mu'].shape)}, but the evaluator's "
+                         f"features are {dim}-d; rerun the `reference` stage "
+                         "(dvc repro reference)")
+    info = json.loads((layout.reference / "info.json").read_text())
+    given = info.get("given")
+    if given and (not Path(given["path"]).is_file()
+                  or file_sha256(given["path"]) != given["sha256"]):
+        raise ValueError(f"evaluator.reference: {given['path']} is missing or changed since "
+                         f"the `reference` stage read it (sha256 {given['sha256'][:12]}...); "
+                         "rerun it: dvc repro -f reference")
 
 
 def frechet_distance(features: torch.Tensor, reference: dict[str, np.ndarray]) -> float:

@@ -132,17 +132,36 @@ def write_shards(
     identifies what produced the shards (tokenizer, data params): other shards are removed.
     Returns [{"name", "samples", "sha256"}] for every shard.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _discard_stale(out_dir, fingerprint)
-    num_shards = -(-num_samples // shard_size)
-    todo = [s for s in range(num_shards)
-            if not _shard_ok(out_dir / shard_name(s), s, shard_size, num_samples, fields)]
+    todo = missing_shards(out_dir, num_samples, shard_size, fingerprint, fields)
     done = num_samples - sum(_shard_len(s, shard_size, num_samples) for s in todo)
     with tqdm(total=num_samples, initial=done, desc=desc, unit="sample", mininterval=5) as bar:
         for first, last in _runs(todo):
             _write_run(out_dir, first, last, shard_size, num_samples, encode, batch, bar)
+    return shard_list(out_dir, num_samples, shard_size)
+
+
+def missing_shards(out_dir: Path, num_samples: int, shard_size: int, fingerprint: str,
+                   fields: tuple[str, ...] | None = None) -> list[int]:
+    """The shard indices still to write: shards of other inputs (``fingerprint``) and
+    temporaries of a killed run are removed, finished shards are checked and kept."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _discard_stale(out_dir, fingerprint)
+    return [s for s in range(-(-num_samples // shard_size))
+            if not _shard_ok(out_dir / shard_name(s), s, shard_size, num_samples, fields)]
+
+
+def write_shard(out_dir: Path, index: int, shard_size: int, num_samples: int,
+                encode: Callable[[np.ndarray], list[dict[str, bytes]]], batch: int) -> int:
+    """Write shard ``index`` alone (atomically, as :func:`write_shards` does); its index."""
+    _write_run(out_dir, index, index, shard_size, num_samples, encode, batch, None)
+    return index
+
+
+def shard_list(out_dir: Path, num_samples: int, shard_size: int) -> list[dict[str, Any]]:
+    """[{"name", "samples", "sha256"}] of every shard, for the manifest."""
     return [{"name": shard_name(s), "samples": _shard_len(s, shard_size, num_samples),
-             "sha256": file_sha256(out_dir / shard_name(s))} for s in range(num_shards)]
+             "sha256": file_sha256(out_dir / shard_name(s))}
+            for s in range(-(-num_samples // shard_size))]
 
 
 def _discard_stale(out_dir: Path, fingerprint: str) -> None:
@@ -158,7 +177,7 @@ def _discard_stale(out_dir: Path, fingerprint: str) -> None:
 
 
 def _write_run(out_dir: Path, first: int, last: int, shard_size: int, total: int,
-               encode: Callable, batch: int, bar: tqdm) -> None:
+               encode: Callable, batch: int, bar: tqdm | None) -> None:
     """Shards first..last (consecutive) through one ShardWriter; rename each when closed."""
 
     def publish(tmp_name: str) -> None:
@@ -170,16 +189,22 @@ def _write_run(out_dir: Path, first: int, last: int, shard_size: int, total: int
     sink = wds.ShardWriter(pattern, maxcount=shard_size, maxsize=float("inf"), post=publish,
                            start_shard=first, verbose=0, mtime=0)
     try:
-        for b0 in range(start, stop, batch):  # ShardWriter rolls over every shard_size
-            idx = np.arange(b0, min(b0 + batch, stop))
-            for j, sample in zip(idx, encode(idx)):
-                sink.write({"__key__": sample_key(j), **sample})
-            bar.update(len(idx))
+        # ShardWriter rolls over every shard_size. Batches never straddle two shards: a
+        # shard's bytes must not depend on which writer wrote it (this process or one of
+        # pipeline.shard_pool's actors), and a batch's size can change fp32 results.
+        for s0 in range(start, stop, shard_size):
+            end = min(s0 + shard_size, stop)
+            for b0 in range(s0, end, batch):
+                idx = np.arange(b0, min(b0 + batch, end))
+                for j, sample in zip(idx, encode(idx)):
+                    sink.write({"__key__": sample_key(j), **sample})
+                if bar is not None:
+                    bar.update(len(idx))
     except BaseException:
         sink.post = None  # closing must not publish a partial shard under its final name
         sink.close()
-        for tmp in out_dir.glob(f"{_TMP_PREFIX}shard-*.tar"):
-            tmp.unlink()
+        for s in range(first, last + 1):  # this run's only: other writers may share out_dir
+            (out_dir / f"{_TMP_PREFIX}{shard_name(s)}").unlink(missing_ok=True)
         raise
     sink.close()
 

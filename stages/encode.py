@@ -4,23 +4,28 @@ Every image is encoded, plus a horizontally flipped copy when data.hflip is true
 2i: image i, sample 2i+1: image i flipped). Shards of data.shard_size samples land in
 data/shards/train/ with manifest.json: sample and image counts, counts per class, class
 names (index = position), skipped files and why, sha256 of every shard, latent shape,
-tokenizer and scale factor. Batched on the GPU when there is one. To resume after a kill,
-run the same command again: finished shards are checked and kept, only the missing ones
-are encoded (no key twice, none missing).
+tokenizer and scale factor. With runtime.use_gpu, on every GPU of the Ray cluster (one
+actor per GPU, one task per missing shard: pipeline/shard_pool.py); else in this process,
+on its GPU if it has one. To resume after a kill, run the same command again: finished
+shards are checked and kept, only the missing ones are encoded (no key twice, none
+missing).
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 import numpy as np
 
 from pipeline import cluster
-from pipeline.config import Params
+from pipeline.config import DataParams, Params
 from pipeline.data import open_split
 from pipeline.files import digest
 from pipeline.layout import LAYOUT
+from pipeline.pretrained.common import resolve_source
 from pipeline.pretrained.tokenizer import load_tokenizer
+from pipeline.shard_pool import Encoder, write_shards_on_ray
 from pipeline.shards import (
     LATENT_FIELDS,
     latent_fields,
@@ -40,36 +45,66 @@ def tokenizer_fingerprint(params: Params) -> str:
     return digest([LAYOUT.tokenizer], extra={
         "data": [data.source, data.path, data.resolution, data.train_limit, data.hflip,
                  data.shard_size],
-        "tokenizer": params.tokenizer.source, "scale_factor": params.tokenizer.scale_factor})
+        "tokenizer": params.tokenizer.source, "revision": params.tokenizer.revision,
+        "scale_factor": params.tokenizer.scale_factor})
+
+
+@dataclass(frozen=True)
+class LatentEncoder:
+    """What a process needs to encode samples: built once per process (this one, or each Ray
+    actor), where it loads the tokenizer on ``device`` and opens the train split.
+
+    VAE encode stays in fp32 on the GPU too (as DiT's feature extraction): the latents are
+    the data G learns, and bf16's 8-bit mantissa is coarser than their fp16 storage.
+    """
+
+    data: DataParams
+    tokenizer: str  # a hub id or a folder (``train`` resolved to data/tokenizer)
+    revision: str
+    scale_factor: float
+
+    def __call__(self, device: str) -> Encoder:
+        tok = load_tokenizer(self.tokenizer, device, self.scale_factor, revision=self.revision)
+        train = open_split(self.data, "train")
+        source, flipped = sample_plan(len(train), self.data.hflip)
+
+        def encode(idx: np.ndarray) -> list[dict[str, bytes]]:
+            """Sample indices [b] -> {lat.bin: fp16 (mean, std) [2, C, h, w], cls} each."""
+            mean, std = (t.float().cpu().numpy()
+                         for t in tok.encode(train.load_flipped(source[idx], flipped[idx])))
+            labels = train.labels[source[idx]]
+            return [latent_fields(m, s, y) for m, s, y in zip(mean, std, labels)]
+
+        return encode
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
-    device = cluster.device(params.runtime.use_gpu)  # refuses a GPU study without one
-    tok = load_tokenizer(params.tokenizer.source, device,
-                                    params.tokenizer.scale_factor)
+    runtime = params.runtime
     train = open_split(params.data, "train")
-    source, flipped = sample_plan(len(train), params.data.hflip)
-    shape: list[int] = []
-
-    def encode(idx: np.ndarray) -> list[dict[str, bytes]]:
-        mean, std = (t.float().cpu().numpy()
-                     for t in tok.encode(train.load_flipped(source[idx], flipped[idx])))
-        shape[:] = mean.shape[1:]
-        labels = train.labels[source[idx]]
-        return [latent_fields(m, s, y) for m, s, y in zip(mean, std, labels)]
-
+    source, _ = sample_plan(len(train), params.data.hflip)
+    make = LatentEncoder(params.data, resolve_source(params.tokenizer.source, LAYOUT.tokenizer),
+                         params.tokenizer.revision, params.tokenizer.scale_factor)
     fingerprint = tokenizer_fingerprint(params)
-    shards = write_shards(SHARDS, len(source), params.data.shard_size, encode, fingerprint,
-                          params.runtime.encode_batch, "encode", LATENT_FIELDS)
-    if not shape:  # every shard was already there: probe one image for the latent shape
-        shape[:] = tok.encode(train.load(np.arange(1)))[0].shape[1:]
+    shard_args = (len(source), params.data.shard_size, make, fingerprint, runtime.encode_batch,
+                  "encode", LATENT_FIELDS)
+    if runtime.use_gpu:  # every GPU of the Ray cluster; refuses a cluster without one
+        shards = write_shards_on_ray(SHARDS, *shard_args, use_gpu=True,
+                                     cpus=runtime.cpus_per_worker)
+        device = "cpu"  # the driver only probes one image for the latent shape
+    else:
+        device = cluster.device(False)
+        shards = write_shards(SHARDS, len(source), params.data.shard_size, make(device),
+                              fingerprint, runtime.encode_batch, "encode", LATENT_FIELDS)
+    tok = load_tokenizer(make.tokenizer, device, make.scale_factor, revision=make.revision)
+    shape = tok.encode(train.load(np.arange(1)))[0].shape[1:]
     counts = np.bincount(train.labels, minlength=len(train.classes))
     write_manifest(SHARDS, {
         "samples": len(source), "images": len(train), "hflip": params.data.hflip,
         "classes": train.classes, "num_classes": len(train.classes),
         "counts_per_class": {c: int(n) for c, n in zip(train.classes, counts)},
         "skipped": train.skipped, "shards": shards, "latent_shape": [int(x) for x in shape],
-        "tokenizer": params.tokenizer.source, "scale_factor": tok.scale_factor,
+        "tokenizer": params.tokenizer.source, "tokenizer_revision": params.tokenizer.revision,
+        "scale_factor": tok.scale_factor,
         "source": params.data.source, "resolution": params.data.resolution,
     })
     record_stage(params, "encode", {"samples": len(source), "images": len(train),

@@ -28,7 +28,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
     device = cluster.device(params.runtime.use_gpu)  # refuses a GPU study without one
     ev = fidelity.evaluator(params.evaluator.source)
     reference = fidelity.load_reference(fidelity.reference_path(), metric=ev.metric)
-    tokenizer = load_tokenizer(params.tokenizer.source, device, params.tokenizer.scale_factor)
+    tokenizer = load_tokenizer(params.tokenizer.source, device, params.tokenizer.scale_factor,
+                               revision=params.tokenizer.revision)
     found = evaluation.floors(ev, open_split(params.data, "train"), tokenizer, reference,
                               params.evaluate.num_samples, params.evaluate.batch,
                               seed=params.study.seed)

@@ -1,43 +1,97 @@
-"""Reference statistics of the eval split, for FID (Inception) or FD-classifier (stand-in).
+"""Reference statistics for FID (Inception) or FD-classifier (stand-in): computed, or given.
 
     python -m stages.reference
 
-Features of every eval image (data.eval_limit applies) through torch-fidelity's extractor,
-streamed in batches; writes data/reference/stats.npz (mu [F], sigma [F, F], up to 10k
-features for precision/recall) and data/reference/info.json. Computed once, cached by DVC:
-every evaluate@SIZE reuses it.
+evaluator.reference empty: features of every eval image (data.eval_limit applies) through
+torch-fidelity's extractor, streamed in batches. evaluator.reference a precomputed .npz
+(ADM's VIRTUAL_imagenet256_labeled.npz, the reference of ADM, DiT and the paper's Table 1):
+its ``mu``/``sigma`` are used as they are, after checking they have the evaluator's width;
+precision/recall features come from its ``arr_0`` images when it has them, else from the
+eval split. Writes data/reference/stats.npz (mu [F], sigma [F, F], up to 10k features for
+precision/recall) and data/reference/info.json (with the given file's path and sha256:
+``evaluate`` refuses the reference if the file changed since). Computed once, cached by
+DVC: every evaluate@SIZE reuses it.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
 
 from pipeline import cluster
 from pipeline.config import Params
 from pipeline.data import open_split
-from pipeline.fidelity import REFERENCE_FILE, evaluator, reference_statistics, save_reference
-from pipeline.files import atomic_path, write_json
+from pipeline.fidelity import (
+    PRC_MAX,
+    REFERENCE_FILE,
+    Evaluator,
+    evaluator,
+    extract,
+    feature_dim,
+    precomputed_reference,
+    reference_statistics,
+    save_reference,
+)
+from pipeline.files import atomic_path, file_sha256, write_json
 from pipeline.layout import LAYOUT
 from pipeline.stage import stage_main
 
 BATCH = 250  # images per extractor call; the statistics do not depend on it
 
 
+def given_statistics(ev: Evaluator, path: Path, params: Params) -> tuple[dict, dict]:
+    """(stats, info) of a precomputed reference: its mu/sigma, features for precision/recall
+    from its ``arr_0`` images (NHWC uint8) or else from the eval split."""
+    ref = precomputed_reference(path, feature_dim(ev))
+    if "images" in ref:
+        images = ref.pop("images")
+        side = params.data.resolution
+        if images.ndim != 4 or images.shape[1:] != (side, side, 3):
+            raise ValueError(f"evaluator.reference: {path}: arr_0 {list(images.shape)} is not "
+                             f"images [N, {side}, {side}, 3] at data.resolution; remove arr_0 "
+                             "or use a file made at this resolution")
+        picked = images[:PRC_MAX]
+        batches: Iterator[torch.Tensor] = (
+            torch.from_numpy(np.ascontiguousarray(picked[i:i + BATCH])).permute(0, 3, 1, 2)
+            for i in range(0, len(picked), BATCH))
+        features_from, count = "arr_0", len(images)
+    else:
+        split = open_split(params.data, "eval")
+        batches = (im for _, im in split.batches(BATCH, np.arange(min(PRC_MAX, len(split)))))
+        features_from, count = "data.eval_path", 0
+    feats = extract(ev, batches, desc="reference (precision/recall)")["features"]
+    stats = {**ref, "features": feats.float().numpy(), "count": np.array(count),
+             "metric": np.array(ev.metric), "extractor": np.array(ev.name)}
+    info = {"given": {"path": str(path.resolve()), "sha256": file_sha256(path)},
+            "precision_recall_features": features_from}
+    return stats, info
+
+
 def run(params: Params, args: argparse.Namespace) -> None:
     cluster.device(params.runtime.use_gpu)  # a GPU study refuses a CPU-only machine
-    split = open_split(params.data, "eval")
     ev = evaluator(params.evaluator.source)
-    batches = (images for _, images in split.batches(BATCH))
-    stats = reference_statistics(ev, batches, total=len(split))
+    extra: dict = {}
+    if params.evaluator.reference:
+        stats, extra = given_statistics(ev, Path(params.evaluator.reference), params)
+    else:
+        split = open_split(params.data, "eval")
+        batches = (images for _, images in split.batches(BATCH))
+        stats = reference_statistics(ev, batches, total=len(split))
     info = {"metric": ev.metric, "extractor": ev.name, "images": int(stats["count"]),
             "features": int(stats["mu"].shape[0]), "data": params.data.source,
-            "resolution": params.data.resolution}
+            "resolution": params.data.resolution, **extra}
     # The folder appears whole: a killed run never leaves stats without their info.
     with atomic_path(LAYOUT.reference) as tmp:
         save_reference(stats, tmp / REFERENCE_FILE)
         write_json(tmp / "info.json", info)
-    print(f"reference: {ev.metric} statistics of {info['images']} eval images "
-          f"({info['features']} features, extractor {ev.name}) -> {LAYOUT.reference}")
+    origin = (f"given ({params.evaluator.reference})" if params.evaluator.reference
+              else f"of {info['images']} eval images")
+    print(f"reference: {ev.metric} statistics {origin} ({info['features']} features, "
+          f"extractor {ev.name}) -> {LAYOUT.reference}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pipeline.config import Params
 from pipeline.data import open_split
 from pipeline.files import atomic_path, digest
 from pipeline.layout import LAYOUT
-from pipeline.pretrained.common import SOURCE_FILE, accuracy, dataset_sampler
+from pipeline.pretrained.common import accuracy, dataset_sampler, write_source
 from pipeline.pretrained.teacher import Teacher, load_teacher, train_teacher
 from pipeline.stage import stage_main
 from pipeline.tracking import record_stage
@@ -45,15 +45,15 @@ def train_stand_in(params: Params) -> dict:
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
-    metrics: dict = {"source": params.teacher.source}
+    metrics: dict = {"source": params.teacher.source, "revision": params.teacher.revision}
     if params.teacher.source == "train":
         metrics.update(train_stand_in(params))
     else:
         with atomic_path(LAYOUT.teacher_model) as tmp:
             tmp.mkdir()
-            (tmp / SOURCE_FILE).write_text(params.teacher.source + "\n")
-    teacher = load_teacher(params.teacher.source,
-                                      input_size=params.teacher.input_size)
+            write_source(tmp, params.teacher.source, params.teacher.revision)
+    teacher = load_teacher(params.teacher.source, input_size=params.teacher.input_size,
+                           revision=params.teacher.revision)
     metrics.update(dim=teacher.dim, tokens=teacher.num_tokens, grid=teacher.grid)
     record_stage(params, "teacher", metrics, digest([LAYOUT.teacher_model]))
     print(f"teacher: {metrics}")

@@ -21,7 +21,7 @@ from pipeline.config import Params
 from pipeline.data import open_split
 from pipeline.files import atomic_path, digest
 from pipeline.layout import LAYOUT
-from pipeline.pretrained.common import SOURCE_FILE, dataset_sampler
+from pipeline.pretrained.common import dataset_sampler, write_source
 from pipeline.pretrained.tokenizer import (
     SCALE_FILE,
     Tokenizer,
@@ -66,16 +66,16 @@ def reconstruction_psnr(tok: Tokenizer, params: Params) -> tuple[float, tuple]:
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
-    metrics: dict = {"source": params.tokenizer.source}
+    metrics: dict = {"source": params.tokenizer.source, "revision": params.tokenizer.revision}
     if params.tokenizer.source == "train":
         metrics["train_seconds"] = train_stand_in(params)
     else:
         with atomic_path(LAYOUT.tokenizer) as tmp:
             tmp.mkdir()
-            (tmp / SOURCE_FILE).write_text(params.tokenizer.source + "\n")
+            write_source(tmp, params.tokenizer.source, params.tokenizer.revision)
     device = cluster.device(params.runtime.use_gpu)  # refuses a GPU study without one
-    tok = load_tokenizer(params.tokenizer.source, device,
-                                    params.tokenizer.scale_factor)
+    tok = load_tokenizer(params.tokenizer.source, device, params.tokenizer.scale_factor,
+                         revision=params.tokenizer.revision)
     psnr, shape = reconstruction_psnr(tok, params)
     metrics.update(psnr_db=psnr, scale_factor=tok.scale_factor, latent_channels=shape[0],
                    latent_size=shape[-1])

@@ -70,7 +70,18 @@ def derived(params: Params) -> dict[str, Any]:
         cfg = model_config(name)
         sizes[name] = {"depth": cfg.depth, "width": cfg.width, "heads": cfg.heads,
                        **train_derived(params, name)}
-    return {"sizes": sizes, "metric": describe(params.evaluator.source)}
+    return {"sizes": sizes, "metric": describe(params.evaluator.source),
+            "reference": params.evaluator.reference or "computed from data.eval_path",
+            "hub_revisions": hub_revisions(params)}
+
+
+def hub_revisions(params: Params) -> dict[str, str]:
+    """Each hub part's source and revision; an unpinned one (empty revision) says so: its
+    weights are whatever the hub's default branch holds when a stage downloads them."""
+    return {part: (f"{cfg.source}@{cfg.revision}" if cfg.revision else
+                   f"{cfg.source} (NOT PINNED: the hub's default branch at download time)")
+            for part, cfg in (("tokenizer", params.tokenizer), ("teacher", params.teacher))
+            if cfg.source != "train" and not Path(cfg.source).exists()}
 
 
 def select(name: str, params_file: Path = DEFAULT_PARAMS, check_paths: bool = True) -> Path:

@@ -19,6 +19,7 @@ The training hyperparameters are the library's :class:`gat.train.TrainConfig`;
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +40,20 @@ def _known_size(where: str, key: str, name: str) -> None:
     if name not in GAT_MODELS:
         raise ParamsError(f"{where}.{key}: unknown model size {name!r}. "
                           f"Allowed: {', '.join(GAT_MODELS)}")
+
+
+def _check_revision(where: str, source: str, revision: str) -> None:
+    """A hub revision is one commit (40 hex digits): a branch or tag moves under the study."""
+    if not revision:
+        return
+    if source == "train":
+        raise ParamsError(f"{where}.revision: {revision!r} with source `train`: a stand-in "
+                          "trained here has no hub revision; leave it empty")
+    if not re.fullmatch(r"[0-9a-f]{40}", revision):
+        raise ParamsError(f"{where}.revision: {revision!r} is not a commit; give the full "
+                          "40-hex commit id (the model page's 'Files and versions' history, "
+                          "or `huggingface-cli download ID` prints the snapshot folder), or "
+                          "leave it empty for the hub's default branch (not reproducible)")
 
 
 # ----------------------------------------------------------------------------- what
@@ -104,6 +119,7 @@ class DataParams(Traced):
 class TokenizerParams(Traced):
     SECTION = "tokenizer"
     source: str = "train"  # "train", a hub id (stabilityai/sd-vae-ft-ema) or a local path
+    revision: str = ""  # a hub id's commit (40 hex); empty: the default branch, unpinned
     scale_factor: float = 0.0  # 0: the model config's, or measured on the data for "train"
     latent_channels: int = 4
     block_out_channels: list[int] = field(default_factory=lambda: [32, 64])
@@ -113,6 +129,7 @@ class TokenizerParams(Traced):
 
     def check(self, where: str) -> None:
         positive(self, where, "latent_channels", "steps", "batch", "lr")
+        _check_revision(where, self.source, self.revision)
         if self.scale_factor < 0:
             raise ParamsError(f"{where}.scale_factor: {self.scale_factor} must be 0 (from the "
                               "model config or measured) or a positive number")
@@ -125,6 +142,7 @@ class TokenizerParams(Traced):
 class TeacherParams(Traced):
     SECTION = "teacher"
     source: str = "train"  # "train", a hub id (facebook/dinov2-base) or a local path
+    revision: str = ""  # a hub id's commit (40 hex); empty: the default branch, unpinned
     hidden_size: int = 96
     layers: int = 4
     patch_size: int = 4
@@ -135,6 +153,7 @@ class TeacherParams(Traced):
 
     def check(self, where: str) -> None:
         positive(self, where, "hidden_size", "layers", "patch_size", "steps", "batch", "lr")
+        _check_revision(where, self.source, self.revision)
         if self.input_size < 0:
             raise ParamsError(f"{where}.input_size: {self.input_size} must be 0 (the model's "
                               "own size, at most 224) or a size in pixels")
@@ -144,12 +163,25 @@ class TeacherParams(Traced):
 class EvaluatorParams(Traced):
     SECTION = "evaluator"
     source: Literal["train", "inception"] = "train"  # FD-classifier or standard FID
+    reference: str = ""  # a precomputed reference .npz (mu, sigma; ADM's for ImageNet 256);
+    #                      empty: the `reference` stage computes it from data.eval_path
     steps: int = 600
     batch: int = 128
     lr: float = 2e-3
 
     def check(self, where: str) -> None:
         positive(self, where, "steps", "batch", "lr")
+        if self.reference and not self.reference.endswith(".npz"):
+            raise ParamsError(f"{where}.reference: {self.reference!r} is not an .npz; give a "
+                              "precomputed reference (mu, sigma), e.g. ADM's "
+                              "VIRTUAL_imagenet256_labeled.npz, or leave it empty")
+
+    def check_paths(self, where: str) -> None:
+        """Checks that need this machine: the precomputed reference is there."""
+        if self.reference and not Path(self.reference).is_file():
+            raise ParamsError(f"{where}.reference: {self.reference!r} does not exist; download "
+                              "it (ADM's evaluations: VIRTUAL_imagenet256_labeled.npz) or "
+                              "leave it empty to compute the reference from data.eval_path")
 
 
 @dataclass(frozen=True)

@@ -37,20 +37,34 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 
-def from_pretrained(cls, path: str, what: str):
-    """``cls.from_pretrained(path)`` with an error that says what to do offline.
+def from_pretrained(cls, path: str, what: str, revision: str = ""):
+    """``cls.from_pretrained(path, revision=revision)`` with an error that says what to do
+    offline. ``revision`` (a 40-hex commit, or empty: the hub's default branch) applies to
+    a hub id; a local folder has no revisions and ignores it.
 
     A folder holding only ``source.txt`` (what a stage writes for a hub id or a path)
-    stands for that source.
+    stands for that source, at the revision it records (its second line).
     """
     marker = Path(path) / SOURCE_FILE
     if marker.is_file() and not (Path(path) / "config.json").exists():
-        path = marker.read_text().strip()
+        path, revision = read_source(marker)
     try:
-        return cls.from_pretrained(path)
+        return cls.from_pretrained(path, **({"revision": revision} if revision else {}))
     except OSError as err:
-        raise OSError(f"{what} {path!r}: cannot load ({err}). Offline, give a local "
+        at = f" at revision {revision}" if revision else ""
+        raise OSError(f"{what} {path!r}{at}: cannot load ({err}). Offline, give a local "
                       "directory written by save_pretrained, or `train`") from err
+
+
+def write_source(directory: Path, source: str, revision: str = "") -> None:
+    """The ``source.txt`` a stage writes for a hub id or path: the source, its revision."""
+    (directory / SOURCE_FILE).write_text(f"{source}\n{revision}\n")
+
+
+def read_source(marker: Path) -> tuple[str, str]:
+    """(source, revision) of a ``source.txt``; the revision is empty when not pinned."""
+    lines = [line.strip() for line in marker.read_text().splitlines()]
+    return lines[0], (lines[1] if len(lines) > 1 else "")
 
 
 def random_flip(images: torch.Tensor) -> torch.Tensor:

@@ -52,12 +52,13 @@ class Teacher:
 
 
 def load_teacher(source: str, device: str | torch.device = "cpu", input_size: int = 0,
-                 layout: Layout = LAYOUT) -> Teacher:
-    """Dinov2Model from ``train`` (the layout's data/teacher_model), a hub id or a path."""
+                 layout: Layout = LAYOUT, revision: str = "") -> Teacher:
+    """Dinov2Model from ``train`` (the layout's data/teacher_model), a hub id at
+    ``revision`` (teacher.revision: a commit, or empty for the default branch) or a path."""
     from transformers import Dinov2Model
 
     model = from_pretrained(Dinov2Model, resolve_source(source, layout.teacher_model),
-                            "teacher")
+                            "teacher", revision)
     return Teacher(model.to(device), source, input_size)
 
 

@@ -51,8 +51,9 @@ class Tokenizer:
 
 
 def load_tokenizer(source: str, device: str | torch.device = "cpu", scale_factor: float = 0.0,
-                   layout: Layout = LAYOUT) -> Tokenizer:
-    """AutoencoderKL from ``train`` (the layout's data/tokenizer), a hub id or a local path
+                   layout: Layout = LAYOUT, revision: str = "") -> Tokenizer:
+    """AutoencoderKL from ``train`` (the layout's data/tokenizer), a hub id at ``revision``
+    (tokenizer.revision: a commit, or empty for the hub's default branch) or a local path
     (a folder written by save_pretrained, or a stage's folder naming a hub id).
 
     The scale factor is ``scale_factor`` if > 0, else the one measured for a trained
@@ -61,7 +62,7 @@ def load_tokenizer(source: str, device: str | torch.device = "cpu", scale_factor
     from diffusers import AutoencoderKL
 
     path = resolve_source(source, layout.tokenizer)
-    vae = from_pretrained(AutoencoderKL, path, "tokenizer")
+    vae = from_pretrained(AutoencoderKL, path, "tokenizer", revision)
     if scale_factor <= 0:
         measured = Path(path) / SCALE_FILE
         scale_factor = (json.loads(measured.read_text())["scale_factor"] if measured.exists()

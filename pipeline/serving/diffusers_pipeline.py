@@ -205,7 +205,8 @@ def export_pipeline(generator_dir: str | os.PathLike, out: str | os.PathLike,
     """Write the pipeline folder of a generator directory (gat.io) to ``out``, atomically,
     with the tokenizer its metadata names (``train``: the layout's data/tokenizer)."""
     gen, meta = load_generator(generator_dir)
-    tokenizer = load_tokenizer(meta["tokenizer"], "cpu", meta["scale_factor"], layout)
+    tokenizer = load_tokenizer(meta["tokenizer"], "cpu", meta["scale_factor"], layout,
+                               meta.get("tokenizer_revision", ""))
     with atomic_path(out) as tmp:
         build_pipeline(gen, meta, tokenizer).save_pretrained(tmp)
     return Path(out)

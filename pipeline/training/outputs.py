@@ -124,7 +124,9 @@ class RunOutputs:
 
             self._tokenizer = load_tokenizer(self.manifest.get("tokenizer", "train"),
                                              scale_factor=self.manifest["scale_factor"],
-                                             layout=self.job.layout)
+                                             layout=self.job.layout,
+                                             revision=self.manifest.get("tokenizer_revision",
+                                                                        ""))
         return self._tokenizer
 
     def log_grid(self, step: int, per_class: int = 8) -> None:
@@ -164,6 +166,7 @@ class RunOutputs:
                 "teacher_dim": self.trainer.D.repa[-1].out_features,
                 "scale_factor": self.manifest["scale_factor"],
                 "tokenizer": self.manifest.get("tokenizer", "train"),
+                "tokenizer_revision": self.manifest.get("tokenizer_revision", ""),
                 "run_key": ident.key, "study_key": ident.study}
         save_generator(folder / "generator", self.trainer.G_ema, meta)
         rates = [float(r["images_per_s"]) for r in rows if r.get("images_per_s")]

@@ -294,3 +294,34 @@ def test_select_copies_atomically_and_refuses_bad_profiles(tmp_path):
     assert target.read_text() == profile.render("paper")
     assert profile.selected(target) == "paper"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+@pytest.mark.parametrize("revision", ["main", "v1.0", "A" * 40, "abc123", "0" * 41])
+def test_hub_revision_must_be_a_full_commit(revision):
+    for section, source in (("tokenizer", "stabilityai/sd-vae-ft-ema"),
+                            ("teacher", "facebook/dinov2-base")):
+        _refused(_raw(**{section: {"source": source, "revision": revision}}),
+                 f"{section}.revision", repr(revision), "40-hex commit")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    params = parse_params(_raw(tokenizer={"source": "stabilityai/sd-vae-ft-ema",
+                                          "revision": commit}), check_paths=False)
+    assert params.tokenizer.revision == commit
+    _refused(_raw(teacher={"source": "train", "revision": commit}), "teacher.revision",
+             "source `train`", "leave it empty")
+
+
+def test_precomputed_reference_must_be_an_existing_npz(tmp_path):
+    _refused(_raw(evaluator={"reference": str(tmp_path / "ref.txt")}),
+             "evaluator.reference", "is not an .npz")
+    missing = str(tmp_path / "VIRTUAL_imagenet256_labeled.npz")
+    _refused(_raw(evaluator={"reference": missing}), "evaluator.reference", missing,
+             "does not exist", check_paths=True)
+    parse_params(_raw(evaluator={"reference": missing}), check_paths=False)
+
+
+def test_paper_profile_names_its_reference_and_unpinned_revisions(capsys):
+    assert gat_main(["profile", "paper", "--dry-run", "--no-check-paths"]) == 0
+    derived = yaml.safe_load(capsys.readouterr().out)["derived"]
+    assert derived["reference"].endswith("VIRTUAL_imagenet256_labeled.npz")
+    assert set(derived["hub_revisions"]) == {"tokenizer", "teacher"}
+    assert all("NOT PINNED" in v for v in derived["hub_revisions"].values())

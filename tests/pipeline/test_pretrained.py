@@ -81,3 +81,55 @@ def test_measured_scale_factor_gives_unit_variance():
     with torch.no_grad():
         latents = vae.encode(images.float() / 127.5 - 1).latent_dist.sample() * scale
     assert latents.std().item() == pytest.approx(1.0, abs=0.05)
+
+
+_COMMITS = ("1111111111111111111111111111111111111111", "2222222222222222222222222222222222222222")
+
+
+def _hub_cache(cache, repo: str, models: list) -> None:
+    """A Hugging Face hub cache holding ``repo`` at two commits (``main`` -> the first), as
+    a download leaves it: models--ORG--NAME/{refs/main, snapshots/<commit>/...}."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    for commit, model in zip(_COMMITS, models):
+        model.save_pretrained(folder / "snapshots" / commit)
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(_COMMITS[0])
+
+
+def test_revision_reaches_from_pretrained_through_the_hub_cache(tmp_path):
+    """tokenizer.revision / teacher.revision select the commit of a hub id: a real hub
+    cache with two commits, read offline by diffusers and transformers in a fresh process
+    (their cache location is fixed at import)."""
+    import subprocess
+    import sys
+
+    from transformers import Dinov2Config, Dinov2Model
+
+    from pipeline.config import TokenizerParams
+    from tests.helpers import REPO, dvc_env
+
+    cache = tmp_path / "hub"
+    _hub_cache(cache, "gat-test/vae", [small_autoencoder(TokenizerParams(
+        block_out_channels=[8, 16], latent_channels=c)) for c in (4, 6)])
+    _hub_cache(cache, "gat-test/dino", [Dinov2Model(Dinov2Config(
+        hidden_size=h, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+        patch_size=8, image_size=32)) for h in (8, 12)])
+    script = (
+        "from pipeline.pretrained.teacher import load_teacher\n"
+        "from pipeline.pretrained.tokenizer import load_tokenizer\n"
+        f"for rev in ('', '{_COMMITS[0]}', '{_COMMITS[1]}'):\n"
+        "    tok = load_tokenizer('gat-test/vae', scale_factor=1.0, revision=rev)\n"
+        "    print(tok.vae.config.latent_channels, load_teacher('gat-test/dino', "
+        "revision=rev).dim)\n"
+        "try:\n"
+        "    load_teacher('gat-test/dino', revision='3' * 40)\n"
+        "except OSError as err:\n"
+        "    print('refused:', err)\n")
+    env = {**dvc_env(), "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache),
+           "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert lines[:3] == ["4 8", "4 8", "6 12"], done.stdout  # default = main, then each commit
+    assert lines[3].startswith("refused: teacher 'gat-test/dino' at revision 333"), lines[3]

@@ -4,9 +4,12 @@ Every image is encoded, plus a horizontally flipped copy when data.hflip is true
 2i: image i, sample 2i+1: image i flipped). Shards of data.shard_size samples land in
 data/shards/train/ with manifest.json: sample and image counts, counts per class, class
 names (index = position), skipped files and why, sha256 of every shard, latent shape,
-tokenizer and scale factor. Batched on the GPU when there is one. To resume after a kill,
-run the same command again: finished shards are checked and kept, only the missing ones
-are encoded (no key twice, none missing).
+tokenizer and scale factor. With teacher.mode online, every unflipped sample also holds its
+pixels (img.bin, uint8 [3, H, W] at data.resolution, what the cached teacher stage feeds the
+teacher too), and a flipped one an empty field the loader fills by flipping its pair's
+(exact); the manifest's ``pixels`` gives [3, H, W]. Batched on the GPU when there is one.
+To resume after a kill, run the same command again: finished shards are checked and kept,
+only the missing ones are encoded (no key twice, none missing).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from pipeline.layout import LAYOUT
 from pipeline.pretrained.tokenizer import load_tokenizer
 from pipeline.shards import (
     LATENT_FIELDS,
+    check_pairs,
+    image_fields,
     latent_fields,
     sample_plan,
     write_manifest,
@@ -37,10 +42,13 @@ SHARDS = LAYOUT.shards
 def tokenizer_fingerprint(params: Params) -> str:
     """What the latents depend on: the data params, and the tokenizer's identity and weights."""
     data = params.data
-    return digest([LAYOUT.tokenizer], extra={
-        "data": [data.source, data.path, data.resolution, data.train_limit, data.hflip,
-                 data.shard_size],
-        "tokenizer": params.tokenizer.source, "scale_factor": params.tokenizer.scale_factor})
+    extra = {"data": [data.source, data.path, data.resolution, data.train_limit, data.hflip,
+                      data.shard_size],
+             "tokenizer": params.tokenizer.source,
+             "scale_factor": params.tokenizer.scale_factor}
+    if params.teacher.mode == "online":  # (only then: cached studies keep their shards)
+        extra["pixels"] = True
+    return digest([LAYOUT.tokenizer], extra=extra)
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
@@ -50,17 +58,25 @@ def run(params: Params, args: argparse.Namespace) -> None:
     train = open_split(params.data, "train")
     source, flipped = sample_plan(len(train), params.data.hflip)
     shape: list[int] = []
+    pixels = params.teacher.mode == "online"  # the train step's teacher reads them
+    if pixels and params.data.hflip:
+        check_pairs(params.data.shard_size, "teacher.mode online")
 
     def encode(idx: np.ndarray) -> list[dict[str, bytes]]:
-        mean, std = (t.float().cpu().numpy()
-                     for t in tok.encode(train.load_flipped(source[idx], flipped[idx])))
+        images = train.load_flipped(source[idx], flipped[idx])
+        mean, std = (t.float().cpu().numpy() for t in tok.encode(images))
         shape[:] = mean.shape[1:]
         labels = train.labels[source[idx]]
-        return [latent_fields(m, s, y) for m, s, y in zip(mean, std, labels)]
+        fields = [latent_fields(m, s, y) for m, s, y in zip(mean, std, labels)]
+        if pixels:  # a flipped sample's pixels: its pair's, flipped by the loader
+            for f, image, flip in zip(fields, images.cpu().numpy(), flipped[idx]):
+                f.update(image_fields(None if flip else image))
+        return fields
 
     fingerprint = tokenizer_fingerprint(params)
+    fields = (*LATENT_FIELDS, "img.bin") if pixels else LATENT_FIELDS
     shards = write_shards(SHARDS, len(source), params.data.shard_size, encode, fingerprint,
-                          params.runtime.encode_batch, "encode", LATENT_FIELDS)
+                          params.runtime.encode_batch, "encode", fields)
     if not shape:  # every shard was already there: probe one image for the latent shape
         shape[:] = tok.encode(train.load(np.arange(1)))[0].shape[1:]
     counts = np.bincount(train.labels, minlength=len(train.classes))
@@ -71,6 +87,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
         "skipped": train.skipped, "shards": shards, "latent_shape": [int(x) for x in shape],
         "tokenizer": params.tokenizer.source, "scale_factor": tok.scale_factor,
         "source": params.data.source, "resolution": params.data.resolution,
+        "pixels": [3, params.data.resolution, params.data.resolution] if pixels else None,
     })
     record_stage(params, "encode", {"samples": len(source), "images": len(train),
                                     "skipped": len(train.skipped), "shards": len(shards)},

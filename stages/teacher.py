@@ -1,8 +1,12 @@
-"""Teacher tokens: [cls] + patch tokens (fp16) of every training sample, for REPA.
+"""Teacher tokens for REPA: [cls] + patch tokens of every training sample, or, with
+teacher.mode online, only a manifest (the train step runs the teacher on the shards' pixels).
 
-Shards in data/teacher/ mirror data/shards/train/ (same names, same keys, same order), so
-the training loader reads latent, label and tokens aligned by key; flipped samples get the
-tokens of the flipped image. manifest.json gives token_shape [1 + g*g, dim]. To resume
+Cached: shards in data/teacher/ mirror data/shards/train/ (same names, same keys, same
+order), so the training loader reads latent, label and tokens aligned by key; flipped
+samples get the tokens of the flipped image, or with teacher.mirror an empty field that the
+loader fills with the unflipped image's tokens, patch grid mirrored. Tokens are stored in
+teacher.encoding (fp16, bf16, fp8, int8; see pipeline.shards.encode_tokens).
+manifest.json gives mode, encoding, mirror, token_shape [1 + g*g, dim] and grid. To resume
 after a kill, run the same command again: finished shards are checked and kept.
 """
 
@@ -20,6 +24,8 @@ from pipeline.layout import LAYOUT
 from pipeline.pretrained.teacher import load_teacher
 from pipeline.shards import (
     TOKEN_FIELDS,
+    ShardError,
+    check_pairs,
     read_manifest,
     sample_plan,
     token_fields,
@@ -32,34 +38,53 @@ SHARDS, TOKENS = LAYOUT.shards, LAYOUT.teacher_tokens
 
 
 def teacher_fingerprint(params: Params, latents: dict) -> str:
-    """What the tokens depend on: the latent shards (their order), the teacher and weights."""
+    """What the tokens depend on: the latent shards (their order), the teacher and weights,
+    and how they are stored."""
+    t = params.teacher
     return digest([LAYOUT.teacher_model], extra={
-        "shards": [s["sha256"] for s in latents["shards"]], "source": params.teacher.source,
-        "input_size": params.teacher.input_size})
+        "shards": [s["sha256"] for s in latents["shards"]], "source": t.source,
+        "input_size": t.input_size, "mode": t.mode, "encoding": t.encoding,
+        "mirror": t.mirror})
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
     device = cluster.device(params.runtime.use_gpu)  # refuses a GPU study without one
-    latents = read_manifest(SHARDS)
-    teacher = load_teacher(params.teacher.source, device, params.teacher.input_size)
+    latents, t = read_manifest(SHARDS), params.teacher
+    teacher = load_teacher(t.source, device, t.input_size)
     train = open_split(params.data, "train")
     source, flipped = sample_plan(len(train), params.data.hflip)
     if len(source) != latents["samples"]:
         raise RuntimeError(f"{SHARDS}: {latents['samples']} samples but the data gives "
                            f"{len(source)}; rerun `dvc repro encode`")
+    fingerprint = teacher_fingerprint(params, latents)
+    manifest = {"samples": len(source), "mode": t.mode, "encoding": t.encoding,
+                "mirror": t.mirror, "fingerprint": fingerprint,
+                "token_shape": [teacher.num_tokens, teacher.dim], "grid": teacher.grid,
+                "teacher": t.source, "input_size": t.input_size}
+    if t.mode == "online":  # nothing to store: drop any cached shards, write the manifest
+        if not latents.get("pixels"):
+            raise ShardError(f"{SHARDS}: no image pixels for teacher.mode online; run "
+                             "`dvc repro encode` (it stores them in online mode)")
+        write_shards(TOKENS, 0, params.data.shard_size, lambda idx: [], fingerprint)
+        write_manifest(TOKENS, {**manifest, "shards": []})
+        print(f"teacher: online ({t.source}, {teacher.num_tokens} x {teacher.dim} tokens "
+              "computed in each train step); only the manifest is written")
+        return
+    if t.mirror and params.data.hflip:
+        check_pairs(params.data.shard_size, "teacher.mirror")
 
     def encode(idx: np.ndarray) -> list[dict[str, bytes]]:
-        tokens = teacher.tokens(train.load_flipped(source[idx], flipped[idx]))
-        return [token_fields(t) for t in tokens.float().cpu().numpy()]
+        skip = flipped[idx] if t.mirror else np.zeros(len(idx), bool)  # stored mirrored
+        keep = idx[~skip]
+        tokens = iter(teacher.tokens(train.load_flipped(source[keep], flipped[keep])
+                                     ).float().cpu() if len(keep) else [])
+        return [token_fields(None if s else next(tokens), t.encoding) for s in skip]
 
-    shards = write_shards(TOKENS, len(source), params.data.shard_size, encode,
-                          teacher_fingerprint(params, latents), params.runtime.encode_batch,
-                          "teacher", TOKEN_FIELDS)
-    write_manifest(TOKENS, {"samples": len(source), "shards": shards,
-                            "token_shape": [teacher.num_tokens, teacher.dim],
-                            "grid": teacher.grid, "teacher": params.teacher.source})
+    shards = write_shards(TOKENS, len(source), params.data.shard_size, encode, fingerprint,
+                          params.runtime.encode_batch, "teacher", TOKEN_FIELDS)
+    write_manifest(TOKENS, {**manifest, "shards": shards})
     print(f"teacher: {len(source)} samples x {teacher.num_tokens} tokens x {teacher.dim} "
-          f"in {TOKENS}")
+          f"({t.encoding}{', mirror' if t.mirror else ''}) in {TOKENS}")
 
 
 if __name__ == "__main__":

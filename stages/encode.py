@@ -15,6 +15,7 @@ only the missing ones are encoded (no key twice, none missing).
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from pipeline.layout import LAYOUT
 from pipeline.pretrained.tokenizer import load_tokenizer
 from pipeline.shards import (
     LATENT_FIELDS,
+    ShardError,
     check_pairs,
     image_fields,
     latent_fields,
@@ -60,7 +62,10 @@ def run(params: Params, args: argparse.Namespace) -> None:
     shape: list[int] = []
     pixels = params.teacher.mode == "online"  # the train step's teacher reads them
     if pixels and params.data.hflip:
-        check_pairs(params.data.shard_size, "teacher.mode online")
+        try:
+            check_pairs(params.data.shard_size, "teacher.mode online")
+        except ShardError as err:
+            sys.exit(f"error: {err}")
 
     def encode(idx: np.ndarray) -> list[dict[str, bytes]]:
         images = train.load_flipped(source[idx], flipped[idx])

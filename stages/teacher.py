@@ -13,6 +13,7 @@ after a kill, run the same command again: finished shards are checked and kept.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 
@@ -48,6 +49,14 @@ def teacher_fingerprint(params: Params, latents: dict) -> str:
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
+    """The stage; shards that do not fit params stop it with one error line."""
+    try:
+        write_teacher_data(params)
+    except ShardError as err:
+        sys.exit(f"error: {err}")
+
+
+def write_teacher_data(params: Params) -> None:
     device = cluster.device(params.runtime.use_gpu)  # refuses a GPU study without one
     latents, t = read_manifest(SHARDS), params.teacher
     teacher = load_teacher(t.source, device, t.input_size)

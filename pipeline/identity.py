@@ -27,14 +27,15 @@ from typing import Any
 from pipeline.config import Params
 from pipeline.files import digest
 from pipeline.layout import LAYOUT, Layout
-from pipeline.shards import read_manifest
+from pipeline.shards import check_pixels, check_teacher_data, read_manifest
 
 # The code a training run's numbers depend on: the model library, the worker loop and its
 # outputs, the shard loader. Editing any of it starts a new run. Other code that the
 # train stage imports (params, tracking, files, the stage CLI) cannot change a trained
 # result: DVC reruns the stage for it, the run resumes finished, and re-emits the same
 # generator (tests/stages/test_dvc_experiments.py checks it byte for byte).
-TRAINING_CODE = ("gat", "pipeline/training", "pipeline/shards.py")
+TRAINING_CODE = ("gat", "pipeline/training", "pipeline/shards.py",
+                 "pipeline/pretrained/teacher.py")  # the online teacher runs in the step
 LENGTH_KEYS = ("iterations", "kimg")
 CODE_ROOT = Path(__file__).resolve().parent.parent  # the checkout this code runs from
 
@@ -51,9 +52,22 @@ def code_digest() -> str:
     return digest([CODE_ROOT / p for p in TRAINING_CODE], base=CODE_ROOT)
 
 
-def uses_teacher(params: Params, layout: Layout = LAYOUT) -> bool:
-    """REPA is on and the teacher tokens exist."""
-    return params.train.repa_weight > 0 and (layout.teacher_tokens / "manifest.json").exists()
+def teacher_data(params: Params, layout: Layout = LAYOUT) -> dict[str, Any] | None:
+    """The teacher manifest a run with REPA reads (None: REPA is off).
+
+    Refuses, before any work, teacher data that does not fit params, naming the stage to
+    run: no data/teacher (`dvc repro teacher`), tokens of another teacher.mode, encoding
+    or mirror (`dvc repro teacher`), an online teacher without pixels in the latent shards
+    (`dvc repro encode`).
+    """
+    if params.train.repa_weight <= 0:
+        return None
+    t = params.teacher
+    manifest = read_manifest(layout.teacher_tokens)
+    check_teacher_data(manifest, layout.teacher_tokens, t.mode, t.encoding, t.mirror)
+    if t.mode == "online":
+        check_pixels(read_manifest(layout.shards), layout.shards)
+    return manifest
 
 
 def _short(obj: Any) -> str:
@@ -77,9 +91,11 @@ class RunIdentity:
 def training_inputs(params: Params, layout: Layout = LAYOUT) -> dict[str, Any]:
     """Everything but the size, seed and length that a training run's result depends on."""
     train = {k: v for k, v in params.section("train").items() if k not in LENGTH_KEYS}
-    teacher = None
-    if uses_teacher(params, layout):
-        teacher = [s["sha256"] for s in read_manifest(layout.teacher_tokens)["shards"]]
+    teacher, manifest = None, teacher_data(params, layout)
+    if manifest and manifest.get("mode") == "online":  # its teacher, weights and inputs
+        teacher = {"online": manifest["fingerprint"]}
+    elif manifest:
+        teacher = [s["sha256"] for s in manifest["shards"]]
     return {"train": train,
             "shards": [s["sha256"] for s in read_manifest(layout.shards)["shards"]],
             "teacher": teacher, "code": code_digest()}

@@ -8,16 +8,20 @@ Layout of a shard directory::
     fingerprint.txt    what produced the shards; other shards are discarded on a rerun
 
 A latent sample holds ``lat.bin`` (posterior mean and std, fp16 [2, C, h, w], raw bytes)
-and ``cls`` (label, ASCII). A teacher shard with the same name holds ``tok.bin`` (fp16
-[1+n, T]) under the same keys, so the loader reads both in lockstep. Sample j is source
-image j // 2, flipped when j is odd (with data.hflip), else source image j.
+and ``cls`` (label, ASCII), and with an online teacher ``img.bin`` (uint8 [3, H, W]). A
+teacher shard with the same name holds ``tok.bin`` ([1+n, T] in the manifest's
+``encoding``: fp16, bf16, fp8 or int8, see :func:`encode_tokens`) under the same keys, so
+the loader reads both in lockstep. Sample j is source image j // 2, flipped when j is odd
+(with data.hflip), else source image j. An empty ``img.bin`` / ``tok.bin`` (a flipped
+sample of an online study / of ``mirror`` tokens) is read as sample j - 1's, mirrored.
 
 Loader API (what training uses)::
 
     loader = make_train_loader(shard_dir, batch_size, rank, world_size, num_workers, seed,
                                shuffle_buffer, teacher_dir)
     batch = next(iter(loader))  # {"latents": f32 [B,C,h,w], "labels": i64 [B],
-                                #  "teacher": f32 [B,1+n,T] or None}
+                                #  "teacher": f32 [B,1+n,T] or None,
+                                #  "images": u8 [B,3,H,W] with images=True}
 
 ``read_manifest(shard_dir)`` gives ``num_classes``, ``latent_shape`` and ``scale_factor``.
 """
@@ -269,9 +273,133 @@ def latent_fields(mean: np.ndarray, std: np.ndarray, label: int) -> dict[str, by
             "cls": str(int(label)).encode()}
 
 
-def token_fields(tokens: np.ndarray) -> dict[str, bytes]:
-    """One sample's teacher tokens: fp16 [1+n, T]."""
-    return {"tok.bin": tokens.astype(np.float16).tobytes()}
+def image_fields(image: np.ndarray | torch.Tensor | None) -> dict[str, bytes]:
+    """One sample's pixels for an online teacher: uint8 [3, H, W] raw; None: an empty
+    field, read as the previous sample's image flipped left-right (exact)."""
+    return {"img.bin": b"" if image is None else np.asarray(image, np.uint8).tobytes()}
+
+
+def check_pairs(shard_size: int, why: str) -> None:
+    """Refuse an odd data.shard_size when flipped samples read their unflipped pair
+    (sample j - 1) from the same shard."""
+    if shard_size % 2:
+        raise ShardError(f"data.shard_size {shard_size}: must be even with data.hflip and "
+                         f"{why} (a flipped sample is read from its pair in the same shard)")
+
+
+def check_teacher_data(manifest: dict[str, Any], location: str | os.PathLike, mode: str,
+                       encoding: str = "fp16", mirror: bool = False) -> None:
+    """Refuse teacher data that is not what params ask for, naming the stage to run.
+
+    ``manifest``: data/teacher's (``mode``: ``cached`` with token shards, or ``online``
+    with none; older manifests: cached fp16). For ``online`` the latent shards' pixels are
+    checked by :func:`check_pixels`.
+    """
+    have = (manifest.get("mode", "cached"), manifest.get("encoding", "fp16"),
+            bool(manifest.get("mirror", False)))
+    if mode == "cached" and (have[0] != "cached" or not manifest["shards"]):
+        raise ShardError(f"{location}: no teacher token shards (written for teacher.mode "
+                         f"{have[0]}) but teacher.mode is cached; run `dvc repro teacher`")
+    if mode == "cached" and have[1:] != (encoding, mirror):
+        raise ShardError(f"{location}: tokens stored as encoding {have[1]}, mirror "
+                         f"{have[2]}, but params say teacher.encoding {encoding}, "
+                         f"teacher.mirror {mirror}; run `dvc repro teacher`")
+    if mode == "online" and have[0] != "online":
+        raise ShardError(f"{location}: written for teacher.mode {have[0]} but teacher.mode "
+                         "is online; run `dvc repro teacher`")
+
+
+def check_pixels(manifest: dict[str, Any], location: str | os.PathLike) -> list[int]:
+    """The latent shards' pixel shape [3, H, W] for an online teacher; refuses shards
+    written without pixels, naming the stage to run."""
+    if not manifest.get("pixels"):
+        raise ShardError(f"{location}: the latent shards carry no image pixels, which "
+                         "teacher.mode online needs; run `dvc repro encode` (it stores them "
+                         "when teacher.mode is online)")
+    return list(manifest["pixels"])
+
+
+def token_fields(tokens: np.ndarray | torch.Tensor | None, encoding: str = "fp16"
+                 ) -> dict[str, bytes]:
+    """One sample's teacher tokens [1+n, T] in ``encoding`` (:func:`encode_tokens`); None:
+    an empty field, read as the previous sample's tokens mirrored (``mirror`` shards)."""
+    return {"tok.bin": b"" if tokens is None else encode_tokens(tokens, encoding)}
+
+
+# ----------------------------------------------------------------------------- token codec
+# Teacher tokens are stored per sample as ``tok.bin`` in one of these encodings (the teacher
+# manifest's ``encoding``); the teacher stage encodes with :func:`encode_tokens`, the loader
+# decodes a batch with :func:`decode_tokens`. An empty ``tok.bin`` (``mirror`` manifests)
+# means: the previous sample's tokens with the patch grid mirrored (:func:`mirror_tokens`).
+TOKEN_ENCODINGS = ("fp16", "bf16", "fp8", "int8")
+_FP8_MAX = 448.0  # torch.float8_e4m3fn's largest finite value (the cast saturates there)
+
+
+def token_bytes(shape: tuple[int, int] | list[int], encoding: str) -> int:
+    """Bytes of one sample's ``tok.bin`` for tokens [1+n, T]: 2 per value for fp16/bf16, 1
+    for fp8, 1 per value + an fp16 scale per token for int8."""
+    n, dim = shape
+    return {"fp16": 2 * n * dim, "bf16": 2 * n * dim, "fp8": n * dim,
+            "int8": n * dim + 2 * n}[_check_encoding(encoding)]
+
+
+def encode_tokens(tokens: np.ndarray | torch.Tensor, encoding: str = "fp16") -> bytes:
+    """float tokens [1+n, T] -> one sample's ``tok.bin`` bytes in ``encoding``.
+
+    int8: per token (row) absmax scale s = max|x| / 127 (fp16, stored first), values
+    round(x / s) as int8. fp8: torch.float8_e4m3fn, saturated at +-448.
+    """
+    x = torch.as_tensor(tokens, dtype=torch.float32).cpu()
+    encoding = _check_encoding(encoding)
+    if encoding == "fp16":
+        return x.half().numpy().tobytes()
+    if encoding == "bf16":
+        return x.bfloat16().view(torch.int16).numpy().tobytes()
+    if encoding == "fp8":
+        return x.clamp(-_FP8_MAX, _FP8_MAX).to(torch.float8_e4m3fn).view(torch.uint8
+                                                                          ).numpy().tobytes()
+    scale = (x.abs().amax(dim=-1, keepdim=True) / 127.0).half()
+    safe = scale.float().clamp_min(torch.finfo(torch.float16).tiny)  # an all-zero token: 0
+    q = (x / safe).round().clamp(-127, 127).to(torch.int8)
+    return scale.numpy().tobytes() + q.numpy().tobytes()
+
+
+def decode_tokens(data: bytes, count: int, shape: tuple[int, int] | list[int],
+                  encoding: str = "fp16") -> torch.Tensor:
+    """``count`` samples' ``tok.bin`` bytes, concatenated -> float32 [count, 1+n, T]."""
+    n, dim = shape
+    raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    if raw.numel() != count * token_bytes(shape, encoding):
+        raise ShardError(f"teacher tokens: {raw.numel()} bytes for {count} samples of "
+                         f"{n}x{dim} {encoding}; the shards were written with another "
+                         "encoding or shape: rerun `dvc repro teacher`")
+    if encoding == "fp16":
+        return raw.view(torch.float16).reshape(count, n, dim).float()
+    if encoding == "bf16":
+        return raw.view(torch.bfloat16).reshape(count, n, dim).float()
+    if encoding == "fp8":
+        return raw.view(torch.float8_e4m3fn).reshape(count, n, dim).float()
+    per = raw.reshape(count, -1)
+    scale = per[:, : 2 * n].flatten().view(torch.float16).reshape(count, n, 1).float()
+    q = per[:, 2 * n :].flatten().view(torch.int8).reshape(count, n, dim).float()
+    return q * scale
+
+
+def mirror_tokens(tokens: torch.Tensor, grid: int) -> torch.Tensor:
+    """Tokens [B, 1+g*g, T] of images -> an estimate of their mirrored images' tokens: the
+    g x g patch grid flipped left-right (row-major patches), [cls] kept."""
+    b, n, dim = tokens.shape
+    if n != 1 + grid * grid:
+        raise ValueError(f"{n} tokens are not [cls] + a {grid}x{grid} grid")
+    patches = tokens[:, 1:].reshape(b, grid, grid, dim).flip(2).reshape(b, grid * grid, dim)
+    return torch.cat([tokens[:, :1], patches], dim=1)
+
+
+def _check_encoding(encoding: str) -> str:
+    if encoding not in TOKEN_ENCODINGS:
+        raise ShardError(f"teacher token encoding {encoding!r}: must be one of "
+                         f"{', '.join(TOKEN_ENCODINGS)}")
+    return encoding
 
 
 # ----------------------------------------------------------------------------- loader
@@ -344,27 +472,37 @@ class LatentStream:
 
     ``manifest`` / ``teacher_manifest``: the manifests, when the caller has read them (a
     Ray worker gets them from the driver instead of reading the location again).
+    ``teacher_format``: (encoding, mirror) that params ask for; tokens stored otherwise are
+    refused. ``images``: also yield the pixels (``img.bin``) for an online teacher.
+    An empty ``tok.bin`` / ``img.bin`` stands for the previous sample's, mirrored (the
+    writers store each image's flipped copy so, and keep the pair in one shard).
     """
 
     def __init__(self, shard_dir: str | os.PathLike, batch_size: int, rank: int = 0,
                  world_size: int = 1, seed: int = 0, shuffle_buffer: int = 1000,
                  teacher_dir: str | os.PathLike | None = None, epochs: int | None = None,
                  with_keys: bool = False, manifest: dict[str, Any] | None = None,
-                 teacher_manifest: dict[str, Any] | None = None):
+                 teacher_manifest: dict[str, Any] | None = None,
+                 teacher_format: tuple[str, bool] | None = None, images: bool = False):
         manifest = manifest or read_manifest_at(shard_dir)
         self.shards = [s["name"] for s in manifest["shards"]]
         self.urls = {n: shard_url(shard_dir, n) for n in self.shards}
         self.shape = tuple(manifest["latent_shape"])
         self.scale = float(manifest["scale_factor"])
         self.token_urls, self.token_shape = {}, None
+        self.pixels = check_pixels(manifest, shard_dir) if images else None
         if teacher_dir:
             tokens = teacher_manifest or read_manifest_at(teacher_dir)
+            if teacher_format:
+                check_teacher_data(tokens, teacher_dir, "cached", *teacher_format)
             if [s["name"] for s in tokens["shards"]] != self.shards or (
                     tokens["samples"] != manifest["samples"]):
                 raise ShardError(f"{teacher_dir}: its shards do not match {shard_dir} "
                                  "(another encode run?); rerun `dvc repro teacher`")
             self.token_urls = {n: shard_url(teacher_dir, n) for n in self.shards}
             self.token_shape = tuple(tokens["token_shape"])
+            self.encoding = tokens.get("encoding", "fp16")
+            self.grid = int(tokens.get("grid", round((self.token_shape[0] - 1) ** 0.5)))
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} must lie in 0..world_size-1 ({world_size})")
         self.batch_size, self.rank, self.world = batch_size, rank, world_size
@@ -393,16 +531,23 @@ class LatentStream:
             epoch += 1
 
     def _samples(self, shards: Iterator[tuple[str, int, int]]) -> Iterator[tuple]:
-        """(key, posterior bytes, label, token bytes or None) of this slot's part of each
-        shard, latents and teacher tokens read in lockstep by webdataset's tar reader."""
+        """(key, posterior bytes, label, (token bytes, mirrored) or None, (pixel bytes,
+        flipped) or None) of this slot's part of each shard, latents and teacher tokens
+        read in lockstep by webdataset's tar reader. An empty field takes the previous
+        sample's bytes, marked to be mirrored."""
         for name, part, parts in shards:
             lat = wds.tarfile_samples([{"url": self.urls[name]}])
             tok = (wds.tarfile_samples([{"url": self.token_urls[name]}])
                    if self.token_urls else None)
+            tokens = pixels = None
             for pos, sample in enumerate(lat):
-                tokens = self._tokens(next(tok, {}), sample["__key__"], name) if tok else None
+                key = sample["__key__"]
+                if tok:
+                    tokens = _or_previous(self._tokens(next(tok, {}), key, name), tokens, key)
+                if self.pixels:
+                    pixels = _or_previous(sample["img.bin"], pixels, key)
                 if pos % parts == part:
-                    yield sample["__key__"], sample["lat.bin"], int(sample["cls"]), tokens
+                    yield key, sample["lat.bin"], int(sample["cls"]), tokens, pixels
 
     def _tokens(self, sample: dict, key: str, name: str) -> bytes:
         if sample.get("__key__") != key:
@@ -433,8 +578,18 @@ class LatentStream:
                                "labels": torch.tensor([it[2] for it in items]),
                                "teacher": None}
         if self.token_shape:
-            tokens = np.frombuffer(bytearray(b"".join(it[3] for it in items)), np.float16)
-            out["teacher"] = torch.from_numpy(tokens.reshape(n, *self.token_shape)).float()
+            tokens = decode_tokens(b"".join(it[3][0] for it in items), n, self.token_shape,
+                                   self.encoding)
+            mirrored = torch.tensor([it[3][1] for it in items])
+            if mirrored.any():
+                tokens[mirrored] = mirror_tokens(tokens[mirrored], self.grid)
+            out["teacher"] = tokens
+        if self.pixels:
+            pixels = np.frombuffer(bytearray(b"".join(it[4][0] for it in items)), np.uint8)
+            images = torch.from_numpy(pixels.reshape(n, *self.pixels))
+            flipped = torch.tensor([it[4][1] for it in items])
+            images[flipped] = images[flipped].flip(-1)
+            out["images"] = images
         if self.with_keys:
             out["keys"] = [it[0] for it in items]
         return out
@@ -445,7 +600,9 @@ def make_train_loader(shard_dir: str | os.PathLike, batch_size: int, rank: int =
                       shuffle_buffer: int = 1000, teacher_dir: str | os.PathLike | None = None,
                       epochs: int | None = None, with_keys: bool = False,
                       manifest: dict[str, Any] | None = None,
-                      teacher_manifest: dict[str, Any] | None = None) -> wds.WebLoader:
+                      teacher_manifest: dict[str, Any] | None = None,
+                      teacher_format: tuple[str, bool] | None = None,
+                      images: bool = False) -> wds.WebLoader:
     """Batches of latents f32 [B,C,h,w], labels i64 [B], teacher f32 [B,1+n,T] or None.
 
     ``shard_dir`` / ``teacher_dir``: shard locations, folders or URLs (:func:`shard_url`).
@@ -453,12 +610,26 @@ def make_train_loader(shard_dir: str | os.PathLike, batch_size: int, rank: int =
     each read their own shards. ``epochs=None`` iterates forever (step-based training);
     ``epochs=k`` stops after k passes, every sample once per pass across all workers, the
     last batch of a worker possibly short. ``with_keys`` adds ``keys`` (sample keys).
+    ``teacher_format`` (encoding, mirror): refuse tokens stored otherwise. ``images``: add
+    ``images`` (uint8 [B, 3, H, W], the pixels an online teacher reads).
     """
     stream = LatentStream(shard_dir, batch_size, rank, world_size, seed, shuffle_buffer,
-                          teacher_dir, epochs, with_keys, manifest, teacher_manifest)
+                          teacher_dir, epochs, with_keys, manifest, teacher_manifest,
+                          teacher_format, images)
     return wds.WebLoader(stream.pipeline(), batch_size=None, num_workers=num_workers,
                          persistent_workers=num_workers > 0 and epochs is None,
                          collate_fn=_identity)
+
+
+def _or_previous(data: bytes, previous: tuple[bytes, bool] | None, key: str
+                 ) -> tuple[bytes, bool]:
+    """(bytes, mirror?) of a field: its own, or, when empty, the previous sample's."""
+    if data:
+        return data, False
+    if previous is None or previous[1]:
+        raise ShardError(f"sample {key}: an empty field whose previous sample in the shard "
+                         "has none to mirror; rerun the stage that wrote the shards")
+    return previous[0], True
 
 
 def _identity(batch: Any) -> Any:

@@ -18,18 +18,22 @@ import sys
 
 from gat.train import NonFiniteError
 from pipeline.config import Params
+from pipeline.shards import ShardError
 from pipeline.stage import stage_main
 from pipeline.training import run_training
 from pipeline.training.job import derived
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
-    """Train args.size; exit naming the step if it diverged (and, through stage_main, what
-    to set when the cluster or MLflow store cannot serve the run)."""
+    """Train args.size; exit naming the step if it diverged, the stage to run when the
+    shards do not fit params (and, through stage_main, what to set when the cluster or
+    MLflow store cannot serve the run)."""
     try:
         metrics = run_training(params, args.size, args.seed)
     except NonFiniteError as err:
         sys.exit(f"error: training {args.size} diverged: {err}")
+    except ShardError as err:  # data missing or not what params ask for: before any step
+        sys.exit(f"error: {err}")
     print(f"{args.size} seed {args.seed}: {metrics['steps']} steps, "
           f"{metrics['images_per_s_per_worker']:.1f} images/s per worker; MLflow run "
           f"{metrics['mlflow_run_id']}")

@@ -147,6 +147,15 @@ class TeacherParams(Traced):
     layers: int = 4
     patch_size: int = 4
     input_size: int = 0  # px fed to the teacher; 0: its own size, at most 224 (DINOv2: 16x16)
+    # REPA targets: "cached" = the teacher stage stores tokens of every training sample in
+    # data/teacher; "online" = the encode stage stores pixels with the latents and every
+    # train step runs the teacher on them (data/teacher then holds only a manifest).
+    mode: Literal["cached", "online"] = "cached"
+    # cached tokens' storage (docs/issue16-d.md measures each): fp16, bf16, fp8 (e4m3),
+    # int8 (absmax scale per token)
+    encoding: Literal["fp16", "bf16", "fp8", "int8"] = "fp16"
+    mirror: bool = False  # cached + data.hflip: store unflipped images' tokens only; a
+    #                       flipped copy reads them with the patch grid mirrored
     steps: int = 600
     batch: int = 128
     lr: float = 1e-3

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from gat.train import model_lr
 from pipeline.cluster import ClusterError
 from pipeline.config import Params
-from pipeline.identity import RunIdentity, run_identity, total_steps, uses_teacher
+from pipeline.identity import RunIdentity, run_identity, teacher_data, total_steps
 from pipeline.layout import LAYOUT, Layout
 from pipeline.shards import ShardError, read_manifest, read_manifest_at
 from pipeline.storage import StorePath
@@ -44,8 +44,8 @@ class TrainJob:
     use_teacher: bool
     shards: str  # where workers read the latent shards (folder or URL, runtime.data_url)
     manifest: dict[str, Any]  # the latent shards' manifest (as read by the driver)
-    teacher: str | None = None  # where workers read the teacher tokens, when REPA is on
-    teacher_manifest: dict[str, Any] | None = None
+    teacher: str | None = None  # where workers read cached teacher tokens, when REPA is on
+    teacher_manifest: dict[str, Any] | None = None  # data/teacher's, when REPA is on
     tracker: Tracker | None = None  # the workers' MLflow store (tracking.worker_uri)
     mlflow_run: str | None = None
     continue_from: Path | None = None  # a shorter run's last checkpoint to start from
@@ -67,6 +67,11 @@ class TrainJob:
         return self.params.train.batch // (self.workers * rt.grad_accum)
 
     @property
+    def online_teacher(self) -> bool:
+        """REPA with teacher.mode online: workers run the teacher on the shards' pixels."""
+        return bool(self.teacher_manifest) and self.teacher_manifest.get("mode") == "online"
+
+    @property
     def workers(self) -> int:
         return 1 if self.session == "tune" else self.params.runtime.workers
 
@@ -77,29 +82,32 @@ def make_job(params: Params, size: str, seed: int, layout: Layout = LAYOUT,
     the shards the workers read; the outputs where the ``train`` stage puts them, or in
     ``out_dir`` (generator/, metrics.json, log.csv: a claim's variant)."""
     identity = run_identity(params, size, seed, layout)
-    use_teacher = uses_teacher(params, layout)
+    teacher = teacher_data(params, layout)  # refuses teacher data that does not fit params
     return TrainJob(params=params, size=size, seed=seed, identity=identity, layout=layout,
                     run_dir=layout.checkpoints(size, params.runtime.storage) / identity.key,
                     generator_dir=(out_dir / "generator" if out_dir
                                    else layout.generator(size, seed)),
                     results_dir=out_dir or layout.train_results(size, seed),
-                    use_teacher=use_teacher,
-                    **worker_data(params, layout, use_teacher), **kw)
+                    use_teacher=teacher is not None,
+                    **worker_data(params, layout, teacher), **kw)
 
 
-def worker_data(params: Params, layout: Layout, use_teacher: bool) -> dict[str, Any]:
-    """Where workers read the shards (and teacher tokens) and their manifests.
+def worker_data(params: Params, layout: Layout, teacher_manifest: dict[str, Any] | None
+                ) -> dict[str, Any]:
+    """Where workers read the shards (and cached teacher tokens) and their manifests.
 
     The checkout's data/ by default; with runtime.data_url, its copy there, refused before
     any work unless it lists the very shards of data/ (same names, same sha256).
     """
     shards, teacher = layout.worker_data(params.runtime.data_url)
-    out: dict[str, Any] = {"shards": shards, "manifest": read_manifest(layout.shards)}
-    if use_teacher:
-        out.update(teacher=teacher, teacher_manifest=read_manifest(layout.teacher_tokens))
+    out: dict[str, Any] = {"shards": shards, "manifest": read_manifest(layout.shards),
+                           "teacher_manifest": teacher_manifest}
+    cached = teacher_manifest is not None and params.teacher.mode == "cached"
+    if cached:
+        out["teacher"] = teacher
     if params.runtime.data_url:
         _same_shards(shards, out["manifest"], layout.shards)
-        if use_teacher:
+        if cached:
             _same_shards(teacher, out["teacher_manifest"], layout.teacher_tokens)
     return out
 

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from gat.flops import counted
 from gat.models import conditioning_classes
 from gat.train import GATTrainer, NonFiniteError
+from pipeline.pretrained.teacher import Teacher, load_teacher
 from pipeline.shards import make_train_loader
 from pipeline.storage import StorePath
 from pipeline.training.checkpoint import load_state, local_copy, save_state
@@ -69,6 +70,7 @@ class Worker:
                 ctx.get_world_size()
             self.device = get_device() if self.params.runtime.use_gpu else torch.device("cpu")
         self.outputs: RunOutputs | None = None
+        self.teacher: Teacher | None = None  # teacher.mode online: run in every step
 
     def run(self) -> None:
         job = self.job
@@ -101,6 +103,9 @@ class Worker:
         if job.use_teacher:
             teacher_dim = job.teacher_manifest["token_shape"][-1]
         cfg = self.params.train if job.use_teacher else _without_repa(self.params.train)
+        if job.online_teacher:  # the teacher stage's record of which teacher, at what size
+            m = job.teacher_manifest
+            self.teacher = load_teacher(m["teacher"], self.device, m["input_size"], job.layout)
         return GATTrainer(job.size, manifest["latent_shape"][0], manifest["latent_shape"][-1],
                           conditioning_classes(manifest["num_classes"]), teacher_dim, cfg,
                           self.device, seed=job.seed, grad_accum=rt.grad_accum,
@@ -133,8 +138,19 @@ class Worker:
             job.shards, self.params.train.batch // self.world, self.rank, self.world,
             rt.loader_workers, job.seed + self.trainer.step_count,
             self.params.train.shuffle_buffer, job.teacher, with_keys="record_dir" in job.debug,
-            manifest=job.manifest, teacher_manifest=job.teacher_manifest)
+            manifest=job.manifest, teacher_manifest=job.teacher_manifest,
+            teacher_format=(self.params.teacher.encoding, self.params.teacher.mirror),
+            images=job.online_teacher)
         return iter(loader)
+
+    def _online_tokens(self, batch: dict[str, Any]) -> float:
+        """teacher.mode online: the teacher's tokens of the batch's pixels (no grad) into
+        batch["teacher"], [B, 1+n, T]; returns the seconds it took."""
+        t0 = time.perf_counter()
+        batch["teacher"] = self.teacher.tokens(batch.pop("images"))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - t0
 
     def _steps(self, loader) -> tuple[float, int] | None:
         """Steps from the trainer's counter to the end; (seconds, images) of this worker,
@@ -148,6 +164,7 @@ class Worker:
             batch = next(loader)
             if job.debug:
                 self._debug_hooks(batch, step)
+            teacher_s = self._online_tokens(batch) if self.teacher else None
             t0 = time.perf_counter()
             inputs = (batch["latents"], batch["labels"], batch["teacher"])
             try:
@@ -165,6 +182,8 @@ class Worker:
             images += batch["latents"].shape[0]
             metrics.update(step=step, kimg=step * self.params.train.batch / 1000,
                            step_time_s=dt, images_per_s=batch["latents"].shape[0] / dt)
+            if teacher_s is not None:  # outside step_time_s: what the online teacher adds
+                metrics["teacher_time_s"] = teacher_s
             self._after_step(metrics)
             bar.update()
         bar.close()

@@ -209,6 +209,7 @@ class Worker:
         if (report or save) and not (last and not tune and not fd_due):
             self._report(metrics, save or fd_due)
         if fd_due:
+            _until_ray_took_the_report()
             fd = self._fd(step)
             if out:
                 out.log_fd(step, fd)
@@ -217,7 +218,9 @@ class Worker:
         """The FD proxy of the EMA generator: this worker's share, the same value on all."""
         from pipeline.evaluation import generator_fd
 
-        if self.job.debug.get("fd_fail_at_step") == step:
+        debug = self.job.debug  # tests: the proxy raises at a step, on one rank or all
+        if debug.get("fd_fail_at_step") == step and debug.get("fd_fail_rank",
+                                                              self.rank) == self.rank:
             raise RuntimeError(f"fd_fail_at_step {step}: the FD proxy fails (a test)")
         return generator_fd(self.trainer.G_ema, self.tokenizer, self.params.runtime.fd_samples,
                             self.job.layout, self.rank, self.world)
@@ -275,7 +278,8 @@ class Worker:
         """Tests: ``record_dir`` (sample keys, node ids and a G/D checksum per worker),
         ``nan_at_step`` (D outputs NaN from that step, on every rank or only on
         ``nan_rank``), ``hold_at_step`` (``hold_rank`` stops before that step, once per
-        record_dir, until its node is killed)."""
+        record_dir, until its node is killed). ``fd_fail_at_step`` (the FD proxy raises
+        there, on every rank or only on ``fd_fail_rank``) is checked in :meth:`_fd`."""
         debug = self.job.debug
         if "record_dir" in debug:
             self._record("keys", "".join(f"{step} {key}\n" for key in batch["keys"]), True)
@@ -295,6 +299,24 @@ class Worker:
             path = Path(self.job.debug["record_dir"]) / f"{kind}_rank{self.rank}.txt"
             with open(path, "a" if append else "w") as f:
                 f.write(text if not append or text.endswith("\n") else text + "\n")
+
+
+def _until_ray_took_the_report(limit_s: float = 60.0) -> None:
+    """Wait until Ray Train's controller has taken this worker's last report (it polls
+    every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default): it registers a checkpoint in
+    the poll that takes the last worker's report of it, before it looks at errors. A proxy
+    that fails after this leaves the checkpoint registered, the one Ray resumes from; one
+    that failed sooner could lose it. Reads Ray Train V2's worker result queue (one report
+    at most); on a Ray without it, returns at once."""
+    try:
+        from ray.train.v2._internal.execution.context import get_train_context
+
+        results = get_train_context().get_result_queue()
+    except (ImportError, AttributeError, RuntimeError):
+        return
+    deadline = time.monotonic() + limit_s
+    while results.unfinished_tasks and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _node_id() -> str:

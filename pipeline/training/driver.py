@@ -104,6 +104,18 @@ def worker_reads(job: TrainJob) -> list[Path]:
     return [p for p in dict.fromkeys(wanted) if p.exists()]
 
 
+def check_proxy(job: TrainJob) -> None:
+    """Refuse, before any work, a run whose FD proxy (runtime.fd_every > 0) has no
+    reference statistics to measure against: it would fail at its first proxy step."""
+    from pipeline.fidelity import reference_path
+
+    every, path = job.params.runtime.fd_every, reference_path(job.layout)
+    if every > 0 and not path.exists():
+        raise FileNotFoundError(f"{path}: missing, and runtime.fd_every is {every} (the FD "
+                                "proxy reads it): run the `reference` stage first (dvc repro "
+                                "reference), or set runtime.fd_every: 0")
+
+
 def finished_checkpoint(job: TrainJob) -> Path | StorePath | None:
     """The final checkpoint of a run that trained all its steps before (it holds the run's
     outputs), else None: publishing it needs no Ray workers."""
@@ -175,6 +187,7 @@ def run_training(params: Params, size: str, seed: int | None = None, layout: Lay
         with local_copy(done) as final:
             return publish(job, final, tr)
     rt = params.runtime
+    check_proxy(job)
     init_ray()
     check_cluster(job)  # refuse before any work
     job = prepare(job, tr)

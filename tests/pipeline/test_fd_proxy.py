@@ -3,6 +3,7 @@ process gets, each drawing and decoding only its share of the samples."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -13,8 +14,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from pipeline.layout import Layout
-
-pytestmark = pytest.mark.slow  # two processes that import torch, diffusers, torch-fidelity
 
 SAMPLES = 101  # odd: the two shares differ in size; above the classifier's 32 features
 
@@ -56,6 +55,7 @@ def _worker(rank: int, world: int, generator: Path, layout: Layout, out: Path) -
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two processes that import torch, diffusers, torch-fidelity
 def test_two_gloo_workers_give_the_one_process_proxy(parts, layout, tmp_path):
     alone = _proxy(parts["generator"], layout, 0, 1)
     mp.spawn(_worker, args=(2, parts["generator"], layout, tmp_path), nprocs=2, join=True)
@@ -65,3 +65,17 @@ def test_two_gloo_workers_give_the_one_process_proxy(parts, layout, tmp_path):
     # Not a constant: one worker's share alone gives another value.
     half = _proxy(parts["generator"], layout, 0, 1, samples=SAMPLES // 2)
     assert half != pytest.approx(alone, rel=1e-3)
+
+
+def test_a_run_with_the_proxy_but_no_reference_is_refused_before_any_work(tmp_path):
+    from pipeline.training.driver import check_proxy
+    from pipeline.training.job import make_job
+    from tests.helpers import synthetic_root, tiny_params
+
+    layout = Layout(*(2 * [synthetic_root(tmp_path / "root")]))
+    params = tiny_params(tmp_path, "sqlite:///unused.db", fd_every=4)
+    with pytest.raises(FileNotFoundError, match=r"reference/stats.npz: missing, and "
+                       r"runtime.fd_every is 4 .*dvc repro reference"):
+        check_proxy(make_job(params, "GAT-T1/4", 0, layout))
+    check_proxy(make_job(dataclasses.replace(
+        params, runtime=dataclasses.replace(params.runtime, fd_every=0)), "GAT-T1/4", 0, layout))

@@ -130,20 +130,35 @@ def balanced_labels(num: int, num_classes: int) -> torch.Tensor:
     return torch.arange(num) % num_classes
 
 
+def shard(num: int, rank: int, world: int) -> range:
+    """The indices of ``num`` samples that worker ``rank`` of ``world`` takes: contiguous
+    shares whose sizes differ by at most one, together every index once."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} of {world} workers: expected 0 <= rank < world")
+    return range(rank * num // world, (rank + 1) * num // world)
+
+
 @torch.no_grad()
 def balanced_batches(
     gen: Generator, num: int, batch: int, psi: float = 1.0, guidance: float = 1.0,
-    seed: int = 0,
+    seed: int = 0, rank: int = 0, world: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (latents [B, C, H, W] float32 on G's device, labels [B] on the CPU).
 
     ``num`` samples in all, classes balanced; z comes from one CPU stream seeded by
-    ``seed``, so the same (num, batch, seed) gives the same set on any device.
+    ``seed``, so the same (num, batch, seed) gives the same set on any device. With
+    ``world`` > 1, only the samples of :func:`shard` (rank, world): sample i keeps its
+    class and z whatever the number of workers, so the shares together are the set one
+    process draws.
     """
     labels = balanced_labels(num, max(gen.num_classes, 1))  # unconditional: all 0
     rng = torch.Generator().manual_seed(seed)
-    device = _device(gen)
-    for start in range(0, num, batch):
-        c = labels[start : start + batch]
-        z = torch.randn(len(c), Z_DIM, generator=rng)
-        yield gen.sample(z.to(device), c.to(device), psi=psi, guidance=guidance).float(), c
+    # Every z drawn in one process's chunks (cheap): the stream, not the share, fixes them.
+    z = torch.cat([torch.randn(len(labels[s : s + batch]), Z_DIM, generator=rng)
+                   for s in range(0, num, batch)]) if num else torch.zeros(0, Z_DIM)
+    device, share = _device(gen), shard(num, rank, world)
+    for start in range(share.start, share.stop, batch):
+        stop = min(start + batch, share.stop)
+        c = labels[start:stop]
+        yield gen.sample(z[start:stop].to(device), c.to(device), psi=psi,
+                         guidance=guidance).float(), c

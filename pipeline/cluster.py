@@ -203,7 +203,7 @@ def probe(nodes: list[Node], looks: list[Look], state: Any | None = None) -> Non
 
 
 def checkout_paths(paths: list[Path]) -> list[Look]:
-    """Looks at files of the checkout that rank 0 reads (tokenizer, classifier, reference)."""
+    """Looks at files of the checkout that workers read (tokenizer, classifier, reference)."""
     return [Look("exists", str(p), f"checkout file {p.name} (the checkout at the same path on "
                  "every node, or runtime.sample_every: 0 and runtime.fd_every: 0)")
             for p in paths]

@@ -15,19 +15,23 @@ import numpy as np
 import torch
 
 from gat import flops
-from gat.sample import balanced_batches, balanced_labels, sample_latents
+from gat.sample import balanced_batches, balanced_labels, sample_latents, shard
 from pipeline.config import Params
 from pipeline.fidelity import (
     SOURCES,
     Evaluator,
+    check_dims,
     check_reference,
     class_accuracy,
     evaluator,
     extract,
     frechet_distance,
     load_reference,
+    moments,
+    moments_statistics,
     precision_recall,
     reference_path,
+    statistics_distance,
 )
 from pipeline.files import atomic_path
 from pipeline.images import save_grid
@@ -63,21 +67,25 @@ def model_facts(gen, meta: dict) -> dict[str, float | int]:
 
 
 def sample_images(gen, tokenizer, num: int, batch: int = 250, psi: float = 1.0,
-                  seed: int = 0) -> Iterator[torch.Tensor]:
+                  seed: int = 0, rank: int = 0, world: int = 1) -> Iterator[torch.Tensor]:
     """uint8 image batches [B, 3, H, W] of ``num`` samples, classes balanced (labels:
-    :func:`gat.sample.balanced_labels`), decoded by ``tokenizer`` (pipeline Tokenizer)."""
-    for latents, _ in balanced_batches(gen, num, batch, psi=psi, seed=seed):
+    :func:`gat.sample.balanced_labels`), decoded by ``tokenizer`` (pipeline Tokenizer);
+    with ``world`` > 1 only worker ``rank``'s share (:func:`gat.sample.shard`)."""
+    for latents, _ in balanced_batches(gen, num, batch, psi=psi, seed=seed, rank=rank,
+                                       world=world):
         yield tokenizer.decode(latents)
 
 
 def generated_features(ev: Evaluator, gen, tokenizer, num: int, batch: int = 250,
-                       psi: float = 1.0, seed: int = 0, desc: str = "samples"
-                       ) -> dict[str, torch.Tensor]:
-    """:func:`extract` over ``num`` balanced samples of ``gen`` (in eval mode meanwhile)."""
+                       psi: float = 1.0, seed: int = 0, desc: str = "samples",
+                       rank: int = 0, world: int = 1) -> dict[str, torch.Tensor]:
+    """:func:`extract` over ``num`` balanced samples of ``gen`` (in eval mode meanwhile),
+    or over worker ``rank``'s share of them (``world`` workers)."""
     was_training = gen.training
     gen.eval()
     try:
-        return extract(ev, sample_images(gen, tokenizer, num, batch, psi, seed), num, desc)
+        images = sample_images(gen, tokenizer, num, batch, psi, seed, rank, world)
+        return extract(ev, images, len(shard(num, rank, world)), desc)
     finally:
         gen.train(was_training)
 
@@ -207,11 +215,32 @@ def describe_metrics(metrics: dict[str, Any]) -> str:
     return line + (f", G {metrics['g_gflops']:.4g} GFLOPs" if "g_gflops" in metrics else "")
 
 
-def generator_fd(gen, tokenizer, num: int, layout: Layout = LAYOUT) -> float:
+def generator_fd(gen, tokenizer, num: int, layout: Layout = LAYOUT, rank: int = 0,
+                 world: int = 1) -> float:
     """FD of ``num`` samples of ``gen`` against data/reference, with the extractor that
-    made the reference (FD-classifier or FID): the training-time proxy."""
+    made the reference (FD-classifier or FID): the training-time proxy, computed where G
+    is (the extractor is loaded on G's device; ``tokenizer`` should be there too).
+
+    With ``world`` > 1 (the size of the default torch.distributed group, this process
+    its ``rank``), each worker draws, decodes and extracts only its share of the samples
+    (:func:`gat.sample.shard`: the same set for any number of workers) and the features'
+    :func:`~pipeline.fidelity.moments` are all-reduced: every worker returns the same
+    value, the one a single process gets up to float rounding. Every worker must call it.
+    """
     reference = load_reference(reference_path(layout))
     source = SOURCES[str(reference["extractor"])]
-    ev = evaluator(source, str(layout.classifier) if source == "train" else None)
-    feats = generated_features(ev, gen, tokenizer, num, desc="fd proxy")["features"]
-    return frechet_distance(feats, reference)
+    device = next(gen.parameters()).device
+    ev = evaluator(source, str(layout.classifier) if source == "train" else None, str(device))
+    shift = torch.from_numpy(reference["mu"]).double()
+    if len(shard(num, rank, world)):
+        feats = generated_features(ev, gen, tokenizer, num, desc="fd proxy", rank=rank,
+                                   world=world)["features"]
+    else:  # more workers than samples: this one adds nothing
+        feats = torch.zeros(0, len(shift), dtype=torch.float64)
+    check_dims(feats.shape[1], reference)
+    total = moments(feats.to(device), shift)  # on G's device: NCCL reduces GPU tensors
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(total)
+    return statistics_distance(moments_statistics(total, shift), reference)

@@ -126,14 +126,15 @@ class Evaluator:
 
 
 @functools.lru_cache(maxsize=4)
-def evaluator(source: str = "train", classifier: str | None = None) -> Evaluator:
+def evaluator(source: str = "train", classifier: str | None = None,
+              device: str | None = None) -> Evaluator:
     """The feature extractor for ``evaluator.source`` (cached: training calls it often).
 
     ``classifier``: a classifier directory instead of data/classifier (source ``train``).
-    Inception's logits index ImageNet's 1008 classes, not the dataset's: it gives no
-    class accuracy.
+    ``device``: where it runs (a training worker's own GPU); default the current GPU when
+    there is one, else the CPU. Inception's logits index ImageNet's 1008 classes, not the
+    dataset's: it gives no class accuracy.
     """
-    cuda = torch.cuda.is_available()
     if source == "inception":
         name, outputs = INCEPTION_EXTRACTOR, ("2048", None)
         weights = os.environ.get(INCEPTION_WEIGHTS_ENV) or None
@@ -141,10 +142,11 @@ def evaluator(source: str = "train", classifier: str | None = None) -> Evaluator
         name, outputs, weights = CLASSIFIER_EXTRACTOR, ("features", "logits"), classifier
     else:
         raise ValueError(f"evaluator.source {source!r}: expected 'train' or 'inception'")
+    where = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     layers = [o for o in outputs if o]
-    ext = create_feature_extractor(name, layers, cuda=cuda, verbose=False,
-                                   feature_extractor_weights_path=weights)
-    return Evaluator(ext, metric_name(source), outputs, torch.device("cuda" if cuda else "cpu"))
+    ext = create_feature_extractor(name, layers, cuda=False, verbose=False,
+                                   feature_extractor_weights_path=weights).to(where)
+    return Evaluator(ext, metric_name(source), outputs, where)
 
 
 @torch.no_grad()
@@ -280,12 +282,47 @@ def check_reference(reference: dict[str, np.ndarray], ev: Evaluator,
 
 def frechet_distance(features: torch.Tensor, reference: dict[str, np.ndarray]) -> float:
     """Frechet distance of features [N, F] to reference statistics (torch-fidelity)."""
+    check_dims(features.shape[1], reference)
+    return statistics_distance(statistics(features), reference)
+
+
+def statistics_distance(stats: dict[str, np.ndarray], reference: dict[str, np.ndarray]
+                        ) -> float:
+    """Frechet distance between statistics {"mu": [F], "sigma": [F, F]} and the
+    reference's (torch-fidelity)."""
     ref = {"mu": reference["mu"].astype(np.float64), "sigma": reference["sigma"].astype(np.float64)}
-    if features.shape[1] != ref["mu"].shape[0]:
-        raise ValueError(f"features have {features.shape[1]} dims, the reference "
-                         f"{ref['mu'].shape[0]}: rerun the `reference` stage")
-    out = fid_statistics_to_metric(statistics(features), ref, verbose=False)
+    out = fid_statistics_to_metric(stats, ref, verbose=False)
     return float(out["frechet_inception_distance"])  # torch-fidelity's key, whatever the net
+
+
+def check_dims(dims: int, reference: dict[str, np.ndarray]) -> None:
+    """Refuse features whose width is not the reference's (another extractor made it)."""
+    if dims != reference["mu"].shape[0]:
+        raise ValueError(f"features have {dims} dims, the reference "
+                         f"{reference['mu'].shape[0]}: rerun the `reference` stage")
+
+
+def moments(features: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """What the statistics of a set split among workers add up from: features [N, F] ->
+    float64 [1 + F + F * F] on their device: N, the sum and the sum of outer products of
+    ``features - shift`` [F] (the reference mean: sums of small numbers keep float64's
+    digits when the covariance is recovered from them)."""
+    x = features.double() - shift.to(features.device, torch.float64)
+    count = torch.tensor([float(len(x))], dtype=torch.float64, device=x.device)
+    return torch.cat([count, x.sum(0), (x.T @ x).flatten()])
+
+
+def moments_statistics(total: torch.Tensor, shift: torch.Tensor) -> dict[str, np.ndarray]:
+    """Summed :func:`moments` -> {"mu": [F], "sigma": [F, F]} float64, as
+    :func:`statistics` gives for the whole set (unbiased covariance, N - 1)."""
+    total, shift = total.double().cpu(), shift.double().cpu()
+    dims, n = len(shift), total[0].item()
+    if n < 2:
+        raise ValueError(f"statistics need at least 2 samples, got {int(n)}")
+    mean = total[1 : 1 + dims] / n
+    outer = total[1 + dims :].view(dims, dims)
+    sigma = (outer - n * torch.outer(mean, mean)) / (n - 1)
+    return {"mu": (mean + shift).numpy(), "sigma": sigma.numpy()}
 
 
 def precision_recall(features: torch.Tensor, reference: dict[str, np.ndarray], seed: int = 0

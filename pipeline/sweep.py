@@ -180,15 +180,16 @@ def run_sweep(params: Params, size: str, lrs: list[float] | None = None,
 def check_cluster(job: TrainJob, storage: Path | StorePath) -> None:
     """Refuse a sweep whose trial (runtime.trial_cpus, runtime.trial_gpus) fits on no node,
     or (on several nodes) whose storage, shards or checkout files some node cannot see."""
-    from pipeline.training.driver import rank0_reads
+    from pipeline.training.driver import check_proxy, worker_reads
 
+    check_proxy(job)
     rt = job.params.runtime
     nodes = cluster.alive_nodes()
     hosts = cluster.check_resources(nodes, 1, rt.trial_cpus, rt.trial_gpus, "PACK",
                                     "one sweep trial (runtime.trial_cpus, runtime.trial_gpus)")
     if len(nodes) > 1:
         looks = cluster.data_looks([job.shards, *([job.teacher] if job.teacher else [])])
-        cluster.probe(hosts, looks + cluster.checkout_paths(rank0_reads(job)), state=storage)
+        cluster.probe(hosts, looks + cluster.checkout_paths(worker_reads(job)), state=storage)
 
 
 def _trials_table(results: tune.ResultGrid, size: str, params: Params) -> pd.DataFrame:

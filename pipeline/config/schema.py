@@ -330,7 +330,12 @@ class RuntimeParams(Traced):
     log_every: int = 10  # steps between log.csv / MLflow rows
     sample_every: int = 100  # steps between sample grids in MLflow (0: only at the end)
     fd_every: int = 0  # >0: the FD proxy (FD-classifier / FID-5K) every N steps
-    fd_samples: int = 1000
+    fd_samples: int = 1000  # split among the workers, each on its own device
+    # Seconds a worker waits in a torch.distributed collective (gradient all-reduce, the
+    # FD proxy's reduce) for its slowest peer before Ray fails the group (TorchConfig's
+    # timeout_s). Above the longest time one worker spends apart: rank 0's checkpoint
+    # upload, grid and MLflow calls, the spread of the proxy's shares (docs/issue16-b.md).
+    collective_timeout_s: int = 1800
     encode_batch: int = 256  # images per tokenizer / teacher call in encode and teacher
     trial_cpus: float = 1.0  # one sweep trial = one training process with these resources
     trial_gpus: float = 0.0
@@ -345,11 +350,15 @@ class RuntimeParams(Traced):
     def check(self, where: str) -> None:
         positive(self, where, "workers", "cpus_per_worker", "grad_accum", "checkpoint_every",
                  "bucket_mb", "log_every", "fd_samples", "encode_batch", "trial_cpus",
-                 "concurrent_trials")
+                 "concurrent_trials", "collective_timeout_s")
         for key in ("loader_workers", "max_failures", "sample_every", "fd_every",
                     "trial_gpus"):
             if getattr(self, key) < 0:
                 raise ParamsError(f"{where}.{key}: {getattr(self, key)} must be 0 or positive")
+        if self.collective_timeout_s < 60:
+            raise ParamsError(f"{where}.collective_timeout_s: {self.collective_timeout_s} s is "
+                              "too short: a worker waits that long for peers while rank 0 "
+                              "saves a checkpoint or logs; give at least 60 (default 1800)")
         for key, example in (("storage", "/mnt/shared/gat or s3://bucket/gat"),
                              ("data_url", "/mnt/shared/gat-data or https://host/gat-data")):
             value = getattr(self, key)

@@ -50,11 +50,20 @@ class Tokenizer:
         return torch.cat(images)
 
 
+def decode_dtype(device: str | torch.device) -> torch.dtype:
+    """The VAE's dtype for decoding on ``device``: bfloat16 on a GPU (about twice as fast,
+    half the memory, and the FD it feeds moves by far less than between seeds), float32 on
+    the CPU, where bfloat16 is slower and would change the value for nothing."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
 def load_tokenizer(source: str, device: str | torch.device = "cpu", scale_factor: float = 0.0,
-                   layout: Layout = LAYOUT, revision: str = "") -> Tokenizer:
+                   layout: Layout = LAYOUT, revision: str = "",
+                   dtype: torch.dtype = torch.float32) -> Tokenizer:
     """AutoencoderKL from ``train`` (the layout's data/tokenizer), a hub id at ``revision``
     (tokenizer.revision: a commit, or empty for the hub's default branch) or a local path
-    (a folder written by save_pretrained, or a stage's folder naming a hub id).
+    (a folder written by save_pretrained, or a stage's folder naming a hub id), on
+    ``device`` in ``dtype`` (:func:`decode_dtype` for a decoder).
 
     The scale factor is ``scale_factor`` if > 0, else the one measured for a trained
     stand-in, else the model config's ``scaling_factor`` (0.18215 for SD-VAE).
@@ -67,7 +76,7 @@ def load_tokenizer(source: str, device: str | torch.device = "cpu", scale_factor
         measured = Path(path) / SCALE_FILE
         scale_factor = (json.loads(measured.read_text())["scale_factor"] if measured.exists()
                         else float(vae.config.scaling_factor))
-    return Tokenizer(vae.to(device), scale_factor, source)
+    return Tokenizer(vae.to(device, dtype), scale_factor, source)
 
 
 def small_autoencoder(params: TokenizerParams):

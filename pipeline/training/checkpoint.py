@@ -81,10 +81,12 @@ def verify(folder: Path) -> dict[str, Any]:
 
 
 def latest(run_dir: Path | StorePath) -> tuple[int, Path | StorePath] | None:
-    """(step, folder) of the newest complete checkpoint in a Ray run folder, if any."""
+    """(step, folder) of the newest complete checkpoint in a Ray run folder, if any. Of two
+    at one step (the state reported before the last step's FD proxy, then the final one),
+    the later: Ray names them ``checkpoint_<date and time>``."""
     found = [(step, folder.parent) for folder in run_dir.glob(f"checkpoint_*/{SEAL}")
              if (step := sealed_step(folder.parent)) is not None]
-    return max(found, key=lambda item: item[0]) if found else None
+    return max(found, key=lambda item: (item[0], item[1].name)) if found else None
 
 
 @contextlib.contextmanager

@@ -93,14 +93,27 @@ def prepare(job: TrainJob, tr: Tracker | None) -> TrainJob:
     return replace(job, mlflow_run=run_id)
 
 
-def rank0_reads(job: TrainJob) -> list[Path]:
-    """Folders of the checkout that rank 0 reads (grids: the tokenizer; the FD proxy: the
-    reference statistics and the classifier), those this machine has."""
+def worker_reads(job: TrainJob) -> list[Path]:
+    """Folders of the checkout that workers read (rank 0's grids: the tokenizer; the FD
+    proxy, on every worker: the tokenizer, the reference statistics and the classifier),
+    those this machine has."""
     layout = job.layout
     wanted = [layout.tokenizer] if job.tracker else []
     if job.params.runtime.fd_every > 0:
         wanted += [layout.tokenizer, layout.reference, layout.classifier]
     return [p for p in dict.fromkeys(wanted) if p.exists()]
+
+
+def check_proxy(job: TrainJob) -> None:
+    """Refuse, before any work, a run whose FD proxy (runtime.fd_every > 0) has no
+    reference statistics to measure against: it would fail at its first proxy step."""
+    from pipeline.fidelity import reference_path
+
+    every, path = job.params.runtime.fd_every, reference_path(job.layout)
+    if every > 0 and not path.exists():
+        raise FileNotFoundError(f"{path}: missing, and runtime.fd_every is {every} (the FD "
+                                "proxy reads it): run the `reference` stage first (dvc repro "
+                                "reference), or set runtime.fd_every: 0")
 
 
 def finished_checkpoint(job: TrainJob) -> Path | StorePath | None:
@@ -123,11 +136,22 @@ def check_cluster(job: TrainJob) -> None:
     if len(nodes) < 2:
         return  # the driver's own node: it sees what the driver sees
     looks = cluster.data_looks([job.shards, *([job.teacher] if job.teacher else [])])
-    looks += cluster.checkout_paths(rank0_reads(job))
+    looks += cluster.checkout_paths(worker_reads(job))
     if job.tracker:
         cluster.check_worker_tracking(job.tracker.uri, hosts)
         looks.append(cluster.Look("mlflow", job.tracker.uri, "tracking.worker_uri"))
     cluster.probe(hosts, looks, state=job.run_dir.parent)
+
+
+def torch_config(params: Params):
+    """Ray Train's torch.distributed set-up: ``runtime.collective_timeout_s`` is how long a
+    worker waits in a collective (the gradient all-reduce, the FD proxy's reduce) for the
+    slowest peer before the group fails. It must exceed the longest time one worker spends
+    apart from the others: rank 0's checkpoint upload, sample grid and MLflow calls, and the
+    spread of the workers' shares of the FD proxy (docs: runtime.collective_timeout_s)."""
+    from ray.train.torch import TorchConfig
+
+    return TorchConfig(timeout_s=params.runtime.collective_timeout_s)
 
 
 def run_training(params: Params, size: str, seed: int | None = None, layout: Layout = LAYOUT,
@@ -163,6 +187,7 @@ def run_training(params: Params, size: str, seed: int | None = None, layout: Lay
         with local_copy(done) as final:
             return publish(job, final, tr)
     rt = params.runtime
+    check_proxy(job)
     init_ray()
     check_cluster(job)  # refuse before any work
     job = prepare(job, tr)
@@ -175,6 +200,7 @@ def run_training(params: Params, size: str, seed: int | None = None, layout: Lay
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"job": job},
+        torch_config=torch_config(params),
         scaling_config=ScalingConfig(num_workers=rt.workers, use_gpu=rt.use_gpu,
                                      resources_per_worker={"CPU": rt.cpus_per_worker},
                                      placement_strategy=rt.placement),

@@ -2,7 +2,9 @@
 checkpoint; the driver writes them where DVC expects them.
 
 While training, rank 0 keeps the live log (in the run folder, on the run's storage: CSV +
-MLflow, each step exactly once), logs sample grids and the FD proxy. At the end it puts
+MLflow, each step exactly once), logs sample grids and the FD proxy (which every worker
+computes its share of, after the step's checkpoint: :meth:`RunOutputs.log_fd` adds it to
+the step's row). At the end it puts
 the EMA generator, the whole log and the run's metrics into the final checkpoint
 (:meth:`RunOutputs.final`). The driver takes them from the ``Result`` Ray returns
 (:func:`publish`): ``outputs/train/.../generator``, ``results/train/.../{metrics.json,
@@ -11,7 +13,8 @@ log.csv}`` are written on the driver's machine, wherever rank 0 ran.
 Exactly once: every logged row goes to the run folder's ``log.csv`` first, then to
 MLflow. A resumed run (after a kill, or a continuation of a shorter run) first sends MLflow
 the rows it lacks, then logs only steps after the last row: steps retrained after a
-resume are not logged twice, and none is missing.
+resume are not logged twice, and none is missing. The FD proxy of a step reaches its row
+(and MLflow) after the row itself: a resumed run sends MLflow the proxies it lacks too.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import csv
 import io
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +68,13 @@ def _numbers(row: dict[str, Any]) -> dict[str, float]:
 class RunOutputs:
     """Rank 0's outputs of one training run (see the module docstring)."""
 
-    def __init__(self, job: TrainJob, trainer: GATTrainer,
+    def __init__(self, job: TrainJob, trainer: GATTrainer, tokenizer: Callable[[], Any],
                  parent_log: Path | StorePath | None = None):
+        """``tokenizer``: gives the decoder of the shards' latents (loaded on first use)."""
         self.job, self.trainer, self.manifest = job, trainer, job.manifest
+        self.tokenizer = tokenizer
         self.log_path = job.run_dir / LIVE_LOG
         self.tr, self.run_id = job.tracker, job.mlflow_run
-        self._tokenizer = None
         if not self.log_path.exists() and parent_log is not None:
             # A continuation: the shorter run's history up to the checkpoint it starts from.
             _write_log(self.log_path, read_log(parent_log, until=trainer.step_count))
@@ -80,9 +85,13 @@ class RunOutputs:
             self.tr.set_tags(self.run_id, {f"runtime.{k}": v for k, v in
                                            job.params.to_dict()["runtime"].items()})
             sent = self.tr.last_step(self.run_id, "loss_d")
+            sent_fd = self.tr.last_step(self.run_id, "fd")
             for row in rows:  # what MLflow lacks: a continuation's history, or a kill's race
-                if int(row["step"]) > sent:
-                    self.tr.log_metrics(self.run_id, _numbers(row), int(row["step"]))
+                step = int(row["step"])
+                if step > sent:
+                    self.tr.log_metrics(self.run_id, _numbers(row), step)
+                elif step > sent_fd and row.get("fd") not in ("", None):
+                    self.tr.log_metrics(self.run_id, {"fd": float(row["fd"])}, step)
 
     def gflops_per_iteration(self) -> float | None:
         """The counted training GFLOPs of one iteration (all workers), once recorded."""
@@ -117,18 +126,6 @@ class RunOutputs:
             if (every and step % every == 0) or step == self.job.steps:
                 self.log_grid(step)
 
-    def tokenizer(self):
-        """The tokenizer that made the shards (their manifest names it)."""
-        if self._tokenizer is None:
-            from pipeline.pretrained.tokenizer import load_tokenizer
-
-            self._tokenizer = load_tokenizer(self.manifest.get("tokenizer", "train"),
-                                             scale_factor=self.manifest["scale_factor"],
-                                             layout=self.job.layout,
-                                             revision=self.manifest.get("tokenizer_revision",
-                                                                        ""))
-        return self._tokenizer
-
     def log_grid(self, step: int, per_class: int = 8) -> None:
         """A uint8 grid to MLflow: one row per class (up to 10), fixed seeds."""
         from torchvision.utils import make_grid
@@ -143,12 +140,21 @@ class RunOutputs:
         self.tr.client.log_image(self.run_id, grid.permute(1, 2, 0).numpy(),
                                  f"samples/step_{step:07d}.png")
 
-    def fd(self) -> float:
-        """FD proxy of the EMA generator against data/reference (its extractor)."""
-        from pipeline.evaluation import generator_fd
+    def fd_missing(self, step: int) -> bool:
+        """Whether ``step``'s FD proxy is still to be logged: its row is not there yet, or
+        an earlier attempt logged the row but failed before its proxy."""
+        row = next((r for r in self.rows if int(r["step"]) == step), None)
+        return row is None or row.get("fd") in ("", None)
 
-        return generator_fd(self.trainer.G_ema, self.tokenizer(),
-                            self.job.params.runtime.fd_samples, self.job.layout)
+    def log_fd(self, step: int, fd: float) -> None:
+        """The FD proxy of ``step``, computed after its row was logged (and its checkpoint
+        reported): into that row of the live CSV, to MLflow at ``step``, a progress line."""
+        row = next(r for r in self.rows if int(r["step"]) == step)
+        row["fd"] = fd
+        _write_log(self.log_path, self.rows)
+        print(f"[{self.job.size}] step {step}/{self.job.steps} fd {fd:.4g}", flush=True)
+        if self.tr:
+            self.tr.log_metrics(self.run_id, {"fd": fd}, step)
 
     def final(self, folder: Path, seconds: float, images: int) -> dict[str, Any]:
         """Put the run's outputs into ``folder`` (the final checkpoint): the EMA generator

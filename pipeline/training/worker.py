@@ -7,11 +7,19 @@ across them. Every worker reports to Ray at the same steps (Ray's report is coll
 rank 0 attaches the checkpoint and owns the outputs
 (:class:`~pipeline.training.outputs.RunOutputs`). A training run's last report carries the
 final checkpoint with the run's outputs, which the driver takes from Ray's result.
+
+The FD proxy (every ``runtime.fd_every`` steps) is computed by every worker on its own
+device, each on its share of the samples (:func:`pipeline.evaluation.generator_fd`), after
+the step's row is logged and its checkpoint reported: a proxy that fails or runs long loses
+no training. Its value then joins the step's row and MLflow (:meth:`RunOutputs.log_fd`). A
+sweep trial (one worker) instead puts it in the report that carries the checkpoint: ASHA
+reads one proxy per report, and Tune refuses a report without it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import tempfile
 import time
@@ -83,7 +91,7 @@ class Worker:
         # Distinct, reproducible noise per worker and per resume point.
         torch.manual_seed(job.seed + 7919 * self.rank + 104729 * self.trainer.step_count)
         if self.rank == 0:
-            self.outputs = RunOutputs(job, self.trainer, parent_log)
+            self.outputs = RunOutputs(job, self.trainer, lambda: self.tokenizer, parent_log)
         done = self._steps(self._batches())
         if done is None:  # diverged
             return
@@ -105,7 +113,8 @@ class Worker:
         cfg = self.params.train if job.use_teacher else _without_repa(self.params.train)
         if job.online_teacher:  # the teacher stage's record of which teacher, at what size
             m = job.teacher_manifest
-            self.teacher = load_teacher(m["teacher"], self.device, m["input_size"], job.layout)
+            self.teacher = load_teacher(m["teacher"], self.device, m["input_size"], job.layout,
+                                        m.get("revision", ""))
         return GATTrainer(job.size, manifest["latent_shape"][0], manifest["latent_shape"][-1],
                           conditioning_classes(manifest["num_classes"]), teacher_dim, cfg,
                           self.device, seed=job.seed, grad_accum=rt.grad_accum,
@@ -189,23 +198,64 @@ class Worker:
         bar.close()
         return time.perf_counter() - t_start, images
 
+    @functools.cached_property
+    def tokenizer(self):
+        """The shards' tokenizer (their manifest names it) on this worker's device, in
+        :func:`~pipeline.pretrained.tokenizer.decode_dtype`: the proxy's and the grids'
+        decoder."""
+        from pipeline.pretrained.tokenizer import decode_dtype, load_tokenizer
+
+        manifest = self.job.manifest
+        return load_tokenizer(manifest.get("tokenizer", "train"), self.device,
+                              manifest["scale_factor"], self.job.layout,
+                              manifest.get("tokenizer_revision", ""), decode_dtype(self.device))
+
     def _after_step(self, metrics: dict[str, Any]) -> None:
-        """FD proxy, logging (rank 0) and the Ray report with a checkpoint when due. A
-        training run's last step is reported by :meth:`_finish`, with the final outputs."""
+        """Logging (rank 0), the Ray report with a checkpoint when due, then the FD proxy
+        (see the module docstring). A training run's last step is reported by
+        :meth:`_finish`, with the final outputs (and the proxy in its log)."""
         step, rt, out = metrics["step"], self.params.runtime, self.outputs
-        last = step == self.job.steps
-        report = step % rt.log_every == 0 or last
-        save = step % rt.checkpoint_every == 0 or last
+        last, tune = step == self.job.steps, self.job.session == "tune"
         fd_now = rt.fd_every > 0 and step % rt.fd_every == 0
-        # A Tune trial reports the proxy every time (ASHA ranks on it); a training run
-        # computes it only for steps it still logs.
-        if fd_now and out and (self.job.session == "tune" or out.due(step)):
-            metrics["fd"] = out.fd()
-        report = report or fd_now  # every rank reports the same number of times
+        report = step % rt.log_every == 0 or last or fd_now  # the same on every rank
+        save = step % rt.checkpoint_every == 0 or last
+        if fd_now and tune:  # one worker, no peer waits: the proxy rides in the report
+            metrics["fd"] = self._fd(step)
+        # A training run computes the proxy only for steps whose proxy is not logged yet
+        # (a resumed run retrains some); rank 0 knows from its log and tells the others.
+        fd_due = fd_now and not tune and self._agree(out is not None and out.fd_missing(step))
         if out and report:
             out.log(metrics)
-        if (report or save) and not (last and self.job.session == "train"):
-            self._report(metrics, save)
+        # The last step's final checkpoint comes after its proxy (it seals the log): when
+        # the proxy is due there, the state is reported first all the same.
+        if (report or save) and not (last and not tune and not fd_due):
+            self._report(metrics, save or fd_due)
+        if fd_due:
+            _until_ray_took_the_report()
+            fd = self._fd(step)
+            if out:
+                out.log_fd(step, fd)
+
+    def _fd(self, step: int) -> float:
+        """The FD proxy of the EMA generator: this worker's share, the same value on all."""
+        from pipeline.evaluation import generator_fd
+
+        debug = self.job.debug  # tests: the proxy raises at a step, on one rank or all
+        if debug.get("fd_fail_at_step") == step and debug.get("fd_fail_rank",
+                                                              self.rank) == self.rank:
+            raise RuntimeError(f"fd_fail_at_step {step}: the FD proxy fails (a test)")
+        return generator_fd(self.trainer.G_ema, self.tokenizer, self.params.runtime.fd_samples,
+                            self.job.layout, self.rank, self.world)
+
+    def _agree(self, flag: bool) -> bool:
+        """Rank 0's ``flag``, on every rank (a broadcast when there are peers)."""
+        if self.world == 1:
+            return flag
+        import torch.distributed as dist
+
+        value = torch.tensor([float(flag)], device=self.device)
+        dist.broadcast(value, src=0)
+        return bool(value.item())
 
     def _finish(self, seconds: float, images: int) -> None:
         """The last report of a training run: rank 0's checkpoint holds the state and the
@@ -250,7 +300,8 @@ class Worker:
         """Tests: ``record_dir`` (sample keys, node ids and a G/D checksum per worker),
         ``nan_at_step`` (D outputs NaN from that step, on every rank or only on
         ``nan_rank``), ``hold_at_step`` (``hold_rank`` stops before that step, once per
-        record_dir, until its node is killed)."""
+        record_dir, until its node is killed). ``fd_fail_at_step`` (the FD proxy raises
+        there, on every rank or only on ``fd_fail_rank``) is checked in :meth:`_fd`."""
         debug = self.job.debug
         if "record_dir" in debug:
             self._record("keys", "".join(f"{step} {key}\n" for key in batch["keys"]), True)
@@ -270,6 +321,24 @@ class Worker:
             path = Path(self.job.debug["record_dir"]) / f"{kind}_rank{self.rank}.txt"
             with open(path, "a" if append else "w") as f:
                 f.write(text if not append or text.endswith("\n") else text + "\n")
+
+
+def _until_ray_took_the_report(limit_s: float = 60.0) -> None:
+    """Wait until Ray Train's controller has taken this worker's last report (it polls
+    every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default): it registers a checkpoint in
+    the poll that takes the last worker's report of it, before it looks at errors. A proxy
+    that fails after this leaves the checkpoint registered, the one Ray resumes from; one
+    that failed sooner could lose it. Reads Ray Train V2's worker result queue (one report
+    at most); on a Ray without it, returns at once."""
+    try:
+        from ray.train.v2._internal.execution.context import get_train_context
+
+        results = get_train_context().get_result_queue()
+    except (ImportError, AttributeError, RuntimeError):
+        return
+    deadline = time.monotonic() + limit_s
+    while results.unfinished_tasks and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _node_id() -> str:

@@ -37,3 +37,22 @@ def test_unconditional_classes_and_bad_settings_are_refused():
         check_settings(0, 1.0, 2.0)
     check_settings(0, 0.5, 1.0)
     check_settings(4, 0.0, 2.0)
+
+
+def test_shards_of_balanced_batches_together_are_the_one_process_set(parts):
+    """Each of 3 workers draws its share; side by side they are the set one process draws
+    (labels exactly, latents up to float rounding of other batch sizes)."""
+    from gat.io import load_generator
+    from gat.sample import balanced_batches, shard
+
+    gen, _ = load_generator(parts["generator"])
+    whole = list(balanced_batches(gen, 23, batch=5, seed=3))
+    shares = [list(balanced_batches(gen, 23, batch=5, seed=3, rank=r, world=3)) for r in range(3)]
+    assert [len(shard(23, r, 3)) for r in range(3)] == [7, 8, 8]
+    assert list(shard(23, 0, 3)) + list(shard(23, 1, 3)) + list(shard(23, 2, 3)) == list(range(23))
+    cat = [torch.cat([b[i] for share in shares for b in share]) for i in (0, 1)]
+    assert torch.equal(cat[1], torch.cat([b[1] for b in whole]))
+    torch.testing.assert_close(cat[0], torch.cat([b[0] for b in whole]), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(shares[0][0][0][:2], shares[1][0][0][:2])  # distinct samples
+    with pytest.raises(ValueError, match="rank 3 of 3"):
+        shard(10, 3, 3)

@@ -75,6 +75,22 @@ def test_sweep_resources_and_range(section, key, value, fragment):
              f"{section}.{key}" if key != "lr_max" else "sweep.lr_min", fragment)
 
 
+def test_collective_timeout_is_checked_and_reaches_ray_torch_config():
+    """runtime.collective_timeout_s is Ray Train's TorchConfig(timeout_s) of every run; a
+    timeout too short to outlast rank 0's checkpoint and logging is refused."""
+    from ray.train.torch import TorchConfig
+
+    from pipeline.training.driver import torch_config
+
+    _refused(_raw(runtime={"collective_timeout_s": 30}), "runtime.collective_timeout_s",
+             "30 s is too short", "at least 60")
+    params = parse_params(_raw(runtime={"collective_timeout_s": 2400}), check_paths=False)
+    config = torch_config(params)
+    assert isinstance(config, TorchConfig) and config.timeout_s == 2400
+    paper = load_params(PROFILES / "paper.yaml", check_paths=False).runtime
+    assert paper.collective_timeout_s >= 1800 and paper.fd_every > 0
+
+
 @pytest.mark.parametrize("value", [0, -4e-4, 0.0, ".nan"])
 def test_non_positive_learning_rate(value):
     value = float("nan") if value == ".nan" else value

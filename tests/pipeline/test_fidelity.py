@@ -90,3 +90,19 @@ def test_reference_refuses_missing_or_foreign_statistics(tmp_path):
         fidelity.load_reference(tmp_path / "fid.npz", metric="FD-classifier")
 
 
+
+
+def test_summed_moments_of_shares_give_the_whole_sets_statistics(ev):
+    """What sharded workers all-reduce: moments of uneven shares, summed, are the mean and
+    covariance of the whole set, and its FD."""
+    feats = _features(ev, synthetic_images(300, seed=4)[0])
+    shift = feats[:50].mean(0) + 3.0  # any shift: the result must not depend on it
+    total = sum(fidelity.moments(part, shift) for part in feats.split([100, 37, 163]))
+    got, want = fidelity.moments_statistics(total, shift), fidelity.statistics(feats)
+    np.testing.assert_allclose(got["mu"], want["mu"], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got["sigma"], want["sigma"], rtol=1e-8, atol=1e-10)
+    reference = fidelity.reference_statistics(ev, [synthetic_images(256, seed=5)[0]])
+    assert fidelity.statistics_distance(got, reference) == pytest.approx(
+        fidelity.frechet_distance(feats, reference), rel=1e-8)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        fidelity.moments_statistics(fidelity.moments(feats[:1], shift), shift)

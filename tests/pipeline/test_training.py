@@ -15,7 +15,7 @@ from gat.train import NonFiniteError
 from pipeline.layout import Layout
 from pipeline.training import make_job, run_training
 from pipeline.training.driver import KEEP_CHECKPOINTS
-from tests.helpers import synthetic_root, tiny_params
+from tests.helpers import fd_root, synthetic_root, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -83,6 +83,45 @@ def test_divergence_guard_stops_with_the_step(ray_cluster, root, tmp_path, mlflo
     assert max(steps) == 4, "the last good checkpoint is step 4's"
 
 
+
+def test_checkpoint_before_the_fd_proxy_which_two_workers_share(ray_cluster, tmp_path,
+                                                                 mlflow_uri):
+    """The proxy fails at step 4 on rank 1: step 4's checkpoint and row are kept (no
+    checkpoint was due there: a proxy's step always gets one first). The same command
+    resumes from it; the last step's proxy, each worker on its share, is the value one
+    process gets from the published generator."""
+    from ray.train import TrainingFailedError
+
+    from gat.io import load_generator
+    from pipeline.evaluation import generator_fd
+    from pipeline.pretrained.tokenizer import load_tokenizer
+    from pipeline.training.checkpoint import latest
+
+    root = fd_root(tmp_path / "root")
+    layout = Layout(root, root)
+    params = tiny_params(tmp_path, mlflow_uri, workers=2, batch=8, iterations=8,
+                         cpus_per_worker=0.9, checkpoint_every=8, log_every=2, fd_every=4,
+                         fd_samples=66, sample_every=0, loader_workers=0, shuffle_buffer=8,
+                         max_failures=0)
+    with pytest.raises(TrainingFailedError):
+        run_training(params, "GAT-T1/4", 0, layout,
+                     debug={"fd_fail_at_step": 4, "fd_fail_rank": 1})
+    run_dir = make_job(params, "GAT-T1/4", 0, layout).run_dir
+    assert latest(run_dir)[0] == 4, "step 4's checkpoint, reported before its proxy"
+    log = pd.read_csv(run_dir / "log.csv")
+    assert list(log["step"]) == [2, 4] and log["loss_d"].notna().all()
+    assert log["fd"].isna().all()
+    metrics = run_training(params, "GAT-T1/4", 0, layout)
+    assert metrics["steps_this_run"] == 4, "resumed from step 4"
+    log = pd.read_csv(layout.train_results("GAT-T1/4", 0) / "log.csv")
+    assert list(log["step"]) == [2, 4, 6, 8]
+    assert list(log["fd"].notna()) == [False, False, False, True]
+    fd = float(log["fd"].iloc[-1])
+    history = MlflowClient(mlflow_uri).get_metric_history(metrics["mlflow_run_id"], "fd")
+    assert [(m.step, m.value) for m in history] == [(8, pytest.approx(fd))]
+    gen, meta = load_generator(layout.generator("GAT-T1/4", 0))
+    tokenizer = load_tokenizer(meta["tokenizer"], "cpu", meta["scale_factor"], layout)
+    assert generator_fd(gen, tokenizer, 66, layout) == pytest.approx(fd, rel=1e-6)
 
 
 def test_a_one_class_dataset_trains_an_unconditional_model(ray_cluster, tmp_path, mlflow_uri):

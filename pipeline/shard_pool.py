@@ -11,8 +11,8 @@ with several nodes that folder must be one they all mount (checked before any wo
 
 On a CPU-only study (``use_gpu: false``) the stages keep the in-process path: on one
 machine a pool of CPU actors adds Ray's start-up and splits the same cores (measured in
-docs/issue16-c.md), it gains nothing. The pool still runs on CPUs (``use_gpu=False``): the
-tests compare its shards with the in-process ones byte for byte.
+docs/REFERENCE_AND_DATA_STAGES.md), it gains nothing. The pool still runs on CPUs
+(``use_gpu=False``): the tests compare its shards with the in-process ones byte for byte.
 """
 
 from __future__ import annotations

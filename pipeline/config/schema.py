@@ -151,7 +151,7 @@ class TeacherParams(Traced):
     # data/teacher; "online" = the encode stage stores pixels with the latents and every
     # train step runs the teacher on them (data/teacher then holds only a manifest).
     mode: Literal["cached", "online"] = "cached"
-    # cached tokens' storage (docs/issue16-d.md measures each): fp16, bf16, fp8 (e4m3),
+    # cached tokens' storage (docs/TEACHER_MODES.md measures each): fp16, bf16, fp8 (e4m3),
     # int8 (absmax scale per token)
     encoding: Literal["fp16", "bf16", "fp8", "int8"] = "fp16"
     mirror: bool = False  # cached + data.hflip: store unflipped images' tokens only; a
@@ -334,7 +334,7 @@ class RuntimeParams(Traced):
     # Seconds a worker waits in a torch.distributed collective (gradient all-reduce, the
     # FD proxy's reduce) for its slowest peer before Ray fails the group (TorchConfig's
     # timeout_s). Above the longest time one worker spends apart: rank 0's checkpoint
-    # upload, grid and MLflow calls, the spread of the proxy's shares (docs/issue16-b.md).
+    # upload, grid and MLflow calls, the spread of the proxy's shares (docs/FD_PROXY.md).
     collective_timeout_s: int = 1800
     encode_batch: int = 256  # images per tokenizer / teacher call in encode and teacher
     trial_cpus: float = 1.0  # one sweep trial = one training process with these resources

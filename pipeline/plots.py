@@ -254,6 +254,6 @@ def compute_plot(traj: pd.DataFrame, final: pd.DataFrame, law: PowerLaw, label: 
     ax.plot(xs, law(xs), "k--", label=f"{label} = {law.a:.3g} * C^{law.b:.3f}")
     ax.scatter(final["compute_gflops"], final["fd"], color="k", zorder=3, s=20)
     ax.set(xscale="log", yscale="log", xlabel="training compute C (GFLOPs, counted)",
-           ylabel=label, title="FD vs training compute (paper Fig. 21: FID = 3.52e5 C^-0.456)")
+           ylabel=label, title="FD vs training compute\n(paper Fig. 21: FID = 3.52e5 C^-0.456)")
     ax.legend(fontsize=7)
     save(fig, path)

@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.cluster import ClusterError, Node, alive_nodes, probe
-from pipeline.shards import missing_shards, shard_list, write_shard
+from pipeline.shards import missing_shards, num_shards, shard_list, write_shard
 
 Encoder = Callable[[np.ndarray], list[dict[str, bytes]]]  # sample indices -> byte fields
 MakeEncoder = Callable[[str], Encoder]  # device -> encoder; picklable, called once per actor
@@ -85,8 +85,8 @@ def write_shards_on_ray(out_dir: Path, num_samples: int, shard_size: int,
 
     init_ray()
     nodes = alive_nodes()
-    num_shards = -(-num_samples // shard_size)
-    size = pool_size(nodes, use_gpu, cpus, num_shards)  # refuses before touching any shard
+    shards = num_shards(num_samples, shard_size)
+    size = pool_size(nodes, use_gpu, cpus, shards)  # refuses before touching any shard
     todo = missing_shards(out_dir, num_samples, shard_size, fingerprint, fields)
     if todo:
         if len({n.ip for n in nodes}) > 1:  # actors on other hosts write here: shared?
@@ -97,7 +97,7 @@ def write_shards_on_ray(out_dir: Path, num_samples: int, shard_size: int,
         actors = [actor.remote(make_encoder, device, threads) for _ in range(size)]
         pool = ActorPool(actors)
         try:
-            with tqdm(total=num_shards, initial=num_shards - len(todo), unit="shard",
+            with tqdm(total=shards, initial=shards - len(todo), unit="shard",
                       desc=f"{desc} ({size} {'GPU' if use_gpu else 'CPU'} workers)") as bar:
                 for _ in pool.map_unordered(lambda a, s: a.write.remote(
                         str(out_dir), s, shard_size, num_samples, batch), todo):

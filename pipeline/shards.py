@@ -150,7 +150,7 @@ def missing_shards(out_dir: Path, num_samples: int, shard_size: int, fingerprint
     temporaries of a killed run are removed, finished shards are checked and kept."""
     out_dir.mkdir(parents=True, exist_ok=True)
     _discard_stale(out_dir, fingerprint)
-    return [s for s in range(-(-num_samples // shard_size))
+    return [s for s in range(num_shards(num_samples, shard_size))
             if not _shard_ok(out_dir / shard_name(s), s, shard_size, num_samples, fields)]
 
 
@@ -165,7 +165,7 @@ def shard_list(out_dir: Path, num_samples: int, shard_size: int) -> list[dict[st
     """[{"name", "samples", "sha256"}] of every shard, for the manifest."""
     return [{"name": shard_name(s), "samples": _shard_len(s, shard_size, num_samples),
              "sha256": file_sha256(out_dir / shard_name(s))}
-            for s in range(-(-num_samples // shard_size))]
+            for s in range(num_shards(num_samples, shard_size))]
 
 
 def _discard_stale(out_dir: Path, fingerprint: str) -> None:
@@ -235,6 +235,11 @@ def _shard_ok(path: Path, s: int, shard_size: int, total: int,
     if [k for k, _ in found] != expected:
         return False
     return fields is None or all(tuple(sorted(f)) == tuple(sorted(fields)) for _, f in found)
+
+
+def num_shards(num_samples: int, shard_size: int) -> int:
+    """How many shards ``num_samples`` fill at ``shard_size`` each (the last may be short)."""
+    return -(-num_samples // shard_size)
 
 
 def _shard_len(s: int, shard_size: int, total: int) -> int:

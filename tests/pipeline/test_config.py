@@ -3,6 +3,7 @@ the shipped presets validate; ``gat profile`` writes one to params.yaml atomical
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -335,9 +336,17 @@ def test_precomputed_reference_must_be_an_existing_npz(tmp_path):
     parse_params(_raw(evaluator={"reference": missing}), check_paths=False)
 
 
-def test_paper_profile_names_its_reference_and_unpinned_revisions(capsys):
+def test_paper_profile_names_its_reference_and_pinned_revisions(capsys):
     assert gat_main(["profile", "paper", "--dry-run", "--no-check-paths"]) == 0
     derived = yaml.safe_load(capsys.readouterr().out)["derived"]
     assert derived["reference"].endswith("VIRTUAL_imagenet256_labeled.npz")
-    assert set(derived["hub_revisions"]) == {"tokenizer", "teacher"}
-    assert all("NOT PINNED" in v for v in derived["hub_revisions"].values())
+    revisions = derived["hub_revisions"]
+    assert revisions["tokenizer"].startswith("stabilityai/sd-vae-ft-ema@")
+    assert revisions["teacher"].startswith("facebook/dinov2-base@")
+    assert all(re.fullmatch(r"[^@]+@[0-9a-f]{40}", v) for v in revisions.values())
+
+
+def test_an_unpinned_hub_part_says_so():
+    params = parse_params(_raw(tokenizer={"source": "stabilityai/sd-vae-ft-ema"}),
+                          check_paths=False)
+    assert "NOT PINNED" in profile.hub_revisions(params)["tokenizer"]

@@ -2,12 +2,16 @@
 FD / FID with precision, recall and class accuracy, the class-row grid, G's size and cost.
 
 What :mod:`pipeline.fidelity` does for any images, this module does for a generator: the
-``evaluate`` stage and the training-time FD proxy both call it.
+``evaluate`` stage and the training-time FD proxy both call it. On a GPU study
+(``runtime.use_gpu``) the features of ``evaluate`` and ``reference`` are extracted on
+every GPU of the Ray cluster (:func:`features_on_ray`), one contiguous share per GPU.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,7 @@ import torch
 
 from gat import flops
 from gat.sample import balanced_batches, balanced_labels, sample_latents, shard
-from pipeline.config import Params
+from pipeline.config import DataParams, Params
 from pipeline.fidelity import (
     SOURCES,
     Evaluator,
@@ -36,6 +40,7 @@ from pipeline.fidelity import (
 from pipeline.files import atomic_path
 from pipeline.images import save_grid
 from pipeline.layout import LAYOUT, Layout
+from pipeline.ray_pool import cluster_pool, map_on_pool
 
 GRID_SEEDS = 10  # columns of the grid
 GRID_CLASSES = 16  # rows at most: ImageNet's 1000 classes are shown 16, evenly spaced
@@ -109,8 +114,86 @@ def evaluate_generator(ev: Evaluator, gen, tokenizer, reference: dict[str, np.nd
                        ) -> dict[str, float | int | str]:
     """:func:`score` of ``num`` class-balanced samples of ``gen``, decoded by ``tokenizer``."""
     out = generated_features(ev, gen, tokenizer, num, batch, psi, seed)
-    labels = balanced_labels(num, gen.num_classes) if gen.num_classes else None
+    return score_samples(ev, out, gen.num_classes, reference, psi, seed)
+
+
+def score_samples(ev: Evaluator, out: dict[str, torch.Tensor], num_classes: int,
+                  reference: dict[str, np.ndarray], psi: float = 1.0, seed: int = 0
+                  ) -> dict[str, float | int | str]:
+    """:func:`score` of the features ``out`` of a generator's balanced samples, in
+    :func:`gat.sample.balanced_labels` order (``num_classes`` 0: unconditional)."""
+    labels = balanced_labels(len(out["features"]), num_classes) if num_classes else None
     return {**score(ev, out, labels, reference, seed), "psi": psi}
+
+
+@dataclass(frozen=True)
+class SampleFeatureWork:
+    """A Ray actor's share of ``evaluate``: G (its folder), the tokenizer it was trained
+    with and the extractor, loaded once on the actor's device; task ``part`` of ``parts``
+    -> the features of that share of the ``num`` balanced samples
+    (:func:`generated_features`: the same samples for any ``parts``)."""
+
+    generator_dir: Path
+    layout: Layout
+    source: str  # evaluator.source
+    num: int
+    batch: int
+    psi: float
+    seed: int
+    parts: int = 1
+
+    def __call__(self, device: str) -> Callable[[int], dict[str, torch.Tensor]]:
+        gen, _, tokenizer = load_trained(self.generator_dir, device, self.layout)
+        ev = evaluator(self.source, _classifier(self.source, self.layout), device)
+        return lambda part: generated_features(
+            ev, gen, tokenizer, self.num, self.batch, self.psi, self.seed,
+            f"samples {part + 1}/{self.parts}", part, self.parts)
+
+
+@dataclass(frozen=True)
+class ImageFeatureWork:
+    """A Ray actor's share of ``reference``: the split opened and the extractor loaded
+    once; task ``part`` of ``parts`` -> the features of that contiguous share of the
+    split's images."""
+
+    data: DataParams
+    split: str  # "train" or "eval"
+    source: str  # evaluator.source
+    layout: Layout
+    batch: int
+    parts: int = 1
+
+    def __call__(self, device: str) -> Callable[[int], dict[str, torch.Tensor]]:
+        from pipeline.data import open_split
+
+        images = open_split(self.data, self.split)
+        ev = evaluator(self.source, _classifier(self.source, self.layout), device)
+
+        def work(part: int) -> dict[str, torch.Tensor]:
+            idx = np.arange(len(images))[shard(len(images), part, self.parts)]
+            return extract(ev, (im for _, im in images.batches(self.batch, idx)), len(idx),
+                           f"{self.split} images {part + 1}/{self.parts}")
+
+        return work
+
+
+def features_on_ray(work: SampleFeatureWork | ImageFeatureWork, num: int, use_gpu: bool,
+                    cpus: float, desc: str) -> dict[str, torch.Tensor]:
+    """What ``work`` extracts from ``num`` items (samples or images), one contiguous share
+    (:func:`gat.sample.shard`) per Ray actor, one actor per GPU (``use_gpu``; refused on
+    a cluster without one, before any work) or per ``cpus`` CPUs. Returns the shares
+    concatenated in order, as :func:`pipeline.fidelity.extract` returns them in one
+    process (up to float rounding)."""
+    _, workers = cluster_pool(use_gpu, cpus, num)
+    amounts = [len(shard(num, part, workers)) for part in range(workers)]
+    outs = map_on_pool(dataclasses.replace(work, parts=workers), range(workers), workers,
+                       use_gpu, cpus, desc, amounts, unit="img")
+    return {key: torch.cat([out[key] for out in outs]) for key in outs[0]}
+
+
+def _classifier(source: str, layout: Layout) -> str | None:
+    """The classifier folder the FD-classifier extractor loads (source ``train``)."""
+    return str(layout.classifier) if source == "train" else None
 
 
 def balanced_indices(labels: np.ndarray, num: int, seed: int = 0) -> np.ndarray:
@@ -156,22 +239,30 @@ def load_trained(generator_dir: Path, device: str | None = None, layout: Layout 
                                      meta.get("tokenizer_revision", ""))
 
 
-def evaluate_trained(params: Params, gen, meta: dict, tokenizer, grid: Path,
-                     layout: Layout = LAYOUT) -> dict[str, Any]:
-    """What the ``evaluate`` stage measures of a trained G: evaluate.num_samples balanced
-    samples against data/reference (evaluator.source), G's GFLOPs and sizes; the class-row
-    grid written to ``grid``. Returns the metrics with the generator's ``run_key``."""
-    ev = evaluator(params.evaluator.source,
-                   str(layout.classifier) if params.evaluator.source == "train" else None)
+def evaluate_trained(params: Params, generator_dir: Path, gen, meta: dict, tokenizer,
+                     grid: Path, layout: Layout = LAYOUT) -> dict[str, Any]:
+    """What the ``evaluate`` stage measures of a trained G (``gen``, loaded from
+    ``generator_dir``): evaluate.num_samples balanced samples against data/reference
+    (evaluator.source; on every GPU of the Ray cluster with runtime.use_gpu), G's GFLOPs
+    and sizes; the class-row grid written to ``grid``. Returns the metrics with the
+    generator's ``run_key``."""
+    source = params.evaluator.source
+    ev = evaluator(source, _classifier(source, layout))
     reference = load_reference(reference_path(layout), metric=ev.metric)
     check_reference(reference, ev, layout)  # before sampling: width, given file unchanged
-    ev_cfg = params.evaluate
-    metrics = {**evaluate_generator(ev, gen, tokenizer, reference, ev_cfg.num_samples,
-                                    ev_cfg.batch, ev_cfg.psi,
-                                    seed=params.study.seed + 1),  # not the training z stream
-               **model_facts(gen, meta)}
+    cfg, seed = params.evaluate, params.study.seed + 1  # not the training z stream
+    if params.runtime.use_gpu:
+        work = SampleFeatureWork(generator_dir, layout, source, cfg.num_samples, cfg.batch,
+                                 cfg.psi, seed)
+        out = features_on_ray(work, cfg.num_samples, True, params.runtime.cpus_per_worker,
+                              "evaluate")
+        metrics = score_samples(ev, out, gen.num_classes, reference, cfg.psi, seed)
+    else:
+        metrics = evaluate_generator(ev, gen, tokenizer, reference, cfg.num_samples,
+                                     cfg.batch, cfg.psi, seed)
+    metrics.update(model_facts(gen, meta))
     with atomic_path(grid) as tmp:
-        save_grid(class_grid(gen, tokenizer, ev_cfg.psi), tmp, nrow=GRID_SEEDS)
+        save_grid(class_grid(gen, tokenizer, cfg.psi), tmp, nrow=GRID_SEEDS)
     return {**metrics, "run_key": meta["run_key"]}
 
 
@@ -180,7 +271,7 @@ def evaluate_folder(params: Params, generator_dir: Path, grid: Path,
     """:func:`evaluate_trained` of a generator folder, logged to the MLflow run of the
     training configuration that made it (``mlflow_run_id`` in the metrics)."""
     gen, meta, tokenizer = load_trained(generator_dir, layout=layout)
-    metrics = evaluate_trained(params, gen, meta, tokenizer, grid, layout)
+    metrics = evaluate_trained(params, generator_dir, gen, meta, tokenizer, grid, layout)
     return {**metrics, "mlflow_run_id": log_evaluation(params, meta, metrics, [grid], layout)}
 
 
@@ -230,7 +321,7 @@ def generator_fd(gen, tokenizer, num: int, layout: Layout = LAYOUT, rank: int = 
     reference = load_reference(reference_path(layout))
     source = SOURCES[str(reference["extractor"])]
     device = next(gen.parameters()).device
-    ev = evaluator(source, str(layout.classifier) if source == "train" else None, str(device))
+    ev = evaluator(source, _classifier(source, layout), str(device))
     shift = torch.from_numpy(reference["mu"]).double()
     if len(shard(num, rank, world)):
         feats = generated_features(ev, gen, tokenizer, num, desc="fd proxy", rank=rank,

@@ -186,7 +186,11 @@ def reference_statistics(ev: Evaluator, batches: Iterable[torch.Tensor],
                          total: int | None = None) -> dict[str, np.ndarray]:
     """Reference of real image batches: mu [F], sigma [F, F], up to PRC_MAX features
     [n, F] for precision/recall, the count, and which metric and extractor made them."""
-    feats = extract(ev, batches, total, desc="reference")["features"]
+    return reference_of_features(ev, extract(ev, batches, total, desc="reference")["features"])
+
+
+def reference_of_features(ev: Evaluator, feats: torch.Tensor) -> dict[str, np.ndarray]:
+    """:func:`reference_statistics` of features [N, F] already extracted by ``ev``."""
     return {**statistics(feats), "features": _subset(feats, PRC_MAX).float().numpy(),
             "count": np.array(len(feats)), "metric": np.array(ev.metric),
             "extractor": np.array(ev.name)}

@@ -35,10 +35,11 @@ from pipeline.stage import stage_main
 def run(params: Params, args: argparse.Namespace) -> None:
     size, seed = args.size, args.seed
     device = cluster.device(params.runtime.use_gpu)  # refuses a GPU study without one
-    gen, meta, tokenizer = evaluation.load_trained(LAYOUT.generator(size, seed), device)
+    generator_dir = LAYOUT.generator(size, seed)
+    gen, meta, tokenizer = evaluation.load_trained(generator_dir, device)
     grid, strip = LAYOUT.samples(size, seed), LAYOUT.interpolation(size, seed)
-    metrics = {"size": size, "seed": seed,
-               **evaluation.evaluate_trained(params, gen, meta, tokenizer, grid)}
+    metrics = {"size": size, "seed": seed, **evaluation.evaluate_trained(
+        params, generator_dir, gen, meta, tokenizer, grid)}
     with atomic_path(strip) as tmp:
         walks.save_strip(walks.evaluation_strip(gen, tokenizer, params.evaluate.psi), tmp)
     pipeline_dir = export_pipeline(LAYOUT.generator(size, seed), LAYOUT.pipeline(size, seed))

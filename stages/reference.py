@@ -3,11 +3,13 @@
     python -m stages.reference
 
 evaluator.reference empty: features of every eval image (data.eval_limit applies) through
-torch-fidelity's extractor, streamed in batches. evaluator.reference a precomputed .npz
-(ADM's VIRTUAL_imagenet256_labeled.npz, the reference of ADM, DiT and the paper's Table 1):
-its ``mu``/``sigma`` are used as they are, after checking they have the evaluator's width;
-precision/recall features come from its ``arr_0`` images when it has them, else from the
-eval split. Writes data/reference/stats.npz (mu [F], sigma [F, F], up to 10k features for
+torch-fidelity's extractor, streamed in batches; with runtime.use_gpu on every GPU of the
+Ray cluster, one contiguous share each (fp32: FID's Inception is not run in bf16).
+evaluator.reference a precomputed .npz (ADM's VIRTUAL_imagenet256_labeled.npz, the
+reference of ADM, DiT and the paper's Table 1): its ``mu``/``sigma`` are used as they are,
+after checking they have the evaluator's width; precision/recall features come from its
+``arr_0`` images when it has them, else from the eval split.
+Writes data/reference/stats.npz (mu [F], sigma [F, F], up to 10k features for
 precision/recall) and data/reference/info.json (with the given file's path and sha256:
 ``evaluate`` refuses the reference if the file changed since). Computed once, cached by
 DVC: every evaluate@SIZE reuses it.
@@ -25,6 +27,7 @@ import torch
 from pipeline import cluster
 from pipeline.config import Params
 from pipeline.data import open_split
+from pipeline.evaluation import ImageFeatureWork, features_on_ray
 from pipeline.fidelity import (
     PRC_MAX,
     REFERENCE_FILE,
@@ -33,6 +36,7 @@ from pipeline.fidelity import (
     extract,
     feature_dim,
     precomputed_reference,
+    reference_of_features,
     reference_statistics,
     save_reference,
 )
@@ -71,16 +75,30 @@ def given_statistics(ev: Evaluator, path: Path, params: Params) -> tuple[dict, d
     return stats, info
 
 
+def computed_statistics(ev: Evaluator, params: Params) -> dict:
+    """The reference of every eval image: on every GPU of the Ray cluster with
+    runtime.use_gpu (refused on a cluster without one), else in this process."""
+    split = open_split(params.data, "eval")
+    if not params.runtime.use_gpu:
+        batches = (images for _, images in split.batches(BATCH))
+        return reference_statistics(ev, batches, total=len(split))
+    work = ImageFeatureWork(params.data, "eval", params.evaluator.source, LAYOUT, BATCH)
+    feats = features_on_ray(work, len(split), True, params.runtime.cpus_per_worker,
+                            "reference")["features"]
+    return reference_of_features(ev, feats)
+
+
 def run(params: Params, args: argparse.Namespace) -> None:
-    cluster.device(params.runtime.use_gpu)  # a GPU study refuses a CPU-only machine
-    ev = evaluator(params.evaluator.source)
+    on_ray = params.runtime.use_gpu and not params.evaluator.reference
+    if not on_ray:
+        cluster.device(params.runtime.use_gpu)  # a GPU study refuses a CPU-only machine
+    # On Ray the driver's extractor only names the metric and checks widths: on the CPU.
+    ev = evaluator(params.evaluator.source, device="cpu" if on_ray else None)
     extra: dict = {}
     if params.evaluator.reference:
         stats, extra = given_statistics(ev, Path(params.evaluator.reference), params)
     else:
-        split = open_split(params.data, "eval")
-        batches = (images for _, images in split.batches(BATCH))
-        stats = reference_statistics(ev, batches, total=len(split))
+        stats = computed_statistics(ev, params)
     info = {"metric": ev.metric, "extractor": ev.name, "images": int(stats["count"]),
             "features": int(stats["mu"].shape[0]), "data": params.data.source,
             "resolution": params.data.resolution, **extra}

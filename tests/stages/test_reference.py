@@ -56,7 +56,8 @@ def test_precomputed_reference_gives_the_same_evaluation(tmp_path, mlflow_uri, p
     tok = load_tokenizer(str(parts["tokenizer"]), scale_factor=1.0)
 
     def evaluate() -> dict:
-        return evaluate_trained(params, gen, meta, tok, tmp_path / "grid.png", layout)
+        return evaluate_trained(params, parts["generator"], gen, meta, tok,
+                                tmp_path / "grid.png", layout)
 
     assert _reference_stage(tmp_path, params).returncode == 0
     computed = evaluate()

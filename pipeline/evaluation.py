@@ -4,7 +4,8 @@ FD / FID with precision, recall and class accuracy, the class-row grid, G's size
 What :mod:`pipeline.fidelity` does for any images, this module does for a generator: the
 ``evaluate`` stage and the training-time FD proxy both call it. On a GPU study
 (``runtime.use_gpu``) the features of ``evaluate`` and ``reference`` are extracted on
-every GPU of the Ray cluster (:func:`features_on_ray`), one contiguous share per GPU.
+every GPU of the Ray cluster (:func:`sampled_features_on_ray`, and stages/reference.py),
+one contiguous share per GPU.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ import torch
 
 from gat import flops
 from gat.sample import balanced_batches, balanced_labels, sample_latents, shard
-from pipeline.config import DataParams, Params
+from pipeline.config import Params
 from pipeline.fidelity import (
     SOURCES,
     Evaluator,
     check_dims,
     check_reference,
     class_accuracy,
+    concat,
     evaluator,
     extract,
     frechet_distance,
@@ -40,7 +42,7 @@ from pipeline.fidelity import (
 from pipeline.files import atomic_path
 from pipeline.images import save_grid
 from pipeline.layout import LAYOUT, Layout
-from pipeline.ray_pool import cluster_pool, map_on_pool
+from pipeline.ray_pool import map_parts
 
 GRID_SEEDS = 10  # columns of the grid
 GRID_CLASSES = 16  # rows at most: ImageNet's 1000 classes are shown 16, evenly spaced
@@ -150,45 +152,14 @@ class SampleFeatureWork:
             f"samples {part + 1}/{self.parts}", part, self.parts)
 
 
-@dataclass(frozen=True)
-class ImageFeatureWork:
-    """A Ray actor's share of ``reference``: the split opened and the extractor loaded
-    once; task ``part`` of ``parts`` -> the features of that contiguous share of the
-    split's images."""
-
-    data: DataParams
-    split: str  # "train" or "eval"
-    source: str  # evaluator.source
-    layout: Layout
-    batch: int
-    parts: int = 1
-
-    def __call__(self, device: str) -> Callable[[int], dict[str, torch.Tensor]]:
-        from pipeline.data import open_split
-
-        images = open_split(self.data, self.split)
-        ev = evaluator(self.source, _classifier(self.source, self.layout), device)
-
-        def work(part: int) -> dict[str, torch.Tensor]:
-            idx = np.arange(len(images))[shard(len(images), part, self.parts)]
-            return extract(ev, (im for _, im in images.batches(self.batch, idx)), len(idx),
-                           f"{self.split} images {part + 1}/{self.parts}")
-
-        return work
-
-
-def features_on_ray(work: SampleFeatureWork | ImageFeatureWork, num: int, use_gpu: bool,
-                    cpus: float, desc: str) -> dict[str, torch.Tensor]:
-    """What ``work`` extracts from ``num`` items (samples or images), one contiguous share
-    (:func:`gat.sample.shard`) per Ray actor, one actor per GPU (``use_gpu``; refused on
-    a cluster without one, before any work) or per ``cpus`` CPUs. Returns the shares
-    concatenated in order, as :func:`pipeline.fidelity.extract` returns them in one
-    process (up to float rounding)."""
-    _, workers = cluster_pool(use_gpu, cpus, num)
-    amounts = [len(shard(num, part, workers)) for part in range(workers)]
-    outs = map_on_pool(dataclasses.replace(work, parts=workers), range(workers), workers,
-                       use_gpu, cpus, desc, amounts, unit="img")
-    return {key: torch.cat([out[key] for out in outs]) for key in outs[0]}
+def sampled_features_on_ray(work: SampleFeatureWork, use_gpu: bool, cpus: float
+                            ) -> dict[str, torch.Tensor]:
+    """What ``work`` extracts, one contiguous share of the samples per Ray actor, one actor
+    per GPU (``use_gpu``; refused on a cluster without one, before any work) or per
+    ``cpus`` CPUs: the shares concatenated in order, the features one process extracts
+    (up to float rounding)."""
+    return concat(map_parts(lambda parts: dataclasses.replace(work, parts=parts), work.num,
+                            use_gpu, cpus, "evaluate"))
 
 
 def _classifier(source: str, layout: Layout) -> str | None:
@@ -254,8 +225,7 @@ def evaluate_trained(params: Params, generator_dir: Path, gen, meta: dict, token
     if params.runtime.use_gpu:
         work = SampleFeatureWork(generator_dir, layout, source, cfg.num_samples, cfg.batch,
                                  cfg.psi, seed)
-        out = features_on_ray(work, cfg.num_samples, True, params.runtime.cpus_per_worker,
-                              "evaluate")
+        out = sampled_features_on_ray(work, True, params.runtime.cpus_per_worker)
         metrics = score_samples(ev, out, gen.num_classes, reference, cfg.psi, seed)
     else:
         metrics = evaluate_generator(ev, gen, tokenizer, reference, cfg.num_samples,

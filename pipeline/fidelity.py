@@ -168,6 +168,11 @@ def extract(ev: Evaluator, batches: Iterable[torch.Tensor], total: int | None = 
     return {k: torch.cat(v) for k, v in chunks.items() if v}
 
 
+def concat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """:func:`extract`'s outputs of consecutive parts of one image stream, as one output."""
+    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+
+
 def statistics(features: torch.Tensor) -> dict[str, np.ndarray]:
     """Features [N, F] -> {"mu": [F], "sigma": [F, F]} (float64), torch-fidelity's way."""
     if len(features) < 2:

@@ -95,3 +95,14 @@ def map_on_pool(make: MakeWork, tasks: Sequence[Any], workers: int, use_gpu: boo
         for a in actors:
             ray.kill(a)
     return results
+
+
+def map_parts(make: Callable[[int], MakeWork], most: int, use_gpu: bool, cpus: float,
+              desc: str) -> list[Any]:
+    """Work split into one part per actor (at most ``most`` parts): ``make(parts)`` is the
+    work of ``parts`` parts, whose task ``i`` does part ``i``; the results in part order.
+    Joins the cluster and refuses a GPU study without GPUs (:func:`cluster_pool`) before
+    any work."""
+    _, workers = cluster_pool(use_gpu, cpus, most)
+    return map_on_pool(make(workers), range(workers), workers, use_gpu, cpus, desc,
+                       unit="part")

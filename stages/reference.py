@@ -18,20 +18,22 @@ DVC: every evaluate@SIZE reuses it.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from pipeline import cluster
-from pipeline.config import Params
+from pipeline.config import DataParams, Params
 from pipeline.data import open_split
-from pipeline.evaluation import ImageFeatureWork, features_on_ray
 from pipeline.fidelity import (
     PRC_MAX,
     REFERENCE_FILE,
     Evaluator,
+    concat,
     evaluator,
     extract,
     feature_dim,
@@ -42,6 +44,7 @@ from pipeline.fidelity import (
 )
 from pipeline.files import atomic_path, file_sha256, write_json
 from pipeline.layout import LAYOUT
+from pipeline.ray_pool import map_parts
 from pipeline.stage import stage_main
 
 BATCH = 250  # images per extractor call; the statistics do not depend on it
@@ -75,17 +78,43 @@ def given_statistics(ev: Evaluator, path: Path, params: Params) -> tuple[dict, d
     return stats, info
 
 
+@dataclass(frozen=True)
+class EvalImageFeatures:
+    """A Ray actor's share of the reference: the eval split opened and the extractor loaded
+    once on the actor's device; task ``part`` of ``parts`` -> :func:`extract` of that
+    contiguous share of the images (in order: the shares concatenate to the whole)."""
+
+    data: DataParams
+    source: str  # evaluator.source
+    classifier: str | None
+    parts: int = 1
+
+    def __call__(self, device: str) -> Callable[[int], dict[str, torch.Tensor]]:
+        split = open_split(self.data, "eval")
+        ev = evaluator(self.source, self.classifier, device)
+
+        def work(part: int) -> dict[str, torch.Tensor]:
+            idx = np.array_split(np.arange(len(split)), self.parts)[part]
+            return extract(ev, (im for _, im in split.batches(BATCH, idx)), len(idx),
+                           f"reference {part + 1}/{self.parts}")
+
+        return work
+
+
 def computed_statistics(ev: Evaluator, params: Params) -> dict:
     """The reference of every eval image: on every GPU of the Ray cluster with
-    runtime.use_gpu (refused on a cluster without one), else in this process."""
+    runtime.use_gpu (refused on a cluster without one, before any image is read), else in
+    this process."""
     split = open_split(params.data, "eval")
     if not params.runtime.use_gpu:
         batches = (images for _, images in split.batches(BATCH))
         return reference_statistics(ev, batches, total=len(split))
-    work = ImageFeatureWork(params.data, "eval", params.evaluator.source, LAYOUT, BATCH)
-    feats = features_on_ray(work, len(split), True, params.runtime.cpus_per_worker,
-                            "reference")["features"]
-    return reference_of_features(ev, feats)
+    source = params.evaluator.source
+    work = EvalImageFeatures(params.data, source,
+                             str(LAYOUT.classifier) if source == "train" else None)
+    parts = map_parts(lambda n: dataclasses.replace(work, parts=n), len(split), True,
+                      params.runtime.cpus_per_worker, "reference")
+    return reference_of_features(ev, concat(parts)["features"])
 
 
 def run(params: Params, args: argparse.Namespace) -> None:

@@ -4,6 +4,7 @@ refused on a cluster without GPUs before any work."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import numpy as np
@@ -15,15 +16,15 @@ from pipeline import fidelity
 from pipeline.cluster import ClusterError
 from pipeline.config import DataParams
 from pipeline.evaluation import (
-    ImageFeatureWork,
     SampleFeatureWork,
-    features_on_ray,
     generated_features,
+    sampled_features_on_ray,
     score_samples,
 )
 from pipeline.layout import Layout
 from pipeline.pretrained.tokenizer import load_tokenizer
-from pipeline.ray_pool import cluster_pool
+from pipeline.ray_pool import cluster_pool, map_parts
+from stages.reference import EvalImageFeatures
 from tests.eval_helpers import image_folder
 
 pytestmark = pytest.mark.slow  # Ray actors that import torch, diffusers, torch-fidelity
@@ -56,7 +57,7 @@ def test_evaluate_on_a_ray_pool_gives_the_one_process_features(parts, layout, ra
     assert cluster_pool(False, 1.0, SAMPLES)[1] == 2  # two actors, one share each
     work = SampleFeatureWork(parts["generator"], layout, "train", SAMPLES, batch=8, psi=1.0,
                              seed=3)
-    pooled = features_on_ray(work, SAMPLES, use_gpu=False, cpus=1.0, desc="evaluate")
+    pooled = sampled_features_on_ray(work, use_gpu=False, cpus=1.0)
 
     gen, meta = load_generator(parts["generator"])
     tokenizer = load_tokenizer(meta["tokenizer"], "cpu", meta["scale_factor"], layout)
@@ -79,8 +80,10 @@ def test_reference_on_a_ray_pool_gives_the_one_process_statistics(layout, ray_cl
                                                                    tmp_path):
     images = image_folder(tmp_path / "images", per_class=7)  # 28 eval images
     data = DataParams(source="imagefolder", path=str(images), eval_path=str(images))
-    work = ImageFeatureWork(data, "eval", "train", layout, batch=5)
-    pooled = features_on_ray(work, 28, use_gpu=False, cpus=1.0, desc="reference")
+    work = EvalImageFeatures(data, "train", str(layout.classifier))
+    parts = map_parts(lambda n: dataclasses.replace(work, parts=n), 28, False, 1.0, "ref")
+    assert len(parts) == 2 and [len(p["features"]) for p in parts] == [14, 14]
+    pooled = fidelity.concat(parts)
 
     ev = fidelity.evaluator("train", str(layout.classifier), "cpu")
     alone = _one_thread(lambda: work("cpu")(0))  # parts=1: the whole split
@@ -98,4 +101,4 @@ def test_gpu_evaluation_on_a_cluster_without_gpus_is_refused_before_any_work(
     # a generator folder that does not exist: any work started would fail differently
     work = SampleFeatureWork(tmp_path / "missing", layout, "train", SAMPLES, 8, 1.0, 0)
     with pytest.raises(ClusterError, match=r"runtime.use_gpu is true .* no GPU"):
-        features_on_ray(work, SAMPLES, use_gpu=True, cpus=1.0, desc="evaluate")
+        sampled_features_on_ray(work, use_gpu=True, cpus=1.0)

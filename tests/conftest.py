@@ -1,10 +1,21 @@
-"""Shared fixtures: one real Ray cluster per test session, real MLflow sqlite stores."""
+"""Shared fixtures: one real Ray cluster per test session, real MLflow sqlite stores, the
+tiny study and its claims built once a session in a background thread."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from concurrent.futures import Future
+from pathlib import Path
 
 import pytest
+import yaml
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -12,6 +23,11 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One torch thread per process, this one and every stage it starts: the tiny study trains
+# in the background while tests run, and two processes whose OpenMP threads spin-wait for
+# each other on 2 cores ran some tests 20-60x slower; one thread each ran them at their
+# idle speed (measured: tests/gat/test_train.py's two slowest, beside a 2-thread burner).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Ray rewrites 127.0.0.1 (in `_node_ip_address`, in a cluster address) to the machine's
 # outward address unless this is 0 when it is imported: then 127.0.0.1 is this machine's
 # address, so local Ray really listens on loopback only, and a driver can join the
@@ -37,27 +53,74 @@ def mlflow_uri(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
-@pytest.fixture(scope="session")
-def tiny_study(tmp_path_factory):
+# The two studies that take most of the suite's time are built in one background thread,
+# started when collection ends, while the tests that do not need them run: most of the
+# suite's wall time is waiting (Ray start-up, subprocesses), not CPU. The tests that need
+# them run last (pytest_collection_modifyitems), and wait for them.
+CLAIMS_TESTS = "tests/stages/test_claims.py"
+_studies: dict[str, Future] = {}
+_running: list[subprocess.Popen] = []
+
+
+def _needs_tiny_study(item: pytest.Item) -> bool:
+    return "tiny_study" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=_needs_tiny_study)  # stable: within each group the order stays
+    from tests.helpers import FASHION
+
+    if not FASHION.exists() or not any(_needs_tiny_study(i) for i in items):
+        return
+    base = Path(tempfile.mkdtemp(prefix="gat-studies-"))
+    claims = base / "claims" if any(i.nodeid.startswith(CLAIMS_TESTS) for i in items) else None
+    _studies["tiny"], _studies["claims"] = Future(), Future()
+
+    def build() -> None:  # a daemon thread: an interrupted session does not wait for it
+        for name, make in (("tiny", lambda: _tiny_study(base / "study", claims)),
+                           ("claims", lambda: _claims_study(claims) if claims else None)):
+            try:
+                _studies[name].set_result(make())
+            except BaseException as err:  # pytest.fail/skip too: raised where it is awaited
+                _studies[name].set_exception(err)
+
+    threading.Thread(target=build, name="studies", daemon=True).start()
+
+    def cleanup() -> None:
+        for proc in _running:  # a study still building when the session ends
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(base, ignore_errors=True)
+
+    config.add_cleanup(cleanup)
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float | None = None
+         ) -> subprocess.CompletedProcess:
+    """subprocess.run in its own process group, killed with it if the session ends first."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _running.append(proc)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        _running.remove(proc)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _tiny_study(work: Path, claims_copy: Path | None) -> Path:
     """A copy of the repo where the README's first command, ``bash scripts/repro.sh``, ran
-    the tiny profile (once a session), sweep included, with the params keys every stage
-    read traced into ``params_trace(work)``.
+    the tiny profile, sweep included, with the params keys every stage read traced into
+    ``params_trace(work)``; copied to ``claims_copy`` before any test can change it.
 
     The copy's ``.venv`` links to the venv running the tests (set up by scripts/setup.sh, so
     the script's setup step finds it complete), and the venv is not on PATH: the script
     itself must make ``python`` in dvc.yaml's commands the venv's.
     """
-    import shutil
-    import subprocess
-    import sys
-    from pathlib import Path
-
     from pipeline.config.trace import TRACE_ENV
-    from tests.helpers import FASHION, copy_repo, dvc_env, params_trace
+    from tests.helpers import copy_repo, copy_study, dvc_env, params_trace
 
-    if not FASHION.exists():
-        pytest.skip("needs dataset-fashion-mnist (bash scripts/setup.sh installs it)")
-    work = tmp_path_factory.mktemp("study")
+    work.mkdir(parents=True)
     copy_repo(work)
     shutil.copy(work / "profiles" / "tiny.yaml", work / "params.yaml")
     env, venv = dvc_env(), Path(sys.executable).parent
@@ -76,9 +139,51 @@ def tiny_study(tmp_path_factory):
     else:
         commands = [["git", "init", "-q"], ["dvc", "init", "-q", "-f"], ["dvc", "repro"]]
     for cmd in commands:
-        result = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+        result = _run(cmd, work, env)
         assert result.returncode == 0, f"{cmd}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
+    if claims_copy is not None:
+        copy_study(work, claims_copy / "study")
     return work
+
+
+def _claims_study(work: Path) -> tuple[Path, Path, str]:
+    """The tiny study's copy in ``work/study`` with every claim switched on and `dvc repro
+    report` run, the params keys traced into ``work/trace``: (study, trace, its stdout)."""
+    from pipeline import claims
+    from pipeline.config.trace import TRACE_ENV
+    from tests.helpers import dvc_env
+
+    study, trace = work / "study", work / "trace"
+    params = yaml.safe_load((study / "params.yaml").read_text())
+    params["claims"]["run"] = list(claims.CLAIMS)
+    (study / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    trace.mkdir()
+    done = _run(["dvc", "repro", "report"], study, {**dvc_env(), TRACE_ENV: str(trace)}, 1800)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return study, trace, done.stdout
+
+
+def _study(name: str):
+    from tests.helpers import FASHION
+
+    if not FASHION.exists():
+        pytest.skip("needs dataset-fashion-mnist (bash scripts/setup.sh installs it)")
+    if name not in _studies or (name == "claims" and _studies[name].result() is None):
+        raise RuntimeError(f"the {name} study is built only for the tests collected with "
+                           f"it ({CLAIMS_TESTS} for claims): see tests/conftest.py")
+    return _studies[name].result()
+
+
+@pytest.fixture(scope="session")
+def tiny_study() -> Path:
+    """The tiny profile's study after ``bash scripts/repro.sh`` (:func:`_tiny_study`)."""
+    return _study("tiny")
+
+
+@pytest.fixture(scope="session")
+def claims_study(tiny_study) -> tuple[Path, Path, str]:
+    """The tiny study with every claim run (:func:`_claims_study`): (study, trace, stdout)."""
+    return _study("claims")
 
 
 @pytest.fixture(scope="session")

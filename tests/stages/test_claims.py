@@ -12,9 +12,9 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import claims as cl
 from pipeline.config import load_params
-from pipeline.config.trace import TRACE_ENV, read_traces
+from pipeline.config.trace import read_traces
 from tests import declarations as decl
-from tests.helpers import FASHION, copy_study, dvc_env
+from tests.helpers import FASHION
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not FASHION.exists(), reason="needs dataset-fashion-mnist")]
@@ -22,21 +22,10 @@ VERDICTS = {cl.HOLDS, cl.REVERSED, cl.OVERLAP, cl.ONE_SEED}
 
 
 @pytest.fixture(scope="module")
-def study(tiny_study, tmp_path_factory):
-    """The tiny study with every claim switched on, `dvc repro report` run, params traced."""
-    import subprocess
-
-    work = tmp_path_factory.mktemp("claims") / "study"
-    copy_study(tiny_study, work)
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    params["claims"]["run"] = list(cl.CLAIMS)
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    trace = work.parent / "trace"
-    trace.mkdir()
-    done = subprocess.run(["dvc", "repro", "report"], cwd=work, capture_output=True, text=True,
-                          env={**dvc_env(), TRACE_ENV: str(trace)}, timeout=1800)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    return work, trace, done.stdout
+def study(claims_study):
+    """The tiny study with every claim switched on, `dvc repro report` run, params traced
+    (built in the background: tests/conftest.py)."""
+    return claims_study
 
 
 def test_every_claim_trains_evaluates_and_judges(study):

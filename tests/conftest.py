@@ -56,7 +56,8 @@ def mlflow_uri(tmp_path) -> str:
 # The two studies that take most of the suite's time are built in one background thread,
 # started when collection ends, while the tests that do not need them run: most of the
 # suite's wall time is waiting (Ray start-up, subprocesses), not CPU. The tests that need
-# them run last (pytest_collection_modifyitems), and wait for them.
+# the tiny study run after the others, those that need its claims last: the claims build
+# on their own copy while the tiny study's tests run.
 CLAIMS_TESTS = "tests/stages/test_claims.py"
 _studies: dict[str, Future] = {}
 _running: list[subprocess.Popen] = []
@@ -66,8 +67,13 @@ def _needs_tiny_study(item: pytest.Item) -> bool:
     return "tiny_study" in getattr(item, "fixturenames", ())
 
 
+def _order(item: pytest.Item) -> int:
+    """0: needs no study; 1: needs the tiny study; 2: needs its claims."""
+    return 2 if item.nodeid.startswith(CLAIMS_TESTS) else int(_needs_tiny_study(item))
+
+
 def pytest_collection_modifyitems(session, config, items):
-    items.sort(key=_needs_tiny_study)  # stable: within each group the order stays
+    items.sort(key=_order)  # stable: within each group the order stays
     from tests.helpers import FASHION
 
     if not FASHION.exists() or not any(_needs_tiny_study(i) for i in items):

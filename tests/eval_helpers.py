@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from pipeline.config import Params, StudyParams
+from pipeline.layout import Layout
 
 CLASSES = 4
 LATENT = (4, 16)  # channels, side: a 32 px image through a 2x tokenizer
@@ -84,6 +85,17 @@ def save_generator_dir(directory: Path, steps: int = 2, tokenizer: str = "train"
         "name": SIZE, "teacher_dim": 8, "scale_factor": 1.0, "steps": steps,
         "tokenizer": tokenizer, "run_key": f"test-{steps}", "study_key": "test"})
     return directory
+
+
+def checkout_with_parts(parts: dict[str, Path], root: Path) -> Layout:
+    """A checkout under ``root`` holding the session's tokenizer and classifier (``parts``
+    fixture) where a generator's evaluation looks for them."""
+    import shutil
+
+    layout = Layout(root, root)
+    shutil.copytree(parts["tokenizer"], layout.tokenizer)
+    shutil.copytree(parts["classifier"], layout.classifier)
+    return layout
 
 
 def image_folder(root: Path, per_class: int = 6) -> Path:

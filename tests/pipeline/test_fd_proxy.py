@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -22,12 +21,9 @@ SAMPLES = 101  # odd: the two shares differ in size; above the classifier's 32 f
 def layout(parts, tmp_path_factory) -> Layout:
     """A checkout with what the proxy reads: tokenizer, classifier, reference statistics."""
     from pipeline.fidelity import evaluator, reference_path, reference_statistics, save_reference
-    from tests.eval_helpers import synthetic_images
+    from tests.eval_helpers import checkout_with_parts, synthetic_images
 
-    root = tmp_path_factory.mktemp("proxy")
-    layout = Layout(root, root)
-    shutil.copytree(parts["tokenizer"], layout.tokenizer)
-    shutil.copytree(parts["classifier"], layout.classifier)
+    layout = checkout_with_parts(parts, tmp_path_factory.mktemp("proxy"))
     ev = evaluator("train", str(layout.classifier))
     save_reference(reference_statistics(ev, [synthetic_images(128)[0]]), reference_path(layout))
     return layout

@@ -5,7 +5,6 @@ refused on a cluster without GPUs before any work."""
 from __future__ import annotations
 
 import dataclasses
-import shutil
 
 import numpy as np
 import pytest
@@ -25,7 +24,7 @@ from pipeline.layout import Layout
 from pipeline.pretrained.tokenizer import load_tokenizer
 from pipeline.ray_pool import cluster_pool, map_parts
 from stages.reference import EvalImageFeatures
-from tests.eval_helpers import image_folder
+from tests.eval_helpers import checkout_with_parts, image_folder
 
 pytestmark = pytest.mark.slow  # Ray actors that import torch, diffusers, torch-fidelity
 
@@ -35,11 +34,7 @@ SAMPLES = 30  # two shares of 15: batches of 8 cut them differently than one pro
 @pytest.fixture(scope="module")
 def layout(parts, tmp_path_factory) -> Layout:
     """A checkout with the tokenizer and classifier a generator's evaluation loads."""
-    root = tmp_path_factory.mktemp("pool-eval")
-    layout = Layout(root, root)
-    shutil.copytree(parts["tokenizer"], layout.tokenizer)
-    shutil.copytree(parts["classifier"], layout.classifier)
-    return layout
+    return checkout_with_parts(parts, tmp_path_factory.mktemp("pool-eval"))
 
 
 def _one_thread(fn):

@@ -3,10 +3,8 @@ tiny study and its claims built once a session in a background thread."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -72,11 +70,13 @@ def _order(item: pytest.Item) -> int:
     return 2 if item.nodeid.startswith(CLAIMS_TESTS) else int(_needs_tiny_study(item))
 
 
+@pytest.hookimpl(trylast=True)  # after -k / -m deselected what will not run
 def pytest_collection_modifyitems(session, config, items):
     items.sort(key=_order)  # stable: within each group the order stays
     from tests.helpers import FASHION
 
-    if not FASHION.exists() or not any(_needs_tiny_study(i) for i in items):
+    if (config.option.collectonly or not FASHION.exists()
+            or not any(_needs_tiny_study(i) for i in items)):
         return
     base = Path(tempfile.mkdtemp(prefix="gat-studies-"))
     claims = base / "claims" if any(i.nodeid.startswith(CLAIMS_TESTS) for i in items) else None
@@ -93,9 +93,10 @@ def pytest_collection_modifyitems(session, config, items):
     threading.Thread(target=build, name="studies", daemon=True).start()
 
     def cleanup() -> None:
+        from tests.multinode import kill_tree
+
         for proc in _running:  # a study still building when the session ends
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            kill_tree(proc.pid)
         shutil.rmtree(base, ignore_errors=True)
 
     config.add_cleanup(cleanup)
@@ -103,9 +104,10 @@ def pytest_collection_modifyitems(session, config, items):
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float | None = None
          ) -> subprocess.CompletedProcess:
-    """subprocess.run in its own process group, killed with it if the session ends first."""
+    """subprocess.run, its process tree killed if the session ends first. It stays in
+    pytest's process group: whatever stops the session's group stops it too."""
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True)
     _running.append(proc)
     try:
         out, err = proc.communicate(timeout=timeout)

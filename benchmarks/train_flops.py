@@ -23,10 +23,10 @@ thread count. Every timing line carries the load average (the machine is shared)
 ``--compare BASE VARIANT`` times two variants alternately (``--rounds`` times, the order
 swapped every round, each built afresh), prints the images/s ratio per round, and checks
 that both give the same losses on the same inputs. Variants: ``lib`` (the library as it
-is), ``loops`` (the per-parameter Python loops the library had before: unfused AdamW, a
-norm per gradient, a w_avg update per class), ``compile`` (torch.compile, inductor, of
-G's and D's blocks and heads), ``threads1`` (1 torch thread), ``batch2x``/``batch4x``
-(images/s at 2x/4x the batch).
+is), ``loops`` (the per-parameter Python loops the library had before: unfused AdamW,
+a norm per gradient and a clip per parameter, a w_avg update per class), ``compile``
+(torch.compile, inductor, of G's and D's blocks and heads), ``threads1`` (1 torch
+thread), ``batch2x``/``batch4x`` (images/s at 2x/4x the batch).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from gat.train import GATTrainer, TrainConfig, compile_blocks
 
 DEFAULT_MODELS = ["GAT-T1/4", "GAT-T2/4", "GAT-T3/4", "GAT-T4/4"]
 _LIB_FUSED = gat.optim.FUSED_ADAMW
-_LIB_GRAD_NORM = gat.train.grad_norm
+_LIB_CLIP = gat.train.clip_gradients
 
 
 def load_avg() -> str:
@@ -98,22 +98,25 @@ def build(name: str, latent, tokens, classes: int, cfg: TrainConfig, variant: st
 def _use_loops(trainer: GATTrainer) -> None:
     """The pre-benchmark Python-level implementations, for a before/after ratio."""
 
-    def grad_norm(module) -> float:
-        norms = [p.grad.detach().float().norm() for p in module.parameters()
-                 if p.grad is not None]
-        return torch.stack(norms).norm().item() if norms else 0.0
+    def clip_gradients(module, max_norm: float) -> torch.Tensor:
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        norm = torch.stack([g.detach().float().norm() for g in grads]).norm()
+        if max_norm > 0 and norm.item() > max_norm:
+            for g in grads:
+                g.mul_(max_norm / norm.item())
+        return norm
 
     def update_w_avg(w, c, beta=0.995) -> None:
         with torch.no_grad():
             for cls in c.unique():
                 trainer.G.w_avg[cls].lerp_(w[c == cls].float().mean(0), 1 - beta)
 
-    gat.train.grad_norm = grad_norm  # restored by _restore_lib before the next build
+    gat.train.clip_gradients = clip_gradients  # restored by _restore_lib before the next build
     trainer.G.update_w_avg = update_w_avg
 
 
 def _restore_lib() -> None:
-    gat.train.grad_norm = _LIB_GRAD_NORM
+    gat.train.clip_gradients = _LIB_CLIP
 
 
 def _variant_threads(variant: str, threads: int) -> int:

@@ -1,33 +1,42 @@
-"""DiffAugment on latents (colour, translation 1/8, cutout 1/2, flip).
+"""DiffAugment on latents, as the authors' release applies it to D's inputs.
 
-One set of parameters per sample is shared by all K MNG levels of that sample (D sees them
-stacked on channels), and is returned so the teacher's token grid can follow the flip and
-translation (REPA needs teacher token i to describe the same place as D's token i).
+Colour (brightness, saturation, contrast together) on half of the samples, translation by
+up to 1/8 of the side in latent pixels (zero fill), a cutout square of half the side, and a
+horizontal flip of 40% of the samples. One set of parameters per sample is shared by all K
+MNG levels of that sample (D sees them stacked on channels).
+
+REPA targets follow the release: the teacher describes the image flipped as D's input was
+(AugmentParams.flip), and not translated (the release scales the latent shift down to the raw
+image by 32/256 with a floor, which leaves it within one pixel of the original).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
+
+COLOUR_P = 0.5  # share of samples whose colour is jittered (the release's p)
+FLIP_P = 0.4  # share of samples flipped horizontally (the release's ratio)
+TRANSLATION = 1 / 8  # largest shift, as a share of the side
+CUTOUT = 1 / 2  # side of the zeroed square, as a share of the side
 
 
 @dataclass
 class AugmentParams:
     """Per-sample augmentation parameters; every field is a tensor with leading dim B."""
 
-    brightness: torch.Tensor  # [B] added
+    brightness: torch.Tensor  # [B] added (0 when the sample's colour is not jittered)
     saturation: torch.Tensor  # [B] factor on deviation from the channel mean
     contrast: torch.Tensor  # [B] factor on deviation from the sample mean
     flip: torch.Tensor  # [B] bool, horizontal
-    shift: torch.Tensor  # [B, 2] (dy, dx) in latent pixels, multiples of ``step``
-    cutout: torch.Tensor  # [B, 2] (cy, cx) centre of the zeroed square
-    step: int  # translation granularity: D's patch size, so token grids shift exactly
+    shift: torch.Tensor  # [B, 2] (dy, dx) in latent pixels
+    cutout: torch.Tensor  # [B, 2] (y, x) top-left corner of the zeroed square (may be < 0)
+    cutout_size: int  # side of the zeroed square
 
 
 def sample_augment(
-    batch: int, size: int, step: int = 1, device: torch.device | str = "cpu",
+    batch: int, size: int, device: torch.device | str = "cpu",
     generator: torch.Generator | None = None, p: float = 1.0,
 ) -> AugmentParams:
     """Draw parameters for ``batch`` samples of a [*, size, size] latent.
@@ -39,24 +48,29 @@ def sample_augment(
     def rand(*shape: int) -> torch.Tensor:
         return torch.rand(shape, generator=generator, device=device)
 
-    max_shift = max(size // 8 // step, 0)  # translation up to 1/8 of the size, in steps
-    shift = torch.randint(-max_shift, max_shift + 1, (batch, 2), generator=generator,
-                          device=device) * step
-    cutout = torch.randint(0, size, (batch, 2), generator=generator, device=device)
+    def randint(low: int, high: int, *shape: int) -> torch.Tensor:
+        return torch.randint(low, high, shape, generator=generator, device=device)
+
+    max_shift = int(size * TRANSLATION + 0.5)
+    side = int(size * CUTOUT + 0.5)
+    # The square's centre runs over 0..size (0..size-1 for an odd side), clipped at edges.
+    centre = randint(0, size + (1 - side % 2), batch, 2)
+    colour = rand(batch) < COLOUR_P
+    brightness, saturation, contrast = rand(batch) - 0.5, rand(batch) * 2.0, rand(batch) + 0.5
     params = AugmentParams(
-        brightness=rand(batch) - 0.5,
-        saturation=rand(batch) * 2.0,
-        contrast=rand(batch) + 0.5,
-        flip=rand(batch) < 0.5,
-        shift=shift,
-        cutout=cutout,
-        step=step,
+        brightness=torch.where(colour, brightness, 0.0),
+        saturation=torch.where(colour, saturation, 1.0),
+        contrast=torch.where(colour, contrast, 1.0),
+        flip=rand(batch) < FLIP_P,
+        shift=randint(-max_shift, max_shift + 1, batch, 2),
+        cutout=centre - side // 2,
+        cutout_size=side,
     )
     if p >= 1.0:
         return params
     keep = rand(batch) < p
     identity = {"brightness": 0.0, "saturation": 1.0, "contrast": 1.0, "flip": False,
-                "shift": 0, "cutout": -size}  # a cutout centred at -size covers nothing
+                "shift": 0, "cutout": -2 * size}  # a square at -2*size covers nothing
     for name, value in identity.items():
         field = getattr(params, name)
         mask = keep.view(-1, *([1] * (field.dim() - 1)))
@@ -65,18 +79,25 @@ def sample_augment(
 
 
 def apply_augment(x: torch.Tensor, params: AugmentParams, levels: int = 1) -> torch.Tensor:
-    """Augment x [B, levels*C, H, W]; colour statistics are taken per level."""
+    """Augment x [B, levels*C, H, W]. Colour statistics (the channel mean for saturation,
+    the sample mean for contrast) are the final level's, before any jitter, for every
+    level: the release draws them with the final output and reuses them for the others."""
     b, kc, h, w = x.shape
     v = x.view(b, levels, kc // levels, h, w)
-    v = v + params.brightness.view(b, 1, 1, 1, 1).to(x.dtype)
-    mean_c = v.mean(dim=2, keepdim=True)
-    v = (v - mean_c) * params.saturation.view(b, 1, 1, 1, 1).to(x.dtype) + mean_c
-    mean = v.mean(dim=(2, 3, 4), keepdim=True)
-    v = (v - mean) * params.contrast.view(b, 1, 1, 1, 1).to(x.dtype) + mean
+    last = v[:, -1:]
+    mean_c = last.mean(dim=2, keepdim=True)
+    mean = last.mean(dim=(2, 3, 4), keepdim=True)
+
+    def per_sample(t: torch.Tensor) -> torch.Tensor:
+        return t.view(b, 1, 1, 1, 1).to(x.dtype)
+
+    v = v + per_sample(params.brightness)
+    v = (v - mean_c) * per_sample(params.saturation) + mean_c
+    v = (v - mean) * per_sample(params.contrast) + mean
     x = v.reshape(b, kc, h, w)
-    x = torch.where(params.flip.view(b, 1, 1, 1), x.flip(-1), x)
     x = _translate(x, params.shift)
-    return x * _cutout_mask(params.cutout, h, w, x.dtype)
+    x = x * _cutout_mask(params.cutout, params.cutout_size, h, w, x.dtype)
+    return torch.where(params.flip.view(b, 1, 1, 1), x.flip(-1), x)
 
 
 def _translate(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -90,32 +111,20 @@ def _translate(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return out.permute(0, 3, 1, 2) * valid[:, None].to(x.dtype)
 
 
-def _cutout_mask(centre: torch.Tensor, h: int, w: int, dtype: torch.dtype) -> torch.Tensor:
-    """[B, 1, H, W] mask zeroing a square of half the image side around each centre."""
-    ys = torch.arange(h, device=centre.device)[None, :, None]
-    xs = torch.arange(w, device=centre.device)[None, None, :]
-    inside = ((ys - centre[:, 0, None, None]).abs() < h // 4) & (
-        (xs - centre[:, 1, None, None]).abs() < w // 4
-    )
+def _cutout_mask(corner: torch.Tensor, side: int, h: int, w: int,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """[B, 1, H, W] mask zeroing a ``side`` x ``side`` square from each top-left corner."""
+    ys = torch.arange(h, device=corner.device)[None, :, None] - corner[:, 0, None, None]
+    xs = torch.arange(w, device=corner.device)[None, None, :] - corner[:, 1, None, None]
+    inside = (ys >= 0) & (ys < side) & (xs >= 0) & (xs < side)
     return (~inside)[:, None].to(dtype)
 
 
-def align_tokens(
-    tokens: torch.Tensor, params: AugmentParams, patch: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move teacher tokens [B, 1+N, T] with the flip and shift D's input received.
 
-    Returns the moved tokens and a mask [B, 1+N] that is False for patch tokens whose
-    content was shifted out of the frame (they have no teacher target). [cls] stays.
-    """
-    b, n1, t = tokens.shape
-    grid = math.isqrt(n1 - 1)
-    cls = tokens[:, :1]
-    patches = tokens[:, 1:].transpose(1, 2).reshape(b, t, grid, grid)
-    patches = torch.where(params.flip.view(b, 1, 1, 1), patches.flip(-1), patches)
-    token_shift = torch.div(params.shift, patch, rounding_mode="floor")
-    moved = _translate(patches, token_shift)
-    ones = torch.ones(b, 1, grid, grid, device=tokens.device, dtype=tokens.dtype)
-    valid = _translate(ones, token_shift).flatten(1) > 0
-    mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=tokens.device), valid], 1)
-    return torch.cat([cls, moved.flatten(2).transpose(1, 2)], dim=1), mask
+
+def cached_target_mask(flip: torch.Tensor, tokens: int) -> torch.Tensor:
+    """[B, 1+N] REPA mask for cached teacher tokens (of the unflipped image): a flipped
+    sample keeps its [cls] target and loses its patch targets. A mirrored token grid is no
+    stand-in for the flipped image's tokens (cos 0.765 to them, measured: worse than none)."""
+    patches = (~flip)[:, None].expand(-1, tokens - 1)
+    return torch.cat([torch.ones_like(flip)[:, None], patches], dim=1)

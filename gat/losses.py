@@ -35,16 +35,27 @@ def approx_gradient_penalty(
 
 
 def repa_loss(
-    projected: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None
+    projected: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None,
+    weighting: str = "release",
 ) -> torch.Tensor:
-    """Mean over [cls] and patch tokens of 1 - cos(P(h_i), teacher_i).
+    """REPA: 1 - cos(P(h_i), teacher_i) over [cls] and patch tokens -> [].
 
-    projected, teacher: [B, 1+N, T]; mask [B, 1+N] (False: token has no teacher target).
+    projected, teacher: [B, 1+N, T]; mask [B, 1+N] (False: the token has no target).
+    ``release``: the [cls] term plus the mean over patch tokens (the [cls] token, which D's
+    logit reads, weighs as much as all patches together); ``paper``: Eq. 9's mean over all
+    1+N tokens.
     """
     dist = 1.0 - F.cosine_similarity(projected.float(), teacher.float(), dim=-1)
     if mask is None:
-        return dist.mean()
-    return (dist * mask).sum() / mask.sum().clamp_min(1)
+        mask = torch.ones_like(dist, dtype=torch.bool)
+    mask = mask.to(dist.dtype)
+    if weighting == "paper":
+        return (dist * mask).sum() / mask.sum().clamp_min(1)
+    if weighting != "release":
+        raise ValueError(f"REPA weighting {weighting!r}: choose release or paper")
+    cls = (dist[:, 0] * mask[:, 0]).sum() / mask[:, 0].sum().clamp_min(1)
+    patches = (dist[:, 1:] * mask[:, 1:]).sum() / mask[:, 1:].sum().clamp_min(1)
+    return cls + patches
 
 
 def resize_token_grid(tokens: torch.Tensor, grid: int) -> torch.Tensor:

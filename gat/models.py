@@ -101,18 +101,48 @@ def sincos_2d(width: int, grid: int) -> torch.Tensor:
     return F.pad(emb, (0, width - emb.shape[1])).float()
 
 
-def rope_2d(head_dim: int, grid: int, offset: tuple[float, float] = (0.0, 0.0)) -> torch.Tensor:
+ROPE_BASE = 10000.0  # the release's theta (EVA-02's VisionRotaryEmbeddingFast)
+
+
+def rope_2d(head_dim: int, grid: int, offset: tuple[float, float] = (0.0, 0.0),
+            base: float = ROPE_BASE) -> torch.Tensor:
     """Rotation angles for 2D RoPE, [grid*grid, head_dim // 2].
 
-    The first half of each head's channel pairs rotates with the row, the second with the
-    column, so q.k depends only on the relative 2D offset between tokens.
+    Channel pair j < head_dim/4 rotates with the row at frequency base^(-j/(head_dim/4)),
+    the next head_dim/4 pairs with the column at the same frequencies, so q.k depends only
+    on the relative 2D offset between tokens.
     """
     quarter = head_dim // 4
-    freqs = 1.0 / (100.0 ** (torch.arange(quarter, dtype=torch.float32) / quarter))
+    freqs = 1.0 / (base ** (torch.arange(quarter, dtype=torch.float32) / quarter))
     coords = torch.arange(grid, dtype=torch.float32)
     yy, xx = torch.meshgrid(coords + offset[0], coords + offset[1], indexing="ij")
     angles = torch.cat([yy.flatten()[:, None] * freqs, xx.flatten()[:, None] * freqs], dim=1)
     return F.pad(angles, (0, head_dim // 2 - angles.shape[1]))  # odd leftovers: no rotation
+
+
+class Rope(nn.Module):
+    """2D RoPE of one token grid: cos and sin computed once (buffers), not in every call."""
+
+    def __init__(self, head_dim: int, grid: int):
+        super().__init__()
+        angles = rope_2d(head_dim, grid)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Rotate x [B, heads, N, head_dim]; leading tokens beyond the grid ([cls]) stay."""
+        return rotate(x, self.cos, self.sin)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (2j, 2j+1) of x [B, heads, N, head_dim] by the angles whose
+    cos and sin are [n, head_dim//2]; the first N - n tokens are left as they are."""
+    n_rot = cos.shape[0]
+    extra, x_rot = x[:, :, : x.shape[2] - n_rot], x[:, :, x.shape[2] - n_rot :]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    x1, x2 = x_rot[..., 0::2], x_rot[..., 1::2]
+    rotated = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+    return torch.cat([extra, rotated], dim=2) if extra.shape[2] else rotated
 
 
 def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
@@ -120,12 +150,7 @@ def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
 
     Leading tokens beyond ``angles`` (D's [cls]) are left unrotated.
     """
-    n_rot = angles.shape[0]
-    extra, x_rot = x[:, :, : x.shape[2] - n_rot], x[:, :, x.shape[2] - n_rot :]
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    x1, x2 = x_rot[..., 0::2], x_rot[..., 1::2]
-    rotated = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
-    return torch.cat([extra, rotated], dim=2)
+    return rotate(x, angles.cos(), angles.sin())
 
 
 def rms_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -133,14 +158,16 @@ def rms_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm with an optional learned per-channel scale (G: none, D: learned)."""
+    """RMSNorm with an optional learned per-channel scale (G's blocks: none; D's blocks and
+    every qk-norm: learned). ``eps`` None: the dtype's machine epsilon (nn.RMSNorm's)."""
 
-    def __init__(self, dim: int, affine: bool):
+    def __init__(self, dim: int, affine: bool, eps: float | None = 1e-6):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim)) if affine else None
+        self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight, eps=1e-6)
+        return F.rms_norm(x, (x.shape[-1],), self.weight, eps=self.eps)
 
 
 class Attention(nn.Module):
@@ -150,14 +177,16 @@ class Attention(nn.Module):
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(width, 3 * width)
+        # qk-norm keeps attention logits bounded as width grows; its learned per-channel
+        # scales (the release's nn.RMSNorm(head_dim)) let a head sharpen past sqrt(head_dim).
+        self.q_norm = RMSNorm(width // heads, affine=True, eps=None)
+        self.k_norm = RMSNorm(width // heads, affine=True, eps=None)
         self.proj = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Rope) -> torch.Tensor:
         b, n, c = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        # qk-norm keeps attention logits bounded as width grows (no learned scale: G and D
-        # counts in the paper's table leave no room for one).
-        q, k = apply_rope(rms_norm(q), rope), apply_rope(rms_norm(k), rope)
+        q, k = rope(self.q_norm(q)), rope(self.k_norm(k))
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
@@ -189,20 +218,26 @@ def _init_linear(module: nn.Module) -> None:
 class GBlock(nn.Module):
     """GAT block: ViT block whose norms are scaled by w and whose residuals are gated by w.
 
-    One Linear(C -> 4C) per block turns w into (attn scale, attn gate, ffn scale, ffn gate).
-    It is initialised small so that every block starts near identity and scales near 1.
+    SiLU then one Linear(C -> 4C) per block turn w into (attn scale, attn gate, ffn scale,
+    ffn gate). The Linear starts small, so every block starts near identity, scales near 1.
     """
 
     def __init__(self, width: int, heads: int):
         super().__init__()
         self.attn = Attention(width, heads)
         self.ffn = SwiGLU(width)
-        self.modulation = nn.Linear(width, 4 * width)
+        self.modulation = modulation(width, 4 * width)
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, rope: Rope) -> torch.Tensor:
         scale1, gate1, scale2, gate2 = self.modulation(w)[:, None].chunk(4, dim=-1)
         x = x + gate1 * self.attn(rms_norm(x) * (1 + scale1), rope)
         return x + gate2 * self.ffn(rms_norm(x) * (1 + scale2))
+
+
+def modulation(width: int, out: int) -> nn.Sequential:
+    """w [B, C] -> per-channel scales and gates [B, out]: SiLU, then Linear (the release's
+    adaLN path; the SiLU is one more nonlinearity between z and every block)."""
+    return nn.Sequential(nn.SiLU(), nn.Linear(width, out))
 
 
 class OutputHead(nn.Module):
@@ -211,7 +246,7 @@ class OutputHead(nn.Module):
     def __init__(self, width: int, patch: int, channels: int):
         super().__init__()
         self.patch, self.channels = patch, channels
-        self.modulation = nn.Linear(width, width)
+        self.modulation = modulation(width, width)
         self.linear = nn.Linear(width, patch * patch * channels)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -269,7 +304,7 @@ class Generator(nn.Module):
         grid = size // cfg.patch
         self.mapping = MappingNetwork(cfg.width, num_classes)
         self.register_buffer("tokens", sincos_2d(cfg.width, grid), persistent=False)
-        self.register_buffer("rope", rope_2d(cfg.width // cfg.heads, grid), persistent=False)
+        self.rope = Rope(cfg.width // cfg.heads, grid)
         self.blocks = nn.ModuleList(GBlock(cfg.width, cfg.heads) for _ in range(cfg.depth))
         self.heads = nn.ModuleList(
             OutputHead(cfg.width, cfg.patch, channels) for _ in range(MNG_LEVELS)
@@ -290,7 +325,7 @@ class Generator(nn.Module):
         for mod in [b.modulation for b in self.blocks] + [h.modulation for h in self.heads]:
             # Style-derived scales and gates start small (gain 0.1): blocks start near
             # identity, which keeps early adversarial training stable.
-            nn.init.xavier_uniform_(mod.weight, gain=MODULATION_GAIN)
+            nn.init.xavier_uniform_(mod[-1].weight, gain=MODULATION_GAIN)
 
     def mapping_parameters(self) -> list[nn.Parameter]:
         """Parameters trained at 1/100 of G's learning rate (StyleGAN practice)."""
@@ -298,7 +333,9 @@ class Generator(nn.Module):
 
     def synthesize(self, w: torch.Tensor) -> list[torch.Tensor]:
         """w [B, C] -> K accumulated latents [B, C_lat, H, W]."""
-        x = self.tokens.to(w.dtype).expand(w.shape[0], -1, -1)
+        # fp32 tokens keep the residual stream fp32 under bf16 autocast (each branch's bf16
+        # output is added to fp32), as the release's fp32 position embedding does.
+        x = self.tokens.expand(w.shape[0], -1, -1)
         outputs, acc, level = [], None, 0
         for i, block in enumerate(self.blocks):
             if self.grad_checkpointing and self.training:
@@ -317,15 +354,15 @@ class Generator(nn.Module):
 
     @torch.no_grad()
     def update_w_avg(self, w: torch.Tensor, c: torch.Tensor, beta: float = 0.995) -> None:
-        """Move each class's mean w toward this batch's mean w of that class.
-
-        Vectorised (one scatter-add, no loop over the classes present): same result."""
+        """Move each class's mean w toward this batch's mean w of that class (w [B, C],
+        c [B]); classes absent from the batch keep theirs. Scatter-adds only: no loop over
+        the classes and no host sync."""
         w = w.float()
         sums = torch.zeros_like(self.w_avg).index_add_(0, c, w)
-        counts = torch.bincount(c, minlength=self.num_classes).to(w.dtype)
-        present = counts > 0
-        means = sums[present] / counts[present, None]
-        self.w_avg[present] = self.w_avg[present].lerp(means, 1 - beta)
+        counts = torch.zeros(len(self.w_avg), device=w.device).index_add_(
+            0, c, torch.ones_like(c, dtype=w.dtype))
+        means = sums / counts.clamp_min(1)[:, None]
+        self.w_avg.lerp_(means, ((1 - beta) * (counts > 0))[:, None])
 
     def guided(self, z: torch.Tensor, w: torch.Tensor, guidance: float) -> torch.Tensor:
         """w-space guidance: w_null + s * (w - w_null), w_null the mean of w(z, c') over all
@@ -349,19 +386,24 @@ class Generator(nn.Module):
 
     def style(self, z: torch.Tensor, c: torch.Tensor | None, psi: float = 1.0,
               guidance: float = 1.0) -> torch.Tensor:
-        """w [B, C] of z [B, 64] and classes c [B], guided, then truncated toward w_avg[c]."""
+        """w [B, C] of z [B, 64] and classes c [B]: truncated toward w_avg[c], then guided.
+
+        The release's order (paper l.419: both in w-space before the backbone): truncation
+        first, then guidance around w_null, the untruncated mean over classes. ``psi`` is
+        StyleGAN's (1: none, 0: the class mean); the release's ``truncation_psi`` is 1 - psi.
+        """
         c = class_ids(c, self.num_classes, z.shape[0], z.device)
-        w = self.guided(z, self.mapping(z, c), guidance)
-        return self.truncated(w, self.w_avg[c], psi)
+        w = self.truncated(self.mapping(z, c), self.w_avg[c], psi)
+        return self.guided(z, w, guidance)
 
     @torch.no_grad()
     def sample(
         self, z: torch.Tensor, c: torch.Tensor | None, psi: float = 1.0, guidance: float = 1.0
     ) -> torch.Tensor:
-        """Final latent [B, C_lat, H, W] with truncation psi and w-space guidance.
+        """Final latent [B, C_lat, H, W] of z [B, 64] and classes c [B] (:meth:`style`).
 
-        Guidance: w_null + s * (w - w_null), with w_null the mean of w(z, c') over all
-        classes c' for the same z. Truncation: w_avg[c] + psi * (w - w_avg[c]).
+        Truncation: w_avg[c] + psi * (w - w_avg[c]); then guidance: w_null + s * (w -
+        w_null), with w_null the mean of w(z, c') over all classes c' for the same z.
         """
         return self.synthesize(self.style(z, c, psi, guidance))[-1]
 
@@ -380,7 +422,7 @@ class DBlock(nn.Module):
         self.gamma1 = nn.Parameter(torch.full((width,), 0.1))
         self.gamma2 = nn.Parameter(torch.full((width,), 0.1))
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Rope) -> torch.Tensor:
         x = x + self.gamma1 * self.attn(self.norm1(x), rope)
         return x + self.gamma2 * self.ffn(self.norm2(x))
 
@@ -409,7 +451,10 @@ class Discriminator(nn.Module):
         self.cfg, self.grid, self.num_classes = cfg, size // cfg.patch, num_classes
         self.patch_embed = nn.Linear(cfg.patch * cfg.patch * channels * MNG_LEVELS, cfg.width)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
-        self.register_buffer("rope", rope_2d(cfg.width // cfg.heads, self.grid), persistent=False)
+        # Absolute 2D sin-cos position of every patch token (not [cls]), beside RoPE's
+        # relative one: D can tell where in the image a token is.
+        self.register_buffer("pos_embed", sincos_2d(cfg.width, self.grid), persistent=False)
+        self.rope = Rope(cfg.width // cfg.heads, self.grid)
         self.blocks = nn.ModuleList(DBlock(cfg.width, cfg.heads) for _ in range(cfg.depth))
         self.norm = RMSNorm(cfg.width, affine=True)
         proj = cfg.proj_dim
@@ -434,7 +479,7 @@ class Discriminator(nn.Module):
         The REPA head runs only on the samples that need it (reals), so the trainer can
         batch reals, fakes and their aGP-perturbed copies into one forward.
         """
-        h = self.patch_embed(patchify(x, self.cfg.patch))
+        h = self.patch_embed(patchify(x, self.cfg.patch)) + self.pos_embed
         h = torch.cat([self.cls_token.to(h.dtype).expand(h.shape[0], -1, -1), h], dim=1)
         for block in self.blocks:
             if self.grad_checkpointing and self.training:
@@ -442,8 +487,8 @@ class Discriminator(nn.Module):
             else:
                 h = block(h, self.rope)
         c = class_ids(c, self.num_classes, x.shape[0], x.device)
+        # The plain inner product, as the release computes it (no 1/sqrt(proj_dim)).
         logit = (self.head(self.norm(h[:, 0])) * self.class_mlp(self.class_embed(c))).sum(1)
-        logit = logit / math.sqrt(self.cfg.proj_dim)  # keeps the initial logit O(1)
         if repa_first:
             return logit, self.repa(h[:repa_first])
         return logit

@@ -10,14 +10,14 @@ blocks can be compiled (inductor).
 from __future__ import annotations
 
 import contextlib
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
-from gat.augment import AugmentParams, align_tokens, apply_augment, sample_augment
+from gat.augment import AugmentParams, apply_augment, cached_target_mask, sample_augment
 from gat.distributed import (
     BUCKET_MB,
     AllReduce,
@@ -33,7 +33,7 @@ from gat.losses import (
     repa_loss,
     resize_token_grid,
 )
-from gat.mng import mng_alphas, nested_noise, perturb_levels
+from gat.mng import nested_noise, perturb_levels
 from gat.models import MNG_LEVELS, Z_DIM, build_models, class_ids, model_config
 from gat.optim import ADAM_BETAS, EMA, SLOW_LR_FACTOR, build_optimizers, width_aware_lr
 
@@ -48,10 +48,19 @@ class TrainConfig:
     lr_base: float = 4e-4  # tuned at GAT-S; the width-aware rule scales it (model_lr)
     c_base: int = 384  # width at which lr_base was tuned (GAT-S)
     mng: Literal["none", "lin", "exp", "msg"] = "exp"
+    # release: flow-style t = (0.885, 0.76, 0.51, 0.01); paper: Eq. 2's VP alphas (gat.mng)
+    mng_schedule: Literal["release", "paper"] = "release"
     ema_decay: float = 0.999
-    agp_weight: float = 0.1  # lambda_aGP, for R1 and R2 alike
+    agp_weight: float = 0.1  # lambda_aGP (the release's gamma), for R1 and R2 alike
+    # release: the penalty enters as gamma/2 * aR (StyleGAN's R1 form, 0.05 at 0.1);
+    # paper: Eq. 10 as written, lambda * aR
+    agp_convention: Literal["release", "paper"] = "release"
     agp_sigma: float = 0.01
     repa_weight: float = 1.0
+    # release: 1-cos of [cls] plus the mean over patch tokens; paper: Eq. 9's mean over
+    # all 1+N tokens (the [cls] token, which the logit reads, then weighs 1/(N+1))
+    repa_weighting: Literal["release", "paper"] = "release"
+    grad_clip: float = 1.0  # clip G's and D's gradient norm to this (0: off); the release's
     augment: bool = True  # DiffAugment on D's inputs
     augment_p: float = 1.0  # probability that a sample is augmented (DiffAugment: 1)
     w_avg_beta: float = 0.995  # per-class running mean of w (truncation centre)
@@ -102,10 +111,21 @@ class NonFiniteError(RuntimeError):
     """A loss or logit became NaN/inf: training diverged."""
 
 
-def grad_norm(module: nn.Module) -> float:
-    """Global L2 norm of the gradients (one foreach kernel, not one op per parameter)."""
-    grads = [p.grad.detach().float() for p in module.parameters() if p.grad is not None]
-    return torch.stack(torch._foreach_norm(grads)).norm().item() if grads else 0.0
+def clip_gradients(module: nn.Module, max_norm: float) -> torch.Tensor:
+    """Scale the gradients of ``module`` to a global L2 norm of at most ``max_norm`` (0: no
+    clipping); returns the norm before clipping, a 0-dim tensor (no host sync)."""
+    params = [p for p in module.parameters() if p.grad is not None]
+    if not params:
+        return torch.zeros(())
+    if max_norm > 0:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+    return torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+
+
+# REPA targets computed in the step: (rows of the batch, which of them D sees flipped) ->
+# the teacher's tokens [n, 1+N', T] of those images, flipped as D saw them (teacher.mode
+# online). A tensor instead holds cached tokens of the unflipped images.
+TeacherFn = Callable[[slice, torch.Tensor], torch.Tensor]
 
 
 class GATTrainer:
@@ -156,7 +176,6 @@ class GATTrainer:
             compile_blocks(self.G, self.D)
         self.reduce_g = GradientReducer(self.G, allreduce, bucket_mb)
         self.reduce_d = GradientReducer(self.D, allreduce, bucket_mb)
-        self.alphas = mng_alphas(cfg.mng, MNG_LEVELS)
         self.step_count = 0
         rank, _ = world()
         torch.manual_seed(seed + 1 + 7919 * rank)  # but different noise and z per worker
@@ -175,66 +194,93 @@ class GATTrainer:
     def _augment_params(self, batch: int) -> AugmentParams | None:
         if not self.cfg.augment:
             return None
-        return sample_augment(batch, self.G.size, self.D.cfg.patch, self.device,
-                              p=self.cfg.augment_p)
+        return sample_augment(batch, self.G.size, self.device, p=self.cfg.augment_p)
 
     def _d_input(
         self, levels: list[torch.Tensor], aug: AugmentParams | None,
-        eps: list[torch.Tensor] | None = None,
+        noise: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Levels [B,C,H,W] x K -> D input [B, K*C, H, W]: augment (shared), then MNG noise."""
         x = torch.cat(levels, dim=1)
         if aug is not None:
             x = apply_augment(x, aug, MNG_LEVELS)
-        return perturb_levels(list(x.chunk(MNG_LEVELS, dim=1)), self.cfg.mng, eps)
+        return perturb_levels(list(x.chunk(MNG_LEVELS, dim=1)), self.cfg.mng, noise,
+                              schedule=self.cfg.mng_schedule)
 
     def _clean_and_perturbed(
-        self, levels: list[torch.Tensor]
+        self, levels: list[torch.Tensor], real: bool
     ) -> tuple[torch.Tensor, AugmentParams | None]:
-        """D inputs [2B, ...] of x and x + eps' (aGP), sharing augmentation and MNG noise."""
-        b = levels[0].shape[0]
-        eps_agp = torch.randn_like(levels[-1]) * self.cfg.agp_sigma
-        both = [torch.cat([x, x + eps_agp]) for x in levels]
+        """D inputs [2B, ...] of x and x + eps' (aGP), sharing augmentation and MNG noise.
+
+        A real image is one image at every level: one eps' perturbs it. G's K outputs are K
+        images: each gets its own eps' (the release's R2 draws per level)."""
+        b, sigma = levels[0].shape[0], self.cfg.agp_sigma
+        if real:
+            eps = torch.randn_like(levels[-1]) * sigma
+            perturbed = [x + eps for x in levels]
+        else:
+            perturbed = [x + torch.randn_like(x) * sigma for x in levels]
+        both = [torch.cat([x, xp]) for x, xp in zip(levels, perturbed)]
         aug = self._augment_params(b)
         if aug is not None:
             aug = _repeat_params(aug)
-        mng_eps = nested_noise(levels[-1].shape, self.alphas, None, self.device, levels[-1].dtype)
-        return self._d_input(both, aug, [torch.cat([e, e]) for e in mng_eps]), aug
+        noise = nested_noise(levels[-1].shape, self.cfg.mng, self.cfg.mng_schedule, None,
+                             self.device, levels[-1].dtype, MNG_LEVELS)
+        return self._d_input(both, aug, [torch.cat([n, n]) for n in noise]), aug
+
+    def _agp_factor(self) -> float:
+        half = 0.5 if self.cfg.agp_convention == "release" else 1.0
+        return half * self.cfg.agp_weight
 
     # ------------------------------------------------------------------ the step
 
     def step(
-        self, latents: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None = None
+        self, latents: torch.Tensor, labels: torch.Tensor,
+        teacher: torch.Tensor | TeacherFn | None = None,
     ) -> dict[str, float]:
-        """One D step then one G step on a batch.
+        """One D step then one G step on a batch; the G step reuses the D step's z.
 
-        latents [B, C, H, W] (scaled VAE latents), labels [B] (int64), teacher [B, 1+n, T]
-        teacher tokens of the same (unaugmented) images, or None to skip REPA.
-        Returns scalar metrics. Raises NonFiniteError naming the step on divergence.
+        latents [B, C, H, W] (scaled VAE latents), labels [B] (int64). teacher: REPA
+        targets of the same (unaugmented) images, either cached tokens [B, 1+n, T] or a
+        :data:`TeacherFn` that computes them for the flips D's input receives; None skips
+        REPA. Returns scalar metrics (two host syncs in all: one per network, before its
+        optimizer step). Raises NonFiniteError naming the step on divergence.
         """
         latents, labels = latents.to(self.device), labels.to(self.device)
         # An unconditional model (0 classes) sees one class id: 0, whatever the data's labels.
         labels = class_ids(labels, self.G.num_classes, len(labels), self.device)
-        if teacher is not None:
+        if torch.is_tensor(teacher):
             teacher = resize_token_grid(teacher.to(self.device), self.D.grid)
-        accum = self.grad_accum
-        parts = list(zip(latents.chunk(accum), labels.chunk(accum),
-                         teacher.chunk(accum) if teacher is not None else [None] * accum))
+        accum, b = self.grad_accum, len(latents)
+        rows = [slice(i * b // accum, (i + 1) * b // accum) for i in range(accum)]
+        parts = [(latents[r], labels[r], torch.randn(r.stop - r.start, Z_DIM, device=self.device),
+                  _rows_of(teacher, r)) for r in rows]
         metrics = self._d_step(parts)
         metrics.update(self._g_step(parts))
         self.step_count += 1
         self.ema.update(self.G, self.step_count)
         return metrics
 
+    def _repa_targets(self, tokens: torch.Tensor | Callable, b: int,
+                      aug: AugmentParams | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """REPA targets [b, 1+N, T] and mask for the first b (real) rows of D's input."""
+        flip = aug.flip[:b] if aug is not None else torch.zeros(b, dtype=torch.bool,
+                                                                device=self.device)
+        if callable(tokens):  # the teacher sees the images flipped as D does: all targets
+            return resize_token_grid(tokens(flip).to(self.device), self.D.grid), None
+        mask = cached_target_mask(flip, tokens.shape[1]) if aug is not None else None
+        return tokens, mask
+
     def _d_step(self, parts: list) -> dict[str, float]:
         cfg, sums = self.cfg, {}
         self.opt_d.zero_grad(set_to_none=True)
-        for i, (x, c, tokens) in enumerate(parts):
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
+        for i, (x, c, z, tokens) in enumerate(parts):
             b = x.shape[0]
             with torch.no_grad(), self._autocast():
-                fakes = [f.float() for f in self.G(torch.randn(b, Z_DIM, device=self.device), c)]
-            real_in, aug_real = self._clean_and_perturbed([x] * MNG_LEVELS)
-            fake_in, _ = self._clean_and_perturbed(fakes)
+                fakes = [f.float() for f in self.G(z, c)]
+            real_in, aug_real = self._clean_and_perturbed([x] * MNG_LEVELS, real=True)
+            fake_in, _ = self._clean_and_perturbed(fakes, real=False)
             use_repa = tokens is not None and cfg.repa_weight > 0
             with self._autocast():
                 out = self.D(torch.cat([real_in, fake_in]), c.repeat(4), b if use_repa else 0)
@@ -246,33 +292,32 @@ class GATTrainer:
             r2 = approx_gradient_penalty(l_fake, l_fake_p, cfg.agp_sigma)
             repa = torch.zeros((), device=self.device)
             if use_repa:
-                target, mask = tokens, None
-                if aug_real is not None:
-                    target, mask = align_tokens(tokens, _first(aug_real, b), self.D.cfg.patch)
-                repa = repa_loss(projected, target, mask)
-            loss = adv + cfg.agp_weight * (r1 + r2) + cfg.repa_weight * repa
-            self._check_finite(step_part="D", loss=loss, logits=logits)
+                target, mask = self._repa_targets(tokens, b, aug_real)
+                repa = repa_loss(projected, target, mask, cfg.repa_weighting)
+            loss = adv + self._agp_factor() * (r1 + r2) + cfg.repa_weight * repa
+            finite &= torch.isfinite(logits).all() & torch.isfinite(loss)
             if i == len(parts) - 1:
                 self.reduce_d.arm()  # workers average the accumulated gradient only
             (loss / len(parts)).backward()
             _accumulate(sums, loss_d=loss, d_adv=adv, r1=r1, r2=r2, repa=repa,
                         logit_real=l_real.mean(), logit_fake=l_fake.mean())
         self.reduce_d.finish()
-        out = {k: v / len(parts) for k, v in sums.items()}
+        sums["grad_norm_d"] = clip_gradients(self.D, cfg.grad_clip) * len(parts)
+        out = self._fetch(sums, len(parts), finite, "D")
         out["logit_gap"] = out["logit_real"] - out["logit_fake"]
-        out["grad_norm_d"] = grad_norm(self.D)
         self.opt_d.step()
         return out
 
     def _g_step(self, parts: list) -> dict[str, float]:
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
         self.D.requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
         try:
-            for i, (x, c, _) in enumerate(parts):
+            for i, (x, c, z, _) in enumerate(parts):
                 b = x.shape[0]
                 with self._autocast():
-                    w = self.G.mapping(torch.randn(b, Z_DIM, device=self.device), c)
+                    w = self.G.mapping(z, c)  # the D step's z: G trains on the fakes D saw
                     fakes = [f.float() for f in self.G.synthesize(w)]
                     real_in = self._d_input([x] * MNG_LEVELS, self._augment_params(b))
                     fake_in = self._d_input(fakes, self._augment_params(b))
@@ -280,7 +325,7 @@ class GATTrainer:
                         l_real = self.D(real_in, c).float()
                     l_fake = self.D(fake_in, c).float()
                 loss = g_relativistic(l_real, l_fake)
-                self._check_finite(step_part="G", loss=loss, logits=l_fake)
+                finite &= torch.isfinite(l_fake).all() & torch.isfinite(loss)
                 if i == len(parts) - 1:
                     self.reduce_g.arm()  # D is frozen: only G's hooks fire
                 (loss / len(parts)).backward()
@@ -290,22 +335,22 @@ class GATTrainer:
             self.D.requires_grad_(True)
         self.reduce_g.finish()
         average_tensor(self.G.w_avg)  # each worker saw other w: keep one truncation centre
-        out = {k: v / len(parts) for k, v in sums.items()}
-        out["grad_norm_g"] = grad_norm(self.G)
+        sums["grad_norm_g"] = clip_gradients(self.G, self.cfg.grad_clip) * len(parts)
+        out = self._fetch(sums, len(parts), finite, "G")
         self.opt_g.step()
         return out
 
-    def _check_finite(self, step_part: str, loss: torch.Tensor, logits: torch.Tensor) -> None:
-        if not torch.isfinite(logits).all():
+    def _fetch(self, sums: dict[str, torch.Tensor], parts: int, finite: torch.Tensor,
+               step_part: str) -> dict[str, float]:
+        """One host sync: the metrics' means and the finite flag; raises on divergence."""
+        values = torch.stack([v.detach().float().reshape(()) for v in sums.values()]
+                             + [finite.float()]).tolist()
+        if values[-1] != 1.0:
             raise NonFiniteError(
-                f"non-finite D logit in the {step_part} step at step {self.step_count + 1}: "
-                "training diverged (lower train.lr_base, or resume from the last checkpoint)"
-            )
-        if not math.isfinite(loss.item()):
-            raise NonFiniteError(
-                f"non-finite {step_part} loss ({loss.item()}) at step {self.step_count + 1}: "
-                "training diverged (lower train.lr_base, or resume from the last checkpoint)"
-            )
+                f"non-finite D logit or {step_part} loss in the {step_part} step at step "
+                f"{self.step_count + 1}: training diverged (lower train.lr_base, or resume "
+                "from the last checkpoint)")
+        return {k: v / parts for k, v in zip(sums, values)}
 
     # ------------------------------------------------------------------ state
 
@@ -332,17 +377,22 @@ class GATTrainer:
             torch.cuda.set_rng_state(state["rng_cuda"])
 
 
-def _accumulate(sums: dict[str, float], **values: torch.Tensor) -> None:
+def _accumulate(sums: dict[str, torch.Tensor], **values: torch.Tensor) -> None:
+    """Add each value (a 0-dim tensor, detached) to its running sum: no host sync."""
     for key, value in values.items():
-        sums[key] = sums.get(key, 0.0) + float(value.detach())
+        sums[key] = sums[key] + value.detach() if key in sums else value.detach()
+
+
+def _rows_of(teacher: torch.Tensor | TeacherFn | None,
+             rows: slice) -> torch.Tensor | Callable | None:
+    """The REPA targets of one micro-batch: a slice of cached tokens, or the teacher
+    function bound to those rows (it then takes only the flips)."""
+    if teacher is None or torch.is_tensor(teacher):
+        return None if teacher is None else teacher[rows]
+    return lambda flip: teacher(rows, flip)
 
 
 def _repeat_params(aug: AugmentParams) -> AugmentParams:
     """The same per-sample parameters for the clean and the aGP-perturbed copy."""
     fields = {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in vars(aug).items()}
-    return AugmentParams(**fields)
-
-
-def _first(aug: AugmentParams, n: int) -> AugmentParams:
-    fields = {k: v[:n] if torch.is_tensor(v) else v for k, v in vars(aug).items()}
     return AugmentParams(**fields)

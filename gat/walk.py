@@ -97,8 +97,9 @@ def class_walk(gen: Generator, z: torch.Tensor, c0: int, c1: int, frames: int,
     t = positions(frames).to(gen.w_avg.device)
     table = gen.mapping.class_embed.weight
     zz = z.float().to(table.device).expand(frames, -1)
-    w = gen.guided(zz, gen.mapping.embedded(zz, lerp(table[c0], table[c1], t)), guidance)
-    return gen.truncated(w, lerp(gen.w_avg[c0], gen.w_avg[c1], t), psi)
+    w = gen.truncated(gen.mapping.embedded(zz, lerp(table[c0], table[c1], t)),
+                      lerp(gen.w_avg[c0], gen.w_avg[c1], t), psi)
+    return gen.guided(zz, w, guidance)
 
 
 # ----------------------------------------------------------------------------- editing

@@ -22,7 +22,7 @@ def inputs(n: int = 6, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
 def make_identity(gen: Generator, index: int) -> None:
     """Zero block ``index``'s two residual gates: the block then returns its input exactly."""
     width = gen.cfg.width
-    mod = gen.blocks[index].modulation
+    mod = gen.blocks[index].modulation[-1]  # SiLU, then this Linear
     with torch.no_grad():
         for chunk in (1, 3):  # (scale1, gate1, scale2, gate2): the gates
             mod.weight[chunk * width:(chunk + 1) * width] = 0

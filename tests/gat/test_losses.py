@@ -43,12 +43,23 @@ def test_approximated_r1_matches_true_gradient_penalty():
 
 def test_repa_loss_and_mask():
     t = torch.randn(2, 5, 8)
-    assert repa_loss(t, t).item() == pytest.approx(0.0, abs=1e-6)
-    assert repa_loss(-t, t).item() == pytest.approx(2.0, abs=1e-6)
-    mask = torch.zeros(2, 5, dtype=torch.bool)
-    mask[:, 0] = True
-    mixed = torch.cat([t[:, :1], -t[:, 1:]], 1)
-    assert repa_loss(mixed, t, mask).item() == pytest.approx(0.0, abs=1e-6)
+    for weighting, opposite in (("release", 4.0), ("paper", 2.0)):
+        assert repa_loss(t, t, weighting=weighting).item() == pytest.approx(0.0, abs=1e-6)
+        assert repa_loss(-t, t, weighting=weighting).item() == pytest.approx(opposite, abs=1e-6)
+        mask = torch.zeros(2, 5, dtype=torch.bool)
+        mask[:, 0] = True
+        mixed = torch.cat([t[:, :1], -t[:, 1:]], 1)
+        assert repa_loss(mixed, t, mask, weighting).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="release or paper"):
+        repa_loss(t, t, weighting="mean")
+
+
+def test_repa_release_weighs_cls_as_much_as_all_patches():
+    """Only [cls] misaligned: the release counts it fully, Eq. 9's mean 1/(1+N) of it."""
+    t = torch.randn(3, 1 + 64, 8)
+    wrong_cls = torch.cat([-t[:, :1], t[:, 1:]], 1)
+    assert repa_loss(wrong_cls, t, weighting="release").item() == pytest.approx(2.0, abs=1e-5)
+    assert repa_loss(wrong_cls, t, weighting="paper").item() == pytest.approx(2 / 65, abs=1e-5)
 
 
 def test_resize_token_grid():

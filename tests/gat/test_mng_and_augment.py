@@ -1,12 +1,12 @@
-"""MNG noise hierarchy and DiffAugment with teacher-token alignment."""
+"""MNG noise hierarchy (release and paper schedules) and the release's DiffAugment."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from gat.augment import align_tokens, apply_augment, sample_augment
-from gat.mng import MNG_VARIANTS, mng_alphas, nested_noise, perturb_levels
+from gat.augment import apply_augment, cached_target_mask, sample_augment
+from gat.mng import MNG_VARIANTS, mng_alphas, mng_levels, nested_noise, perturb_levels
 
 
 def test_alphas_exact():
@@ -17,30 +17,63 @@ def test_alphas_exact():
         mng_alphas("cosine")
 
 
-def test_nested_noise_unit_variance_and_schedule_correlation():
-    alphas = mng_alphas("exp")
+def test_release_schedule_is_the_releases_t():
+    signal, sigma = mng_levels("exp", "release")
+    assert sigma == pytest.approx([0.885, 0.76, 0.51, 0.01])
+    assert signal == pytest.approx([0.115, 0.24, 0.49, 0.99])
+    signal, sigma = mng_levels("exp", "paper")
+    assert signal == [0.125, 0.25, 0.5, 1.0] and sigma[-1] == 0.0
+    assert sigma[0] == pytest.approx((1 - 0.125**2) ** 0.5)
+    with pytest.raises(ValueError, match="allowed: release, paper"):
+        mng_levels("exp", "cosine")
+
+
+def test_paper_noise_nested_with_schedule_correlation():
+    signal, sigma = mng_levels("exp", "paper")
     g = torch.Generator().manual_seed(0)
-    eps = nested_noise((400_000,), alphas, g)
-    for e in eps:
-        assert e.var().item() == pytest.approx(1.0, abs=0.01)
-    # corr(e_j, e_k) = a_j / a_k for j < k: the levels lie on one trajectory.
-    for j in range(4):
-        for k in range(j + 1, 4):
-            corr = torch.corrcoef(torch.stack([eps[j], eps[k]]))[0, 1].item()
-            assert corr == pytest.approx(alphas[j] / alphas[k], abs=0.01)
+    noise = nested_noise((400_000,), "exp", "paper", g)
+    for n, s in zip(noise[:3], sigma[:3]):
+        assert n.std().item() == pytest.approx(s, abs=0.01)
+    # unit noises: corr(e_j, e_k) = a_j / a_k for j < k (paper A.1)
+    for j in range(3):
+        for k in range(j + 1, 3):
+            corr = torch.corrcoef(torch.stack([noise[j], noise[k]]))[0, 1].item()
+            assert corr == pytest.approx(signal[j] / signal[k], abs=0.01)
 
 
-def test_noised_levels_keep_unit_variance_and_last_is_clean():
+def test_release_noise_lies_on_one_forward_trajectory():
+    """Level k-1 = (s_{k-1}/s_k) * level k + independent noise: a noisier level is the
+    cleaner one scaled down and noised further, so its residual is uncorrelated with it."""
+    signal, sigma = mng_levels("exp", "release")
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(400_000, generator=g)
+    levels = perturb_levels([x.view(1, 1, -1, 1)] * 4, "exp", generator=g).flatten(1)
+    levels = levels.view(4, -1)
+    for k, s in enumerate(sigma):
+        assert (levels[k] - signal[k] * x).std().item() == pytest.approx(s, rel=0.01)
+    for k in range(3, 0, -1):
+        residual = levels[k - 1] - signal[k - 1] / signal[k] * levels[k]
+        corr = torch.corrcoef(torch.stack([residual, levels[k]]))[0, 1].item()
+        assert abs(corr) < 0.01
+
+
+def test_paper_noised_levels_keep_unit_variance_and_last_is_clean():
     torch.manual_seed(0)
     x = torch.randn(64, 4, 16, 16)
-    out = perturb_levels([x] * 4, "exp").chunk(4, dim=1)
+    out = perturb_levels([x] * 4, "exp", schedule="paper").chunk(4, dim=1)
     for level in out:
         assert level.var().item() == pytest.approx(1.0, abs=0.03)
     torch.testing.assert_close(out[-1], x)  # alpha_K = 1: no noise at all
-    # signal share per level = alpha_k: correlation with the clean image
     for a, level in zip(mng_alphas("exp"), out):
         corr = torch.corrcoef(torch.stack([level.flatten(), x.flatten()]))[0, 1].item()
         assert corr == pytest.approx(a, abs=0.02)
+
+
+def test_release_last_level_carries_a_little_noise():
+    torch.manual_seed(0)
+    x = torch.randn(64, 4, 16, 16)
+    last = perturb_levels([x] * 4, "exp").chunk(4, dim=1)[-1]
+    assert (last - 0.99 * x).std().item() == pytest.approx(0.01, rel=0.05)
 
 
 @pytest.mark.parametrize("variant", MNG_VARIANTS)
@@ -48,7 +81,8 @@ def test_variants_shapes(variant):
     levels = [torch.randn(2, 4, 16, 16) for _ in range(4)]
     out = perturb_levels(levels, variant)
     assert out.shape == (2, 16, 16, 16)
-    torch.testing.assert_close(out[:, -4:], levels[-1])  # the last level is always clean
+    if variant in ("none", "msg"):
+        torch.testing.assert_close(out[:, -4:], levels[-1])  # no noise at all
 
 
 def test_none_uses_only_last_output_and_msg_degrades_resolution():
@@ -63,26 +97,39 @@ def test_none_uses_only_last_output_and_msg_degrades_resolution():
 def test_augment_shared_across_levels():
     torch.manual_seed(0)
     x = torch.randn(8, 4, 16, 16)
-    aug = sample_augment(8, 16, step=2)
+    aug = sample_augment(8, 16)
     out = apply_augment(torch.cat([x] * 4, 1), aug, levels=4).chunk(4, 1)
     for level in out[1:]:
         torch.testing.assert_close(level, out[0])
-    assert (aug.shift % 2 == 0).all() and aug.shift.abs().max() <= 2
 
 
-def test_teacher_tokens_follow_flip_and_translation():
-    """Augment an image whose pixels equal their token's id; tokens must match it."""
-    patch, grid = 2, 8
-    size = patch * grid
-    ids = torch.arange(grid * grid, dtype=torch.float32).view(1, 1, grid, grid)
-    image = ids.repeat_interleave(patch, 2).repeat_interleave(patch, 3) + 1.0
-    tokens = torch.cat([torch.zeros(1, 1, 1), ids.flatten(2).transpose(1, 2) + 1.0], 1)
-    for seed in range(20):
-        aug = sample_augment(1, size, step=patch, generator=torch.Generator().manual_seed(seed))
-        aug.brightness.zero_(), aug.saturation.fill_(1), aug.contrast.fill_(1)
-        aug.cutout.fill_(-100)  # cutout off: we check geometry only
-        moved = apply_augment(image, aug)
-        per_token = moved[0, 0, ::patch, ::patch].flatten()  # one pixel per token
-        aligned, mask = align_tokens(tokens, aug, patch)
-        torch.testing.assert_close(aligned[0, 1:, 0][mask[0, 1:]], per_token[mask[0, 1:]])
-        assert (per_token[~mask[0, 1:]] == 0).all()  # masked tokens saw padding only
+def test_augment_probabilities_and_ranges_are_the_releases():
+    g = torch.Generator().manual_seed(0)
+    aug = sample_augment(20_000, 32, generator=g)
+    coloured = (aug.brightness != 0) | (aug.saturation != 1) | (aug.contrast != 1)
+    assert coloured.float().mean().item() == pytest.approx(0.5, abs=0.02)
+    assert aug.flip.float().mean().item() == pytest.approx(0.4, abs=0.02)
+    # translation: any latent pixel up to int(32/8 + 0.5) = 4, not multiples of a patch
+    assert set(aug.shift.unique().tolist()) == set(range(-4, 5))
+    assert aug.cutout_size == 16
+
+
+def test_translation_in_pixels_and_cutout_square():
+    x = torch.ones(1, 1, 16, 16)
+    aug = sample_augment(1, 16)
+    aug.brightness.zero_(), aug.saturation.fill_(1), aug.contrast.fill_(1)
+    aug.flip.zero_()
+    aug.shift[:] = torch.tensor([[1, -3]])
+    aug.cutout.fill_(-100)  # cutout off: translation only
+    out = apply_augment(x, aug)[0, 0]
+    assert out[0].sum() == 0 and out[1:, :13].eq(1).all() and out[:, 13:].sum() == 0
+    aug.shift.zero_()
+    aug.cutout[:] = torch.tensor([[-4, 10]])  # clipped at the top edge: 4 rows x 6 columns
+    out = apply_augment(x, aug)[0, 0]
+    assert (out == 0).sum().item() == 4 * 6 and out[:4, 10:].sum() == 0
+
+
+def test_cached_targets_of_flipped_samples_keep_only_cls():
+    flip = torch.tensor([True, False])
+    mask = cached_target_mask(flip, 1 + 4)
+    assert mask.tolist() == [[True, False, False, False, False], [True] * 5]

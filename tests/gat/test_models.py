@@ -134,17 +134,19 @@ def test_truncation_and_guidance_in_w_space():
 
 
 def test_sdpa_matches_explicit_attention():
-    from gat.models import Attention
+    from gat.models import Attention, Rope
 
     attn = Attention(32, 2)
+    with torch.no_grad():  # learned qk scales away from 1, so the test sees them
+        attn.q_norm.weight.uniform_(0.5, 2.0)
+        attn.k_norm.weight.uniform_(0.5, 2.0)
     x = torch.randn(2, 16, 32)
-    rope = rope_2d(16, 4)
-    out = attn(x, rope)
+    out = attn(x, Rope(16, 4))
     b, n, c = x.shape
     q, k, v = attn.qkv(x).view(b, n, 3, 2, 16).permute(2, 0, 3, 1, 4)
-    from gat.models import rms_norm
-
-    q, k = apply_rope(rms_norm(q), rope), apply_rope(rms_norm(k), rope)
+    angles = rope_2d(16, 4)
+    q = apply_rope(F.rms_norm(q, (16,)) * attn.q_norm.weight, angles)
+    k = apply_rope(F.rms_norm(k, (16,)) * attn.k_norm.weight, angles)
     ref = F.softmax(q @ k.transpose(-1, -2) / 4.0, -1) @ v
     torch.testing.assert_close(out, attn.proj(ref.transpose(1, 2).reshape(b, n, c)),
                                rtol=1e-4, atol=1e-5)

@@ -19,19 +19,34 @@ def _batch(n: int = 16, seed: int = 0):
             torch.randn(n, 1 + 16, 16, generator=g))
 
 
+def _taught_batch(seed: int):
+    """A batch whose teacher tokens are a fixed function of the latents (learnable)."""
+    x, c, _ = _batch(seed=seed)
+    proj = torch.randn(16, 16, generator=torch.Generator().manual_seed(99))
+    patches = x.unfold(2, 2, 2).unfold(3, 2, 2).permute(0, 2, 3, 1, 4, 5).reshape(16, 16, 16)
+    tokens = patches @ proj
+    return x, c, torch.cat([tokens.mean(1, keepdim=True), tokens], 1)
+
+
 def test_fifty_steps_finite_and_ema_differs():
-    trainer = GATTrainer(**TINY, cfg=TrainConfig(lr_base=2e-3, c_base=32, ema_decay=0.9))
+    # no augmentation: the release's targets do not follow D's translations and cutouts,
+    # which on a 4x4 token grid leaves little to learn in 50 steps
+    trainer = GATTrainer(**TINY, cfg=TrainConfig(lr_base=2e-3, c_base=32, ema_decay=0.9,
+                                                 augment=False))
     keys = {"loss_d", "loss_g", "d_adv", "r1", "r2", "repa", "logit_gap",
             "grad_norm_d", "grad_norm_g"}
+    repa = []
     for i in range(50):
-        metrics = trainer.step(*_batch(seed=i))
+        metrics = trainer.step(*_taught_batch(i))
         assert keys <= set(metrics)
         assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+        repa.append(metrics["repa"])
     assert trainer.step_count == 50
     diffs = [(p - q).abs().max().item()
              for p, q in zip(trainer.G.parameters(), trainer.G_ema.parameters())]
     assert max(diffs) > 1e-4
-    assert metrics["repa"] < 1.0  # REPA head started learning the teacher tokens
+    # REPA head learns the teacher tokens ([cls] + patch mean: 2 at chance)
+    assert sum(repa[-5:]) / 5 < 0.7 * sum(repa[:5]) / 5, repa
 
 
 def test_overfit_moves_generated_statistics_toward_data():
@@ -94,7 +109,9 @@ def test_gradient_accumulation_matches_full_batch():
                              seed=0, grad_accum=accum)
         trainer.opt_d.step = lambda: None  # inspect the gradient only
         torch.manual_seed(5)
-        trainer._d_step(list(zip(x.chunk(accum), c.chunk(accum), t.chunk(accum))))
+        z = torch.randn(16, 64)
+        trainer._d_step(list(zip(x.chunk(accum), c.chunk(accum), z.chunk(accum),
+                                 t.chunk(accum))))
         grads.append(trainer.D.head.weight.grad.clone())
     # Noise draws differ between the two splits, so compare statistically, not exactly.
     cos = torch.nn.functional.cosine_similarity(grads[0].flatten(), grads[1].flatten(), dim=0)

@@ -214,7 +214,7 @@ class TrainParams(Traced, TrainConfig):
         for key in ("ema_decay", "w_avg_beta"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise ParamsError(f"{where}.{key}: {getattr(self, key)} must lie in [0, 1)")
-        for key in ("agp_weight", "repa_weight"):
+        for key in ("agp_weight", "repa_weight", "grad_clip"):
             if getattr(self, key) < 0:
                 raise ParamsError(f"{where}.{key}: {getattr(self, key)} must be 0 (off) or "
                                   "positive")

@@ -156,7 +156,18 @@ class Worker:
         """teacher.mode online: the teacher's tokens of the batch's pixels (no grad) into
         batch["teacher"], [B, 1+n, T]; returns the seconds it took."""
         t0 = time.perf_counter()
-        batch["teacher"] = self.teacher.tokens(batch.pop("images"))
+        images, teacher = batch.pop("images"), self.teacher
+        if self.params.train.augment:
+            # The trainer draws D's flips: the teacher then sees each image flipped as D
+            # does (the release's REPA targets), inside the step (its time counts there).
+            def tokens(rows: slice, flip: torch.Tensor) -> torch.Tensor:
+                x = images[rows]
+                flip = flip.to(x.device).view(-1, *([1] * (x.dim() - 1)))
+                return teacher.tokens(torch.where(flip, x.flip(-1), x))
+
+            batch["teacher"] = tokens
+            return 0.0
+        batch["teacher"] = teacher.tokens(images)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - t0

@@ -328,8 +328,9 @@ class Generator(nn.Module):
             nn.init.xavier_uniform_(mod[-1].weight, gain=MODULATION_GAIN)
 
     def mapping_parameters(self) -> list[nn.Parameter]:
-        """Parameters trained at 1/100 of G's learning rate (StyleGAN practice)."""
-        return list(self.mapping.parameters())
+        """Parameters trained at 1/100 of G's learning rate (StyleGAN practice): the mapping
+        MLP only, as in the release; the class embedding trains at G's full rate."""
+        return list(self.mapping.mlp.parameters())
 
     def synthesize(self, w: torch.Tensor) -> list[torch.Tensor]:
         """w [B, C] -> K accumulated latents [B, C_lat, H, W]."""

@@ -242,3 +242,11 @@ def test_online_teacher_sees_the_images_flipped_as_d_does():
     aug = trainer._augment_params(8)
     _, mask = trainer._repa_targets(torch.randn(8, 17, 16), 8, aug)
     assert mask[:, 0].all() and (mask[:, 1:].all(1) == ~aug.flip).all()
+
+
+def test_only_the_mapping_mlp_is_slow_the_class_embedding_trains_at_full_lr():
+    trainer = GATTrainer(**TINY, cfg=TrainConfig(c_base=32))
+    lr_of = {id(p): group["lr"] for group in trainer.opt_g.param_groups for p in group["params"]}
+    assert lr_of[id(trainer.G.mapping.class_embed.weight)] == trainer.lr
+    for p in trainer.G.mapping.mlp.parameters():
+        assert lr_of[id(p)] == pytest.approx(trainer.lr * 0.01)

@@ -152,25 +152,30 @@ class Worker:
             images=job.online_teacher)
         return iter(loader)
 
-    def _online_tokens(self, batch: dict[str, Any]) -> float:
+    def _online_tokens(self, batch: dict[str, Any]) -> list[float]:
         """teacher.mode online: the teacher's tokens of the batch's pixels (no grad) into
-        batch["teacher"], [B, 1+n, T]; returns the seconds it took."""
-        t0 = time.perf_counter()
-        images, teacher = batch.pop("images"), self.teacher
-        if self.params.train.augment:
-            # The trainer draws D's flips: the teacher then sees each image flipped as D
-            # does (the release's REPA targets), inside the step (its time counts there).
-            def tokens(rows: slice, flip: torch.Tensor) -> torch.Tensor:
-                x = images[rows]
-                flip = flip.to(x.device).view(-1, *([1] * (x.dim() - 1)))
-                return teacher.tokens(torch.where(flip, x.flip(-1), x))
+        batch["teacher"], [B, 1+n, T]; returns a one-item list that holds the seconds the
+        teacher took once the step has run.
 
-            batch["teacher"] = tokens
-            return 0.0
-        batch["teacher"] = teacher.tokens(images)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter() - t0
+        With DiffAugment on, the trainer draws D's flips, so batch["teacher"] is a function
+        the step calls with them: the teacher sees each image flipped as D does (the
+        release's REPA targets), and its time is then also part of the step's."""
+        spent, images, teacher = [0.0], batch.pop("images"), self.teacher
+
+        def tokens(rows: slice = slice(None), flip: torch.Tensor | None = None) -> torch.Tensor:
+            t0 = time.perf_counter()
+            x = images[rows]
+            if flip is not None:
+                flip = flip.to(x.device).view(-1, *([1] * (x.dim() - 1)))
+                x = torch.where(flip, x.flip(-1), x)
+            out = teacher.tokens(x)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            spent[0] += time.perf_counter() - t0
+            return out
+
+        batch["teacher"] = tokens if self.params.train.augment else tokens()
+        return spent
 
     def _steps(self, loader) -> tuple[float, int] | None:
         """Steps from the trainer's counter to the end; (seconds, images) of this worker,
@@ -202,8 +207,8 @@ class Worker:
             images += batch["latents"].shape[0]
             metrics.update(step=step, kimg=step * self.params.train.batch / 1000,
                            step_time_s=dt, images_per_s=batch["latents"].shape[0] / dt)
-            if teacher_s is not None:  # outside step_time_s: what the online teacher adds
-                metrics["teacher_time_s"] = teacher_s
+            if teacher_s is not None:  # what the online teacher adds (augment: in step_time_s)
+                metrics["teacher_time_s"] = teacher_s[0]
             self._after_step(metrics)
             bar.update()
         bar.close()

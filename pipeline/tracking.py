@@ -171,11 +171,25 @@ class Tracker:
         self.client.log_artifacts(run_id, str(path), folder)
 
     def set_status(self, run_id: str, status: str) -> None:
-        """RUNNING, FINISHED or FAILED."""
+        """RUNNING, FINISHED or FAILED. A nested run's parent (a study run) follows: RUNNING
+        while any of its runs is, FINISHED once none is, so a study whose ``scaling`` never
+        runs (a DVC target short of it) does not stay RUNNING."""
         if status == "RUNNING":
             self.client.update_run(run_id, status="RUNNING")
         else:
             self.client.set_terminated(run_id, status)
+        parent = self.client.get_run(run_id).data.tags.get("mlflow.parentRunId")
+        if not parent:
+            return
+        if status == "RUNNING":
+            self.client.update_run(parent, status="RUNNING")
+            return
+        running = self.client.search_runs(
+            [self.experiment_id()], max_results=1,
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and "
+                          "attributes.status = 'RUNNING'")
+        if not running:
+            self.client.set_terminated(parent, "FINISHED")
 
     def last_step(self, run_id: str, metric: str) -> int:
         """The highest step logged for ``metric`` (-1 when none)."""

@@ -111,3 +111,27 @@ def test_a_queued_experiment_copy_uses_the_workspace(monkeypatch, tmp_path):
     assert found.root == layout_module.REPO_ROOT.resolve() and found.workspace == tmp_path
     assert found.mlflow_db == tmp_path / "mlflow.db"
     assert found.checkpoints("GAT-T1/4") == tmp_path / "outputs/checkpoints/GAT-T1/4"
+
+
+def test_a_study_run_finishes_with_its_last_training_run(mlflow_uri):
+    """A DVC target short of `scaling` (`dvc exp run ... evaluate@SIZE-SEED`) never ends
+    the study run itself: it is RUNNING while a training run is, FINISHED after the last."""
+    params = _params(mlflow_uri, "study-status")
+    tr = tracking.tracker(params)
+    client = MlflowClient(mlflow_uri)
+    a = tracking.training_run(tr, params, "GAT-T1/4", "k1-10", "s1", {})
+    b = tracking.training_run(tr, params, "GAT-T2/4", "k2-10", "s1", {})
+    study = tracking.study_run(tr, params, "s1")
+
+    def status(run_id: str) -> str:
+        return client.get_run(run_id).info.status
+
+    tr.set_status(a, "RUNNING")
+    tr.set_status(b, "RUNNING")
+    assert status(study) == "RUNNING"
+    tr.set_status(a, "FINISHED")
+    assert status(study) == "RUNNING"  # b still trains
+    tr.set_status(b, "FAILED")
+    assert status(study) == "FINISHED" and status(b) == "FAILED"
+    tr.set_status(a, "RUNNING")  # a continuation reopens its study
+    assert status(study) == "RUNNING"

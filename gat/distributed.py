@@ -51,6 +51,17 @@ def average_tensor(tensor: torch.Tensor) -> None:
         tensor /= size
 
 
+def all_workers(flag: torch.Tensor) -> torch.Tensor:
+    """A boolean 0-dim tensor that is True only where it is True on every worker (one MIN
+    all-reduce, no host sync): a divergence on one rank stops every rank at the same step."""
+    _, size = world()
+    if size == 1:
+        return flag
+    value = flag.float()
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return value > 0
+
+
 def plan_buckets(params: list[nn.Parameter], bucket_bytes: float) -> list[list[int]]:
     """Indices into ``params`` grouped into buckets, DDP's way: walking the parameters in
     reverse order, a bucket closes once it holds ``bucket_bytes`` or more, or when the next

@@ -22,6 +22,7 @@ from gat.distributed import (
     BUCKET_MB,
     AllReduce,
     GradientReducer,
+    all_workers,
     average_tensor,
     broadcast_module,
     world,
@@ -342,7 +343,9 @@ class GATTrainer:
 
     def _fetch(self, sums: dict[str, torch.Tensor], parts: int, finite: torch.Tensor,
                step_part: str) -> dict[str, float]:
-        """One host sync: the metrics' means and the finite flag; raises on divergence."""
+        """One host sync: the metrics' means and the finite flag (every worker's: all stop
+        at the same step with the same error); raises on divergence."""
+        finite = all_workers(finite)
         values = torch.stack([v.detach().float().reshape(()) for v in sums.values()]
                              + [finite.float()]).tolist()
         if values[-1] != 1.0:

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 
 from gat.distributed import GradientReducer, plan_buckets
 from gat.models import build_models
-from gat.train import GATTrainer, TrainConfig
+from gat.train import GATTrainer, NonFiniteError, TrainConfig
 
 TINY = dict(name="GAT-T1/2", channels=4, size=8, num_classes=4, teacher_dim=16)
 WORLD = 2
@@ -66,6 +66,20 @@ def _rank_main(rank: int, port: int, out: str) -> None:
             "buckets": (len(trainer.reduce_d.buckets), len(trainer.reduce_g.buckets)),
             "repa_grad_none": all(p.grad is None for p in trainer.D.repa.parameters()),
         }
+    # Divergence on one rank only: rank 1's second batch is NaN. Every rank must stop at
+    # that step, with the same error, instead of rank 1 raising while rank 0 waits.
+    trainer = GATTrainer(**TINY, cfg=TrainConfig(c_base=32), seed=0)
+    stopped = None
+    for step in range(1, 4):
+        x, c, t = _batch(8, seed=step)
+        if rank == 1 and step == 2:
+            x = torch.full_like(x, float("nan"))
+        try:
+            trainer.step(x, c, t)
+        except NonFiniteError as err:
+            stopped = (step, str(err).split(":")[0])
+            break
+    results["diverged"] = {"stopped": stopped}
     x, c, _ = _batch(2 * 4, seed=7)
     for mode in ("flat", "bucketed"):
         torch.manual_seed(0)
@@ -105,19 +119,20 @@ def test_bucketed_step_gives_the_flat_parameters(ranks, accum):
 
 
 def test_allreduce_calls_per_step(ranks):
-    """Per step: one per D bucket, one per G bucket, one for G's w_avg buffer; the same with
+    """Per step: one per D bucket, one per G bucket, one for G's w_avg buffer, one finite
+    flag per network; the same with
     grad_accum 2 (only the last micro-batch is reduced) and when D's REPA head has no
     gradient (its bucket is reduced with zeros, so every worker matches collectives)."""
     gen, disc = build_models(**TINY)
     n_g, n_d = len(list(gen.parameters())), len(list(disc.parameters()))
     for rank in ranks:
-        assert rank["flat"]["calls"] == [3, 3] and rank["flat-accum2"]["calls"] == [3, 3]
+        assert rank["flat"]["calls"] == [5, 5] and rank["flat-accum2"]["calls"] == [5, 5]
         # the tiny model is far below 25 MB: one bucket per network, as many calls as flat
         assert rank["bucketed"]["buckets"] == (1, 1)
-        assert rank["bucketed"]["calls"] == rank["bucketed-accum2"]["calls"] == [3, 3]
+        assert rank["bucketed"]["calls"] == rank["bucketed-accum2"]["calls"] == [5, 5]
         per_param = rank["bucketed-per-param"]
         assert per_param["buckets"] == (n_d, n_g)
-        assert per_param["calls"] == [n_d + n_g + 1] * 2
+        assert per_param["calls"] == [n_d + n_g + 3] * 2
         assert per_param["reducer_calls"] == 2 * (n_d + n_g)
         assert per_param["repa_grad_none"]  # no gradient stays no gradient
 
@@ -159,3 +174,9 @@ def test_one_process_reducer_is_a_no_op():
     assert reducer.calls == 0 and all(torch.equal(a, b) for a, b in zip(before, after))
     with pytest.raises(ValueError, match="all-reduce mode 'ring'"):
         GradientReducer(disc, "ring")
+
+
+def test_divergence_on_one_rank_stops_every_rank_at_that_step(ranks):
+    stops = [rank["diverged"]["stopped"] for rank in ranks]
+    assert stops[0] == stops[1] and stops[0][0] == 2, stops
+    assert "non-finite" in stops[0][1]

@@ -232,7 +232,9 @@ class Worker:
         :meth:`_finish`, with the final outputs (and the proxy in its log)."""
         step, rt, out = metrics["step"], self.params.runtime, self.outputs
         last, tune = step == self.job.steps, self.job.session == "tune"
-        fd_now = rt.fd_every > 0 and step % rt.fd_every == 0
+        # A Tune trial's every report must carry the metric ASHA reads, its last one too
+        # when the length is not a multiple of the grace period.
+        fd_now = rt.fd_every > 0 and (step % rt.fd_every == 0 or (tune and last))
         report = step % rt.log_every == 0 or last or fd_now  # the same on every rank
         save = step % rt.checkpoint_every == 0 or last
         if fd_now and tune:  # one worker, no peer waits: the proxy rides in the report

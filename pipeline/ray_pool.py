@@ -20,6 +20,10 @@ from tqdm import tqdm
 from pipeline.cluster import ClusterError, Node, alive_nodes
 
 Work = Callable[[Any], Any]  # one task -> its result, in the actor's process
+# An actor that dies (its node lost, out of memory) is restarted and its task retried, up
+# to this many times: every task is idempotent (a shard is written to a temporary name,
+# then renamed; features are pure computation), so a retry gives the same result.
+POOL_RESTARTS = 3
 MakeWork = Callable[[str], Work]  # device ("cuda" / "cpu") -> work; picklable, once per actor
 
 
@@ -69,17 +73,20 @@ class _Worker:
 
 def map_on_pool(make: MakeWork, tasks: Sequence[Any], workers: int, use_gpu: bool,
                 cpus: float, desc: str, amounts: Sequence[int] | None = None,
-                unit: str = "task") -> list[Any]:
+                unit: str = "task", restarts: int = POOL_RESTARTS) -> list[Any]:
     """``make(device)(task)`` for every task on ``workers`` Ray actors (``num_gpus=1``
     each with ``use_gpu``, ``cpus`` CPUs and torch threads each); the results in task
-    order. The bar counts ``amounts[i]`` (e.g. images) per finished task, else 1. Ray must
-    be up (:func:`cluster_pool`); the actors are killed at the end, also on error."""
+    order. The bar counts ``amounts[i]`` (e.g. images) per finished task, else 1. An actor
+    that dies is restarted and its task retried (Ray's ``max_restarts`` and
+    ``max_task_retries``, ``restarts`` times). Ray must be up (:func:`cluster_pool`); the
+    actors are killed at the end, also on error."""
     import ray
     from ray.util import ActorPool
 
     if not tasks:
         return []
-    actor = ray.remote(num_cpus=cpus, num_gpus=1 if use_gpu else 0, max_restarts=0)(_Worker)
+    actor = ray.remote(num_cpus=cpus, num_gpus=1 if use_gpu else 0, max_restarts=restarts,
+                       max_task_retries=restarts)(_Worker)
     device, threads = ("cuda" if use_gpu else "cpu"), max(1, int(cpus))
     actors = [actor.remote(make, device, threads) for _ in range(workers)]
     amounts = list(amounts) if amounts is not None else [1] * len(tasks)

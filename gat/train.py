@@ -109,7 +109,12 @@ def compile_blocks(*modules: nn.Module) -> None:
 
 
 class NonFiniteError(RuntimeError):
-    """A loss or logit became NaN/inf: training diverged."""
+    """A loss or logit became NaN/inf: training diverged. ``here``: on this worker (every
+    worker raises at the same step; only where it began is ``here`` true)."""
+
+    def __init__(self, message: str, here: bool = True):
+        super().__init__(message)
+        self.here = here
 
 
 def clip_gradients(module: nn.Module, max_norm: float) -> torch.Tensor:
@@ -343,17 +348,19 @@ class GATTrainer:
 
     def _fetch(self, sums: dict[str, torch.Tensor], parts: int, finite: torch.Tensor,
                step_part: str) -> dict[str, float]:
-        """One host sync: the metrics' means and the finite flag (every worker's: all stop
-        at the same step with the same error); raises on divergence."""
-        finite = all_workers(finite)
+        """One host sync: the metrics' means and the finite flags, this worker's and every
+        worker's (all stop at the same step); raises on divergence."""
+        everyone = all_workers(finite)
         values = torch.stack([v.detach().float().reshape(()) for v in sums.values()]
-                             + [finite.float()]).tolist()
+                             + [finite.float(), everyone.float()]).tolist()
         if values[-1] != 1.0:
+            here = values[-2] != 1.0
             raise NonFiniteError(
-                f"non-finite D logit or {step_part} loss in the {step_part} step at step "
-                f"{self.step_count + 1}: training diverged (lower train.lr_base, or resume "
-                "from the last checkpoint)")
-        return {k: v / parts for k, v in zip(sums, values)}
+                f"non-finite D logit or {step_part} loss in the {step_part} step"
+                f"{'' if here else ' of another worker'} at step {self.step_count + 1}: "
+                "training diverged (lower train.lr_base, or resume from the last checkpoint)",
+                here)
+        return {k: v / parts for k, v in zip(sums, values[:len(sums)])}
 
     # ------------------------------------------------------------------ state
 

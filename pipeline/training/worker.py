@@ -40,10 +40,6 @@ from pipeline.training.job import LIVE_LOG, TrainJob
 from pipeline.training.outputs import RunOutputs, read_diverged, write_diverged
 
 
-class WorkerDiverged(RuntimeError):
-    """Raised by a worker whose guard fired while others may wait in an all-reduce."""
-
-
 def train_loop(config: dict[str, Any]) -> None:
     """Ray's entry point: ``config = {"job": TrainJob}``."""
     _quiet_report_logs()
@@ -302,17 +298,13 @@ class Worker:
         self.session.report(scalars, checkpoint=self.session.Checkpoint.from_directory(folder))
 
     def _diverged(self, err: NonFiniteError, step: int) -> None:
-        """Record the divergence and stop this worker.
-
-        Alone, the worker just returns. With peers, it raises: a peer whose own loss was
-        finite waits in the gradient all-reduce for this one, so Ray must tear the group
-        down; a restarted group finds diverged.json and stops at once, and the driver turns
-        the failure into ``NonFiniteError``.
-        """
+        """Record the divergence; this worker then stops, and so does every peer at the
+        same step (the trainer all-reduces the finite flag), so the run ends without a
+        restart. The worker where it began writes diverged.json; the driver turns it into
+        ``NonFiniteError``."""
         print(f"[rank {self.rank}] {err}", flush=True)
-        write_diverged(self.job.run_dir, str(err), step, self.rank)
-        if self.world > 1:
-            raise WorkerDiverged(f"rank {self.rank}: {err}") from err
+        if err.here:
+            write_diverged(self.job.run_dir, str(err), step, self.rank)
 
     def _debug_hooks(self, batch: dict, step: int) -> None:
         """Tests: ``record_dir`` (sample keys, node ids and a G/D checksum per worker),

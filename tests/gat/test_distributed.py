@@ -77,7 +77,7 @@ def _rank_main(rank: int, port: int, out: str) -> None:
         try:
             trainer.step(x, c, t)
         except NonFiniteError as err:
-            stopped = (step, str(err).split(":")[0])
+            stopped = (step, err.here, str(err))
             break
     results["diverged"] = {"stopped": stopped}
     x, c, _ = _batch(2 * 4, seed=7)
@@ -178,5 +178,6 @@ def test_one_process_reducer_is_a_no_op():
 
 def test_divergence_on_one_rank_stops_every_rank_at_that_step(ranks):
     stops = [rank["diverged"]["stopped"] for rank in ranks]
-    assert stops[0] == stops[1] and stops[0][0] == 2, stops
-    assert "non-finite" in stops[0][1]
+    assert stops[0][0] == stops[1][0] == 2, stops  # the same step on both
+    assert (stops[0][1], stops[1][1]) == (False, True)  # it began on rank 1
+    assert "non-finite" in stops[1][2] and "of another worker" in stops[0][2]

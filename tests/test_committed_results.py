@@ -1,0 +1,87 @@
+"""What is committed is what the committed code computes: `results/` and `dvc.lock` are
+not stale, and the README's ladder is the committed results.
+
+`dvc status` on the committed study must list no stage whose code or params changed since
+`dvc.lock` was written (outputs absent from a fresh clone are fine: DVC recomputes them,
+and the determinism of that recomputation is tested elsewhere). A commit that changes
+training code without rerunning the study fails here, naming the stages and files.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.helpers import FASHION, REPO, dvc_env
+
+README_LADDER = "| images | G params | D params |"
+
+
+def stale_stages(status: dict) -> dict[str, list[str]]:
+    """Stage -> the code files and params keys that changed since dvc.lock (data deps that
+    are other stages' outputs, missing in a fresh clone, are not staleness)."""
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True,
+                                 text=True, check=True).stdout.split())
+    stale: dict[str, list[str]] = {}
+    for stage, entries in status.items():
+        for entry in entries:
+            if not isinstance(entry, dict):
+                continue  # "always changed" and similar notes
+            for path, change in entry.get("changed deps", {}).items():
+                if path.endswith(".yaml") and isinstance(change, dict):
+                    stale.setdefault(stage, []).extend(f"{path}:{k}" for k in change)
+                elif path in tracked:
+                    stale.setdefault(stage, []).append(f"{path} ({change})")
+    return stale
+
+
+@pytest.mark.skipif(not FASHION.exists(), reason="needs dataset-fashion-mnist")
+def test_committed_study_is_not_stale():
+    out = subprocess.run([str(Path(sys.executable).parent / "dvc"), "status", "--json"],
+                         cwd=REPO, env=dvc_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    stale = stale_stages(json.loads(out.stdout or "{}"))
+    assert not stale, (
+        "results/ and dvc.lock are stale: these stages' code or params changed since they "
+        f"ran: {json.dumps(stale, indent=1)}\nRerun `bash scripts/repro.sh` and commit "
+        "results/ and dvc.lock (and the README's tables) with the change.")
+
+
+def readme_ladder() -> pd.DataFrame:
+    """The README's ladder table (the first one under the results heading), as numbers."""
+    lines = (REPO / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(README_LADDER))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("| GAT-"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows.append({"size": cells[0], "fd": float(cells[4]), "precision": float(cells[5]),
+                     "recall": float(cells[6]), "class_accuracy": float(cells[7])})
+    return pd.DataFrame(rows).set_index("size")
+
+
+def test_readme_ladder_is_the_committed_results():
+    committed = pd.read_csv(REPO / "results" / "scaling" / "scaling.csv").set_index("size")
+    readme = readme_ladder()
+    assert list(readme.index) == list(committed.index)
+    for size, row in readme.iterrows():
+        want = committed.loc[size]
+        assert row["fd"] == pytest.approx(round(want["fd"], 2), abs=0.006), size
+        for key in ("precision", "recall", "class_accuracy"):
+            assert row[key] == pytest.approx(round(want[key], 3), abs=0.0006), (size, key)
+
+
+def test_stale_check_names_changed_code_and_params():
+    deps = {"gat/train.py": "modified", "data/shards/train": "deleted",
+            "params.yaml": {"train.lr_base": "modified"}}
+    status = {"train@GAT-T1/4-0": [{"changed deps": deps},
+                                    {"changed outs": {"outputs/train/GAT-T1": "not in cache"}}],
+              "floors": [{"changed outs": {"results/data/floors.json": "deleted"}}]}
+    assert stale_stages(status) == {"train@GAT-T1/4-0": ["gat/train.py (modified)",
+                                                         "params.yaml:train.lr_base"]}

@@ -60,6 +60,8 @@ def copy_study(src: Path, dst: Path) -> None:
     import sqlite3
 
     shutil.copytree(src, dst, symlinks=True)
+    if not (dst / "mlflow.db").exists():
+        return
     with sqlite3.connect(dst / "mlflow.db") as db:
         for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
             db.execute(f"update {table} set {column} = replace({column}, ?, ?)",

@@ -129,9 +129,13 @@ def blocks(page: Path) -> list[Block]:
     return found
 
 
-def block_env() -> dict[str, str]:
-    """The environment of a user whose venv is active (and whose git can commit)."""
-    return {**dvc_env(), "RAY_USAGE_STATS_ENABLED": "0"}
+def block_env(study: Path) -> dict[str, str]:
+    """The environment of a user of ``study`` whose venv is active (and whose git can
+    commit). The venv is shared with the checkout the check runs from, where the project is
+    installed: ``$PYTHONPATH`` makes ``gat`` import the study's code, as a user's own
+    install would (``python -m stages.NAME`` imports its working directory's first, so a
+    queued DVC experiment still runs its own copy)."""
+    return {**dvc_env(), "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(study)}
 
 
 def _command(block: Block, script: Path) -> list[str]:
@@ -151,7 +155,7 @@ def run_block(block: Block, cwd: Path, timeout: float = BLOCK_TIMEOUT_S) -> floa
             _serve(block, cmd, cwd)
             return time.perf_counter() - start
         try:
-            done = subprocess.run(cmd, cwd=cwd, env=block_env(), capture_output=True,
+            done = subprocess.run(cmd, cwd=cwd, env=block_env(cwd), capture_output=True,
                                   text=True, timeout=timeout)
         except subprocess.TimeoutExpired as err:
             raise DocsCheckError(f"{block.where}: still running after {timeout:.0f} s") from err
@@ -163,7 +167,7 @@ def run_block(block: Block, cwd: Path, timeout: float = BLOCK_TIMEOUT_S) -> floa
 
 
 def _serve(block: Block, cmd: list[str], cwd: Path, wait_s: float = 120) -> None:
-    proc = subprocess.Popen(cmd, cwd=cwd, env=block_env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=cwd, env=block_env(cwd), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + wait_s
@@ -184,8 +188,12 @@ def _serve(block: Block, cmd: list[str], cwd: Path, wait_s: float = 120) -> None
         proc.wait(timeout=30)
 
 
+def _print(line: str) -> None:
+    print(line, flush=True)  # before a block's own output, in a log file too
+
+
 def check(study: Path, work: Path, page_list: list[Path] | None = None,
-          log=print) -> tuple[int, int]:
+          log=_print) -> tuple[int, int]:
     """Run every page's runnable blocks, each page in its own copy of ``study`` under
     ``work``; returns (blocks run, blocks skipped). Raises DocsCheckError at the first
     failure. Every page's marks are read (and an unmarked block refused) before anything
@@ -212,14 +220,19 @@ def check(study: Path, work: Path, page_list: list[Path] | None = None,
 
 
 def build_tiny_study(work: Path) -> Path:
-    """The tiny profile's study after `bash scripts/repro.sh`, in a copy of the checkout."""
+    """What a user has after cloning and running the tiny profile: a copy of the checkout,
+    committed as a clone is, then ``params.yaml`` = profiles/tiny.yaml and
+    `bash scripts/repro.sh` (their results uncommitted)."""
     study = work / "study"
     study.mkdir(parents=True)
     copy_repo(study)
+    env = {**dvc_env(), "RAY_USAGE_STATS_ENABLED": "0"}
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "commit", "-q", "-m", "a clone of the checkout"]):
+        subprocess.run(cmd, cwd=study, env=env, check=True)
+    (study / ".venv").symlink_to(Path(sys.executable).parent.parent)  # .gitignore: .venv/
     shutil.copy(study / "profiles" / "tiny.yaml", study / "params.yaml")
-    (study / ".venv").symlink_to(Path(sys.executable).parent.parent)
-    for cmd in (["git", "init", "-q"], ["bash", "scripts/repro.sh"]):
-        subprocess.run(cmd, cwd=study, env=block_env(), check=True)
+    subprocess.run(["bash", "scripts/repro.sh"], cwd=study, env=env, check=True)
     return study
 
 

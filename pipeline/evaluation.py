@@ -222,10 +222,11 @@ def evaluate_trained(params: Params, generator_dir: Path, gen, meta: dict, token
     reference = load_reference(reference_path(layout), metric=ev.metric)
     check_reference(reference, ev, layout)  # before sampling: width, given file unchanged
     cfg, seed = params.evaluate, params.study.seed + 1  # not the training z stream
-    if params.runtime.use_gpu:
+    if params.runtime.on_pool:
         work = SampleFeatureWork(generator_dir, layout, source, cfg.num_samples, cfg.batch,
                                  cfg.psi, seed)
-        out = sampled_features_on_ray(work, True, params.runtime.cpus_per_worker)
+        out = sampled_features_on_ray(work, params.runtime.use_gpu,
+                                      params.runtime.cpus_per_worker)
         metrics = score_samples(ev, out, gen.num_classes, reference, cfg.psi, seed)
     else:
         metrics = evaluate_generator(ev, gen, tokenizer, reference, cfg.num_samples,

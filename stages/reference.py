@@ -106,19 +106,19 @@ def computed_statistics(ev: Evaluator, params: Params) -> dict:
     runtime.use_gpu (refused on a cluster without one, before any image is read), else in
     this process."""
     split = open_split(params.data, "eval")
-    if not params.runtime.use_gpu:
+    if not params.runtime.on_pool:
         batches = (images for _, images in split.batches(BATCH))
         return reference_statistics(ev, batches, total=len(split))
     source = params.evaluator.source
     work = EvalImageFeatures(params.data, source,
                              str(LAYOUT.classifier) if source == "train" else None)
-    parts = map_parts(lambda n: dataclasses.replace(work, parts=n), len(split), True,
-                      params.runtime.cpus_per_worker, "reference")
+    parts = map_parts(lambda n: dataclasses.replace(work, parts=n), len(split),
+                      params.runtime.use_gpu, params.runtime.cpus_per_worker, "reference")
     return reference_of_features(ev, concat(parts)["features"])
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
-    on_ray = params.runtime.use_gpu and not params.evaluator.reference
+    on_ray = params.runtime.on_pool and not params.evaluator.reference
     if not on_ray:
         cluster.device(params.runtime.use_gpu)  # a GPU study refuses a CPU-only machine
     # On Ray the driver's extractor only names the metric and checks widths: on the CPU.

@@ -127,10 +127,11 @@ def write_teacher_data(params: Params) -> None:
         return
     if t.mirror and params.data.hflip:
         check_pairs(params.data.shard_size, "teacher.mirror")
-    if runtime.use_gpu:  # every GPU of the Ray cluster; refuses a cluster without one
+    if runtime.on_pool:  # every GPU of the Ray cluster; refuses a cluster without one
         shards = write_shards_on_ray(TOKENS, len(source), params.data.shard_size, make,
                                      fingerprint, runtime.encode_batch, "teacher",
-                                     TOKEN_FIELDS, use_gpu=True, cpus=runtime.cpus_per_worker)
+                                     TOKEN_FIELDS, use_gpu=runtime.use_gpu,
+                                     cpus=runtime.cpus_per_worker)
     else:
         shards = write_shards(TOKENS, len(source), params.data.shard_size,
                               make(cluster.device(False)), fingerprint, runtime.encode_batch,

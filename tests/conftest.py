@@ -57,6 +57,9 @@ def mlflow_uri(tmp_path) -> str:
 # the tiny study run after the others, those that need its claims last: the claims build
 # on their own copy while the tiny study's tests run.
 CLAIMS_TESTS = "tests/stages/test_claims.py"
+# Where the tiny study's dvc.lock and results/ are copied once built, when set: the docs
+# check builds the same study again, and tests/study_diff.py compares the two.
+STUDY_RECORD = "GAT_STUDY_RECORD"
 _studies: dict[str, Future] = {}
 _running: list[subprocess.Popen] = []
 
@@ -151,6 +154,10 @@ def _tiny_study(work: Path, claims_copy: Path | None) -> Path:
         assert result.returncode == 0, f"{cmd}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
     if claims_copy is not None:
         copy_study(work, claims_copy / "study")
+    if os.environ.get(STUDY_RECORD):  # what tests/study_diff.py compares (scripts/test.sh)
+        record = Path(os.environ[STUDY_RECORD])
+        shutil.copytree(work / "results", record / "results")
+        shutil.copy(work / "dvc.lock", record / "dvc.lock")
     return work
 
 

@@ -311,6 +311,10 @@ class RuntimeParams(Traced):
     SECTION = "runtime"
     workers: int = 1  # Ray Train workers (one GPU each with use_gpu)
     use_gpu: bool = False
+    # encode, teacher, reference, evaluate: on an actor pool of the Ray cluster (one actor
+    # per GPU, or per cpus_per_worker CPUs) or in the stage's process. auto: the pool with
+    # use_gpu; ray: the pool on CPUs too (a CPU cluster of several nodes; the rehearsal).
+    pool: Literal["auto", "ray"] = "auto"
     cpus_per_worker: float = 1.0  # torch threads of a worker
     grad_accum: int = 1  # micro-batches per step (memory), same global batch
     grad_checkpointing: bool = False  # recompute activations in backward (memory)
@@ -346,6 +350,11 @@ class RuntimeParams(Traced):
     #                    (one machine); else a folder every node mounts or s3://, gs://...
     data_url: str = ""  # where workers read shards/train/ and teacher/: empty = data/ of the
     #                     checkout; else a folder or URL holding copies ({path}: a template)
+
+    @property
+    def on_pool(self) -> bool:
+        """Whether the data and evaluation stages run on the Ray actor pool (``pool``)."""
+        return self.use_gpu or self.pool == "ray"
 
     def check(self, where: str) -> None:
         positive(self, where, "workers", "cpus_per_worker", "grad_accum", "checkpoint_every",

@@ -350,3 +350,15 @@ def test_an_unpinned_hub_part_says_so():
     params = parse_params(_raw(tokenizer={"source": "stabilityai/sd-vae-ft-ema"}),
                           check_paths=False)
     assert "NOT PINNED" in profile.hub_revisions(params)["tokenizer"]
+
+
+@pytest.mark.parametrize(("use_gpu", "pool", "on_pool"), [
+    (True, "auto", True), (False, "auto", False), (False, "ray", True), (True, "ray", True)])
+def test_runtime_pool_puts_the_data_and_evaluation_stages_on_ray(use_gpu, pool, on_pool):
+    params = parse_params(_raw(runtime={"use_gpu": use_gpu, "pool": pool}))
+    assert params.runtime.on_pool is on_pool
+
+
+def test_runtime_pool_refuses_other_values():
+    _refused(_raw(runtime={"pool": "always"}), "runtime.pool: 'always' is not allowed",
+             "Allowed: auto, ray")

@@ -1,0 +1,53 @@
+"""scripts/rehearse.py: the rehearsal's params are the paper profile's, valid, with only
+the data, sizes and counts changed (the rehearsal itself is a CI step of scripts/test.sh)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import yaml
+
+from pipeline.config import parse_params
+from tests.helpers import REPO
+
+spec = importlib.util.spec_from_file_location("rehearse", REPO / "scripts" / "rehearse.py")
+rehearse = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(rehearse)
+
+# What the rehearsal may change; every other key must stay the paper profile's.
+CHANGED = {("study", "sizes"), ("data", "path"), ("data", "eval_path"), ("data", "shard_size"),
+           ("evaluator", "reference"), ("train", "batch"), ("train", "iterations"),
+           ("train", "shuffle_buffer"), ("evaluate", "num_samples"), ("evaluate", "batch")}
+
+
+def test_rehearsal_keeps_every_paper_setting_but_data_sizes_and_counts(tmp_path):
+    paper = yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text())
+    ours = rehearse.rehearsal_params(tmp_path)
+    changed = {(section, key) for section, values in paper.items() for key in values
+               if ours[section][key] != values[key]}
+    assert {c for c in changed if c[0] != "runtime"} <= CHANGED
+    assert {k for s, k in changed if s == "runtime"} <= {
+        "workers", "use_gpu", "pool", "cpus_per_worker", "checkpoint_every", "log_every",
+        "sample_every", "fd_every", "fd_samples", "loader_workers", "encode_batch"}
+    params = parse_params(ours, check_paths=False)  # its folders are made when it runs
+    # the paper path's settings the rehearsal is there to exercise
+    assert params.teacher.mode == "online" and params.runtime.precision == "bf16"
+    assert params.runtime.allreduce == "bucketed" and params.runtime.workers == 2
+    assert params.runtime.on_pool and not params.runtime.use_gpu
+    assert params.tokenizer.source == "stabilityai/sd-vae-ft-ema" and params.tokenizer.revision
+    assert params.teacher.source == "facebook/dinov2-base" and params.teacher.revision
+    assert params.evaluator.source == "inception"
+    assert params.evaluator.reference.endswith(".npz") and params.data.hflip
+
+
+def test_rehearsal_images_are_an_imagenet_layout_the_data_stage_reads(tmp_path):
+    from pipeline.config import DataParams
+    from pipeline.data import open_split
+
+    rehearse.make_images(tmp_path / "train", per_class=2, seed=0)
+    split = open_split(DataParams(source="imagefolder", path=str(tmp_path / "train"),
+                                  eval_path=str(tmp_path / "train"), resolution=256), "train")
+    assert len(split) == 2 * rehearse.CLASSES and len(split.classes) == rehearse.CLASSES
+    images = split.load(list(range(len(split))))
+    assert images.shape == (2 * rehearse.CLASSES, 3, 256, 256)  # centre-cropped, resized
+    assert images.float().std() > 10  # not a flat colour

@@ -208,14 +208,15 @@ def study_env(work: Path) -> dict[str, str]:
 
 def checkout(study: Path, env: dict[str, str]) -> None:
     """A fresh study: the checkout's tracked and untracked-but-not-ignored files, as a fresh
-    clone has, without the embedded study's lock and results (this study makes its own),
-    the venv linked, committed in a new git repo. Kept when it exists (resume)."""
+    clone has them (the embedded study's dvc.lock and results/ too: the paper's stages
+    replace theirs), the venv linked, committed in a new git repo. Kept when it exists
+    (resume)."""
     if (study / ".git").exists():
         return
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
                            cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     for rel in files:
-        if (REPO / rel).is_file() and rel != "dvc.lock" and not rel.startswith("results/"):
+        if (REPO / rel).is_file():
             (study / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, study / rel)
     (study / ".venv").symlink_to(Path(sys.executable).parent.parent)

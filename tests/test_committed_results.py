@@ -23,8 +23,8 @@ README_LADDER = "| images | G params | D params |"
 
 
 def stale_stages(status: dict) -> dict[str, list[str]]:
-    """Stage -> the code files and params keys that changed since dvc.lock (data deps that
-    are other stages' outputs, missing in a fresh clone, are not staleness)."""
+    """Stage -> the code files and folders, git-tracked results and params keys that changed
+    since dvc.lock (DVC-cached deps, missing in a fresh clone, are not staleness)."""
     tracked = set(subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True,
                                  text=True, check=True).stdout.split())
     stale: dict[str, list[str]] = {}
@@ -35,7 +35,9 @@ def stale_stages(status: dict) -> dict[str, list[str]]:
             for path, change in entry.get("changed deps", {}).items():
                 if path.endswith(".yaml") and isinstance(change, dict):
                     stale.setdefault(stage, []).extend(f"{path}:{k}" for k in change)
-                elif path in tracked:
+                elif path in tracked or any(f.startswith(f"{path}/") for f in tracked):
+                    # a code file, a code folder (gat, pipeline/serving) or git-tracked
+                    # results another stage wrote (results/train): all come with a clone
                     stale.setdefault(stage, []).append(f"{path} ({change})")
     return stale
 
@@ -79,9 +81,9 @@ def test_readme_ladder_is_the_committed_results():
 
 def test_stale_check_names_changed_code_and_params():
     deps = {"gat/train.py": "modified", "data/shards/train": "deleted",
-            "params.yaml": {"train.lr_base": "modified"}}
+            "pipeline/serving": "modified", "params.yaml": {"train.lr_base": "modified"}}
     status = {"train@GAT-T1/4-0": [{"changed deps": deps},
                                     {"changed outs": {"outputs/train/GAT-T1": "not in cache"}}],
               "floors": [{"changed outs": {"results/data/floors.json": "deleted"}}]}
-    assert stale_stages(status) == {"train@GAT-T1/4-0": ["gat/train.py (modified)",
-                                                         "params.yaml:train.lr_base"]}
+    assert stale_stages(status) == {"train@GAT-T1/4-0": [
+        "gat/train.py (modified)", "pipeline/serving (modified)", "params.yaml:train.lr_base"]}

@@ -197,6 +197,11 @@ def build_pipeline(gen: Generator, meta: dict[str, Any], tokenizer: Tokenizer) -
     """A pipeline of a trained generator (gat.io metadata) and the tokenizer that made its
     latents; the VAE's ``scaling_factor`` becomes the scale G was trained with."""
     tokenizer.vae.register_to_config(scaling_factor=float(meta["scale_factor"]))
+    # from_pretrained recorded the folder it read (an absolute path of this checkout):
+    # record the source instead, so that the exported folder does not depend on where the
+    # study ran (two builds of a study give the same bytes: tests/study_diff.py)
+    if meta.get("tokenizer"):
+        tokenizer.vae.register_to_config(_name_or_path=str(meta["tokenizer"]))
     return GATPipeline(GATGeneratorModel.from_generator(gen, meta), tokenizer.vae)
 
 

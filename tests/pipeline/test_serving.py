@@ -45,6 +45,20 @@ def folder(parts, tmp_path_factory) -> Path:
     return export_pipeline(parts["generator"], root / "pipeline", Layout(root, root))
 
 
+def test_the_exported_folder_does_not_depend_on_where_the_study_is(folder, parts,
+                                                                  tmp_path):
+    """Two checkouts export the same bytes (the VAE's config once recorded its absolute
+    source folder): what lets two builds of a study compare equal (tests/study_diff.py)."""
+    root = tmp_path / "elsewhere"
+    shutil.copytree(parts["tokenizer"], root / "data" / "tokenizer")
+    other = export_pipeline(parts["generator"], root / "pipeline", Layout(root, root))
+    files = sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(other) for p in other.rglob("*") if p.is_file())
+    for rel in files:
+        assert (folder / rel).read_bytes() == (other / rel).read_bytes(), rel
+    assert json.loads((other / "vae" / "config.json").read_text())["_name_or_path"] == "train"
+
+
 def _seeds(*seeds: int) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(s) for s in seeds]
 

@@ -515,7 +515,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def checkout_here(cwd: Path | None = None) -> Path | None:
+    """The project checkout the working directory is in (the nearest folder up holding
+    dvc.yaml and pipeline/layout.py), or None."""
+    for folder in [(cwd or Path.cwd()).resolve(), *(cwd or Path.cwd()).resolve().parents]:
+        if (folder / "dvc.yaml").is_file() and (folder / "pipeline" / "layout.py").is_file():
+            return folder
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and "GAT_ROOT" not in os.environ:
+        # The `gat` command acts on the checkout it is run in, as git and dvc do, not on the
+        # one its venv installed it from (where `gat profile` would write params.yaml).
+        # Set before anything reads pipeline.layout's REPO_ROOT; in-process calls with
+        # argv (the tests) keep theirs.
+        here = checkout_here()
+        if here is not None:
+            os.environ["GAT_ROOT"] = str(here)
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -121,3 +121,22 @@ def test_gat_edit_saves_directions_and_applies_them_to_any_seed(tmp_path, parts)
     unedited = strip[1 + 33:1 + 33 + 32, 1 + 33:1 + 33 + 32]  # row 1 (seed 6), column 1
     sample = np.asarray(Image.open(tmp_path / "s" / "class0002_seed000006.png"))
     assert np.abs(unedited - sample).max() <= 1  # batch rounding at most
+
+
+def test_gat_acts_on_the_checkout_it_runs_in(tmp_path):
+    """`gat`, installed in a venv by one checkout, run in another checkout writes that
+    one's params.yaml (it once wrote its own install's: found by the rehearsal)."""
+    from pathlib import Path
+
+    from tests.helpers import REPO, copy_repo, dvc_env
+
+    copy_repo(tmp_path)
+    before = (REPO / "params.yaml").read_bytes()
+    env = {k: v for k, v in dvc_env().items() if k not in ("GAT_ROOT", "PYTHONPATH")}
+    gat = Path(sys.executable).parent / "gat"
+    done = subprocess.run([str(gat), "profile", "tiny"], cwd=tmp_path / "docs", env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"to {tmp_path / 'params.yaml'}" in done.stdout
+    assert "tiny-e2e" in (tmp_path / "params.yaml").read_text()
+    assert (REPO / "params.yaml").read_bytes() == before

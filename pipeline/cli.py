@@ -518,7 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
 def checkout_here(cwd: Path | None = None) -> Path | None:
     """The project checkout the working directory is in (the nearest folder up holding
     dvc.yaml and pipeline/layout.py), or None."""
-    for folder in [(cwd or Path.cwd()).resolve(), *(cwd or Path.cwd()).resolve().parents]:
+    here = (cwd or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
         if (folder / "dvc.yaml").is_file() and (folder / "pipeline" / "layout.py").is_file():
             return folder
     return None

@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -43,6 +41,9 @@ import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the checkout's tests.helpers: copying a checkout, its env
+from tests.helpers import copy_repo, dvc_env  # noqa: E402
+
 CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 3, 4, 4
 ADM_SPATIAL = 2023  # width of ADM's spatial features (mu_s): 7 channels x 17 x 17
 
@@ -191,19 +192,10 @@ def study_env(work: Path) -> dict[str, str]:
     """The environment of the study's user: offline hub, the random Inception weights, and
     the study's own code first on PYTHONPATH (the venv is this checkout's, where ``gat`` is
     installed: without it, ``gat profile`` would write this checkout's params.yaml)."""
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "RAY_USAGE_STATS_ENABLED": "0",
-           "PYTHONPATH": str(work / "study"),
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "HF_HUB_CACHE": str(work / "hub"), "GAT_INCEPTION_WEIGHTS":
-           str(work / "inception" / "pt_inception-random.pth"),
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "DVC_ROOT", "GAT_ROOT"):
-        env.pop(key, None)
-    for key, value in (("GIT_AUTHOR_NAME", "gat-rehearsal"), ("GIT_COMMITTER_NAME",
-                       "gat-rehearsal"), ("GIT_AUTHOR_EMAIL", "rehearsal@localhost"),
-                       ("GIT_COMMITTER_EMAIL", "rehearsal@localhost")):
-        env.setdefault(key, value)
-    return env
+    return {**dvc_env(), "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(work / "study"),
+            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "HF_HUB_CACHE": str(work / "hub"),
+            "GAT_INCEPTION_WEIGHTS": str(work / "inception" / "pt_inception-random.pth")}
 
 
 def checkout(study: Path, env: dict[str, str]) -> None:
@@ -213,12 +205,8 @@ def checkout(study: Path, env: dict[str, str]) -> None:
     (resume)."""
     if (study / ".git").exists():
         return
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                           cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for rel in files:
-        if (REPO / rel).is_file():
-            (study / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, study / rel)
+    study.mkdir(parents=True, exist_ok=True)
+    copy_repo(study)
     (study / ".venv").symlink_to(Path(sys.executable).parent.parent)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "commit", "-q", "-m", "the checkout, before the rehearsal"]):

@@ -109,7 +109,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     fields = (*LATENT_FIELDS, "img.bin") if pixels else LATENT_FIELDS
     shard_args = (len(source), params.data.shard_size, make, fingerprint, runtime.encode_batch,
                   "encode", fields)
-    if runtime.on_pool:  # every GPU of the Ray cluster; refuses a cluster without one
+    if runtime.on_pool:  # every GPU of the cluster (refused without one), or CPUs: pool ray
         shards = write_shards_on_ray(SHARDS, *shard_args, use_gpu=runtime.use_gpu,
                                      cpus=runtime.cpus_per_worker)
         device = "cpu"  # the driver only probes one image for the latent shape

@@ -127,7 +127,7 @@ def write_teacher_data(params: Params) -> None:
         return
     if t.mirror and params.data.hflip:
         check_pairs(params.data.shard_size, "teacher.mirror")
-    if runtime.on_pool:  # every GPU of the Ray cluster; refuses a cluster without one
+    if runtime.on_pool:  # every GPU of the cluster (refused without one), or CPUs: pool ray
         shards = write_shards_on_ray(TOKENS, len(source), params.data.shard_size, make,
                                      fingerprint, runtime.encode_batch, "teacher",
                                      TOKEN_FIELDS, use_gpu=runtime.use_gpu,

@@ -27,6 +27,7 @@ def stale_stages(status: dict) -> dict[str, list[str]]:
     since dvc.lock (DVC-cached deps, missing in a fresh clone, are not staleness)."""
     tracked = set(subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True,
                                  text=True, check=True).stdout.split())
+    tracked |= {str(folder) for f in tracked for folder in Path(f).parents}
     stale: dict[str, list[str]] = {}
     for stage, entries in status.items():
         for entry in entries:
@@ -35,7 +36,7 @@ def stale_stages(status: dict) -> dict[str, list[str]]:
             for path, change in entry.get("changed deps", {}).items():
                 if path.endswith(".yaml") and isinstance(change, dict):
                     stale.setdefault(stage, []).extend(f"{path}:{k}" for k in change)
-                elif path in tracked or any(f.startswith(f"{path}/") for f in tracked):
+                elif path in tracked:
                     # a code file, a code folder (gat, pipeline/serving) or git-tracked
                     # results another stage wrote (results/train): all come with a clone
                     stale.setdefault(stage, []).append(f"{path} ({change})")

@@ -15,6 +15,10 @@ Image folders: data.path (ImageNet train layout, root/CLASS/*.JPEG) and data.eva
 (the same class sub-folders; classes are indexed by the train folder's sorted names). A
 flat folder of images (no sub-folder) is one class, named ``.``: an unconditional dataset
 such as FFHQ, on which the pipeline trains an unconditional model.
+Image folders are listed class by class; their samples are put in one seeded order that
+mixes the classes (:func:`mixed_order`), so that shards, and so a loader's batches, hold
+every class in its share, and a limit keeps every class. Fashion-MNIST keeps its published
+order, which is already mixed (its first 20,000 hold each class at 9.7-10.3%).
 Unusable files (unreadable, truncated, smaller than R, not an image) are skipped and listed
 in ``Dataset.skipped`` with the reason; grayscale, CMYK, palette, 16-bit and alpha images
 are converted to RGB (alpha composited on white).
@@ -44,6 +48,7 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
                          "Shirt", "Sneaker", "Bag", "Ankle boot"]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 FLAT = "."  # the one class of a flat image folder: the folder itself
+ORDER_SEED = 0  # the image folders' sample order (mixed_order): fixed, part of the data
 PARALLEL_CHECK_FROM = 512  # files: below this, a process pool costs more than it saves
 LOAD_THREADS = min(8, os.cpu_count() or 1)  # PIL decodes and resizes without the GIL
 
@@ -96,7 +101,8 @@ class Dataset:
             yield chunk, self.load(chunk)
 
     def limit(self, n: int) -> Dataset:
-        """The first ``n`` samples (all when n is 0 or at least the size)."""
+        """The first ``n`` samples (all when n is 0 or at least the size): a stratified
+        subset for image folders, whose order is :func:`mixed_order`."""
         if not n or n >= len(self):
             return self
         return Dataset(self.classes, self.labels[:n], self.resolution, self.skipped,
@@ -214,7 +220,25 @@ def _imagefolder(root: Path, resolution: int, classes: list[str]) -> Dataset:
     if not files:
         raise DataError(f"{root}: no usable image in any class folder "
                         f"({len(skipped)} skipped, e.g. {skipped[:1]})")
-    return Dataset(classes, np.asarray(labels, np.int64), resolution, skipped, _files=files)
+    order = mixed_order(np.asarray(labels, np.int64), ORDER_SEED)
+    return Dataset(classes, np.asarray(labels, np.int64)[order], resolution, skipped,
+                   _files=[files[i] for i in order])
+
+
+def mixed_order(labels: np.ndarray, seed: int) -> np.ndarray:
+    """A permutation [N] of samples listed class by class that mixes the classes: each
+    class is shuffled, and its k-th of n samples is placed at (k + u) / n with u uniform in
+    [0, 1), all classes merged by that place. So every prefix holds each class in its share
+    to within about one sample (a limit is a stratified subset), and the classes are spread
+    over the whole order, not in runs (what webdataset shards written in this order, read
+    through a shuffle buffer, need to give batches of random class mix)."""
+    rng = np.random.default_rng(seed)
+    place = np.empty(len(labels))
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        rank = rng.permutation(len(members))
+        place[members] = (rank + rng.random(len(members))) / len(members)
+    return np.argsort(place, kind="stable")
 
 
 def _check_all(paths: list[Path], resolution: int) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,13 @@ from PIL import Image
 
 from pipeline.config import DataParams
 from pipeline.data import DataError, iter_images, open_split
+from pipeline.shards import (
+    latent_fields,
+    make_train_loader,
+    sample_plan,
+    write_manifest,
+    write_shards,
+)
 from tests.helpers import FASHION
 
 
@@ -55,16 +64,96 @@ def test_imagefolder_accepts_converts_and_lists_skipped(tmp_path):
     bad = make_imagefolder(tmp_path / "train")
     ds = open_split(_folder_params(tmp_path / "train"), "train")
     assert ds.classes == ["cat", "dog", "empty"]
-    assert len(ds) == 7 and list(ds.labels) == [0, 0, 0, 1, 1, 1, 1]
+    # in the mixed order (tests below), each file with its own label
+    names = [f.name for f in ds._files]
+    assert sorted(zip(names, ds.labels.tolist())) == [
+        ("a.jpg", 0), ("b.png", 0), ("c.jpg", 0), ("d.png", 1), ("e.png", 1), ("f.jpg", 1),
+        ("g.png", 1)]
     skipped = {entry["file"].rsplit("/", 1)[-1]: entry["reason"] for entry in ds.skipped}
     assert set(skipped) == set(bad)
     for name, reason in bad.items():
         assert reason in skipped[name]
-    images = ds.load(np.arange(len(ds)))
-    assert images.shape == (7, 3, 32, 32) and images.dtype == torch.uint8
-    assert int(images[1].min()) == 255  # fully transparent PNG became white, not black
-    assert (images[3, 0] == images[3, 1]).all()  # grayscale replicated to RGB
-    assert images[5].float().std() > 20  # 16-bit PNG rescaled, not clipped to white
+    images = dict(zip(names, ds.load(np.arange(len(ds)))))
+    assert images["a.jpg"].shape == (3, 32, 32) and images["a.jpg"].dtype == torch.uint8
+    assert int(images["b.png"].min()) == 255  # fully transparent PNG: white, not black
+    assert (images["d.png"][0] == images["d.png"][1]).all()  # grayscale replicated to RGB
+    assert images["g.png"].float().std() > 20  # 16-bit PNG rescaled, not clipped to white
+
+
+def _classwise_folder(root, classes: int, per_class: int) -> DataParams:
+    """An image folder as ImageNet's: class sub-folders, files listed class by class."""
+    for c in range(classes):
+        (root / f"n{c:08d}").mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(np.full((16, 16, 3), 8 * c, np.uint8)).save(
+                root / f"n{c:08d}" / f"{i:04d}.png")
+    return DataParams(source="imagefolder", path=str(root), eval_path=str(root),
+                      resolution=16)
+
+
+def test_a_limit_keeps_every_class_in_its_share(tmp_path):
+    params = _classwise_folder(tmp_path / "train", classes=8, per_class=12)
+    for limit in (8, 24, 40):
+        ds = open_split(dataclasses.replace(params, train_limit=limit, eval_limit=limit),
+                        "train")
+        counts = np.bincount(ds.labels, minlength=8)
+        assert len(ds) == limit and counts.min() >= limit // 8 and counts.max() <= -(-limit // 8)
+    # seeded: the same order every time, and a permutation of every file
+    first, again = (open_split(params, "train") for _ in range(2))
+    assert first._files == again._files and len(set(first._files)) == 96
+
+
+def _batch_chi2(labels: np.ndarray, batches: list[np.ndarray], classes: int) -> float:
+    """Sum over batches of Pearson's chi-square of the batch's class counts against the
+    whole data's class shares."""
+    share = np.bincount(labels, minlength=classes) / len(labels)
+    total = 0.0
+    for batch in batches:
+        expected = share * len(batch)
+        total += float((((np.bincount(batch, minlength=classes) - expected) ** 2)
+                        / expected).sum())
+    return total
+
+
+def _loader_batches(tmp_path, sample_labels: np.ndarray, classes: int) -> list[np.ndarray]:
+    """The class labels of a training loader's batches over shards written in the order of
+    ``sample_labels`` (shard 64, shuffle buffer 32, batch 16: the paper's ratios of shard
+    to buffer to batch, 8192 / 20000 / 64 per GPU, at a test's scale)."""
+    out = tmp_path / f"shards-{abs(hash(sample_labels.tobytes()))}"
+    latent = (4, 2, 2)
+
+    def encode(idx: np.ndarray) -> list[dict[str, bytes]]:
+        return [latent_fields(np.zeros(latent), np.full(latent, 0.1), int(sample_labels[j]))
+                for j in idx]
+
+    shards = write_shards(out, len(sample_labels), 64, encode, "test")
+    write_manifest(out, {"samples": len(sample_labels), "shards": shards,
+                         "num_classes": classes, "latent_shape": list(latent),
+                         "scale_factor": 1.0, "classes": [str(c) for c in range(classes)],
+                         "tokenizer": "train"})
+    loader = make_train_loader(out, 16, num_workers=0, shuffle_buffer=32, epochs=1)
+    return [batch["labels"].numpy() for batch in loader]
+
+
+def test_loader_batches_from_a_classwise_folder_mix_classes_as_random_draws(tmp_path):
+    """The class histogram of a loader's batches, over shards encoded from a folder listed
+    class by class, is within what random batches give (chi-square, 99th percentile of
+    200 random epochs); shards in the folder's own class order are far outside it."""
+    classes = 8
+    ds = open_split(_classwise_folder(tmp_path / "train", classes, 32), "train")
+    index, _ = sample_plan(len(ds), hflip=True)  # flip pairs stay side by side
+    labels = ds.labels[index]
+    rng = np.random.default_rng(1)
+    random_epochs = [_batch_chi2(labels, np.array_split(rng.permutation(labels),
+                                                       len(labels) // 16), classes)
+                     for _ in range(200)]
+    bound = float(np.percentile(random_epochs, 99))
+    mixed = _batch_chi2(labels, _loader_batches(tmp_path, labels, classes), classes)
+    assert mixed <= bound, (mixed, bound)
+    in_class_order = np.sort(labels)  # what the shards held before the mixed order
+    sorted_chi2 = _batch_chi2(labels, _loader_batches(tmp_path, in_class_order, classes),
+                              classes)
+    assert sorted_chi2 > 3 * bound, (sorted_chi2, bound)
 
 
 def test_eval_split_uses_train_class_indices(tmp_path):

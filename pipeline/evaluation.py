@@ -44,7 +44,6 @@ from pipeline.images import save_grid
 from pipeline.layout import LAYOUT, Layout
 from pipeline.ray_pool import map_parts
 
-GRID_SEEDS = 10  # columns of the grid
 GRID_CLASSES = 16  # rows at most: ImageNet's 1000 classes are shown 16, evenly spaced
 GRID_UNCONDITIONAL = 4  # rows of an unconditional generator's grid (seeds continue)
 
@@ -56,13 +55,13 @@ def grid_classes(num_classes: int, rows: int = GRID_CLASSES) -> list[int]:
     return [round(i * (num_classes - 1) / (rows - 1)) for i in range(rows)]
 
 
-def class_grid(gen, tokenizer, psi: float = 1.0) -> torch.Tensor:
-    """uint8 [rows * GRID_SEEDS, 3, H, W]: row r is one class, column s is seed s (an
+def class_grid(gen, tokenizer, psi: float, columns: int) -> torch.Tensor:
+    """uint8 [rows * columns, 3, H, W]: row r is one class, column s is seed s (an
     unconditional generator: GRID_UNCONDITIONAL rows of consecutive seeds)."""
     if gen.num_classes == 0:
-        classes, seeds = [0], list(range(GRID_SEEDS * GRID_UNCONDITIONAL))
+        classes, seeds = [0], list(range(columns * GRID_UNCONDITIONAL))
     else:
-        classes, seeds = grid_classes(gen.num_classes), list(range(GRID_SEEDS))
+        classes, seeds = grid_classes(gen.num_classes), list(range(columns))
     latents, _ = sample_latents(gen, classes, seeds, psi=psi)
     return tokenizer.decode(latents)
 
@@ -233,7 +232,8 @@ def evaluate_trained(params: Params, generator_dir: Path, gen, meta: dict, token
                                      cfg.batch, cfg.psi, seed)
     metrics.update(model_facts(gen, meta))
     with atomic_path(grid) as tmp:
-        save_grid(class_grid(gen, tokenizer, cfg.psi), tmp, nrow=GRID_SEEDS)
+        grid_images = class_grid(gen, tokenizer, cfg.psi, cfg.grid_seeds)
+        save_grid(grid_images, tmp, nrow=cfg.grid_seeds)
     return {**metrics, "run_key": meta["run_key"]}
 
 

@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the checkout's tests.helpers: copying a checkout, its env
 from tests.helpers import copy_repo, dvc_env  # noqa: E402
 
-CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 3, 4, 4
+CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 2, 4, 4
 ADM_SPATIAL = 2023  # width of ADM's spatial features (mu_s): 7 channels x 17 x 17
 
 
@@ -60,8 +60,11 @@ def rehearsal_params(work: Path) -> dict:
         ("train", "batch"): 4,                   # 2 per worker
         ("train", "iterations"): 4,
         ("train", "shuffle_buffer"): 16,
-        ("evaluate", "num_samples"): 12,
-        ("evaluate", "batch"): 8,
+        # SD-VAE decodes a 256 px image in ~5 s on one core: every picture is counted
+        ("evaluate", "num_samples"): 8,
+        ("evaluate", "batch"): 4,
+        ("evaluate", "grid_seeds"): 2,
+        ("evaluate", "strip_frames"): 2,
         ("runtime", "workers"): 2,
         ("runtime", "use_gpu"): False,
         ("runtime", "pool"): "ray",
@@ -69,6 +72,7 @@ def rehearsal_params(work: Path) -> dict:
         ("runtime", "checkpoint_every"): 2,
         ("runtime", "log_every"): 1,
         ("runtime", "sample_every"): 4,
+        ("runtime", "sample_seeds"): 2,
         ("runtime", "fd_every"): 4,
         ("runtime", "fd_samples"): 4,
         ("runtime", "loader_workers"): 1,

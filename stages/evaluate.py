@@ -41,7 +41,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
     metrics = {"size": size, "seed": seed, **evaluation.evaluate_trained(
         params, generator_dir, gen, meta, tokenizer, grid)}
     with atomic_path(strip) as tmp:
-        walks.save_strip(walks.evaluation_strip(gen, tokenizer, params.evaluate.psi), tmp)
+        walks.save_strip(walks.evaluation_strip(gen, tokenizer, params.evaluate.psi,
+                                                params.evaluate.strip_frames), tmp)
     pipeline_dir = export_pipeline(LAYOUT.generator(size, seed), LAYOUT.pipeline(size, seed))
     run_id = evaluation.log_evaluation(params, meta, metrics, [grid, strip])
     metrics["mlflow_run_id"] = run_id

@@ -17,7 +17,8 @@ spec.loader.exec_module(rehearse)
 # What the rehearsal may change; every other key must stay the paper profile's.
 CHANGED = {("study", "sizes"), ("data", "path"), ("data", "eval_path"), ("data", "shard_size"),
            ("evaluator", "reference"), ("train", "batch"), ("train", "iterations"),
-           ("train", "shuffle_buffer"), ("evaluate", "num_samples"), ("evaluate", "batch")}
+           ("train", "shuffle_buffer"), ("evaluate", "num_samples"), ("evaluate", "batch"),
+           ("evaluate", "grid_seeds"), ("evaluate", "strip_frames")}
 
 
 def test_rehearsal_keeps_every_paper_setting_but_data_sizes_and_counts(tmp_path):
@@ -28,7 +29,8 @@ def test_rehearsal_keeps_every_paper_setting_but_data_sizes_and_counts(tmp_path)
     assert {c for c in changed if c[0] != "runtime"} <= CHANGED
     assert {k for s, k in changed if s == "runtime"} <= {
         "workers", "use_gpu", "pool", "cpus_per_worker", "checkpoint_every", "log_every",
-        "sample_every", "fd_every", "fd_samples", "loader_workers", "encode_batch"}
+        "sample_every", "sample_seeds", "fd_every", "fd_samples", "loader_workers",
+        "encode_batch"}
     params = parse_params(ours, check_paths=False)  # its folders are made when it runs
     # the paper path's settings the rehearsal is there to exercise
     assert params.teacher.mode == "online" and params.runtime.precision == "bf16"

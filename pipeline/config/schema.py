@@ -227,9 +227,11 @@ class EvaluateParams(Traced):
     num_samples: int = 2000
     batch: int = 250
     psi: float = 1.0
+    grid_seeds: int = 10  # columns of samples.png (one row per class, up to 16 classes)
+    strip_frames: int = 8  # frames of each row of interpolation.png
 
     def check(self, where: str) -> None:
-        positive(self, where, "num_samples", "batch")
+        positive(self, where, "num_samples", "batch", "grid_seeds", "strip_frames")
 
 
 @dataclass(frozen=True)
@@ -333,6 +335,7 @@ class RuntimeParams(Traced):
     checkpoint_every: int = 100  # steps
     log_every: int = 10  # steps between log.csv / MLflow rows
     sample_every: int = 100  # steps between sample grids in MLflow (0: only at the end)
+    sample_seeds: int = 8  # columns of those grids (one row per class, up to 10)
     fd_every: int = 0  # >0: the FD proxy (FD-classifier / FID-5K) every N steps
     fd_samples: int = 1000  # split among the workers, each on its own device
     # Seconds a worker waits in a torch.distributed collective (gradient all-reduce, the
@@ -358,7 +361,8 @@ class RuntimeParams(Traced):
 
     def check(self, where: str) -> None:
         positive(self, where, "workers", "cpus_per_worker", "grad_accum", "checkpoint_every",
-                 "bucket_mb", "log_every", "fd_samples", "encode_batch", "trial_cpus",
+                 "bucket_mb", "log_every", "sample_seeds", "fd_samples", "encode_batch",
+                 "trial_cpus",
                  "concurrent_trials", "collective_timeout_s")
         for key in ("loader_workers", "max_failures", "sample_every", "fd_every",
                     "trial_gpus"):

@@ -25,7 +25,6 @@ from pipeline.pretrained.tokenizer import Tokenizer
 Kind = Literal["z", "w", "class"]
 KINDS = ("z", "w", "class")
 ANIMATIONS = (".mp4", ".gif", ".webp")
-STRIP_FRAMES = 8  # frames of the strip the evaluate stage logs
 
 
 def pairs(items: list[int], what: str) -> list[tuple[int, int]]:
@@ -143,8 +142,7 @@ def _write_mp4(pictures: list[torch.Tensor], path: Path, fps: float) -> None:
     writer.close()
 
 
-def evaluation_strip(gen, tokenizer: Tokenizer, psi: float = 1.0,
-                     frames: int = STRIP_FRAMES) -> torch.Tensor:
+def evaluation_strip(gen, tokenizer: Tokenizer, psi: float, frames: int) -> torch.Tensor:
     """What ``evaluate`` logs, uint8 [rows, frames, 3, H, W]: seed 0 -> 1 of the first
     class by slerp in z, then by lerp in w; then (conditional) seed 0 from the first class
     to the last by their embeddings, as the paper's Fig. 1."""

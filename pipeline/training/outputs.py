@@ -124,9 +124,9 @@ class RunOutputs:
                                 step)
             every = self.job.params.runtime.sample_every
             if (every and step % every == 0) or step == self.job.steps:
-                self.log_grid(step)
+                self.log_grid(step, self.job.params.runtime.sample_seeds)
 
-    def log_grid(self, step: int, per_class: int = 8) -> None:
+    def log_grid(self, step: int, per_class: int) -> None:
         """A uint8 grid to MLflow: one row per class (up to 10), fixed seeds."""
         from torchvision.utils import make_grid
 

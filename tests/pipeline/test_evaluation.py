@@ -59,5 +59,5 @@ def test_an_unconditional_generator_is_measured_without_class_accuracy(parts):
                                             batch=16)
     assert "class_accuracy" not in metrics and metrics["num_samples"] == 32
     assert metrics["fd"] > 0
-    grid = evaluation.class_grid(gen, tokenizer)  # rows of seeds, no class rows
-    assert grid.shape == (evaluation.GRID_SEEDS * evaluation.GRID_UNCONDITIONAL, 3, 32, 32)
+    grid = evaluation.class_grid(gen, tokenizer, 1.0, 3)  # rows of seeds, no class rows
+    assert grid.shape == (3 * evaluation.GRID_UNCONDITIONAL, 3, 32, 32)

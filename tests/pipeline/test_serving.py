@@ -189,7 +189,7 @@ def walks_mp4_frames(path) -> list[np.ndarray]:
 def test_walk_strips_and_animations(parts, tmp_path):
     gen, _ = load_generator(parts["generator"])
     tokenizer = load_tokenizer(str(parts["tokenizer"]))
-    strip = walks.evaluation_strip(gen, tokenizer, frames=5)
+    strip = walks.evaluation_strip(gen, tokenizer, 1.0, 5)
     assert strip.shape == (3, 5, 3, 32, 32) and strip.dtype == torch.uint8  # z, w, class
     walks.save_strip(strip, tmp_path / "strip.png")
     check_grid_shape(tmp_path / "strip.png", rows=3, cols=5)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -62,6 +63,9 @@ CLAIMS_TESTS = "tests/stages/test_claims.py"
 STUDY_RECORD = "GAT_STUDY_RECORD"
 _studies: dict[str, Future] = {}
 _running: list[subprocess.Popen] = []
+# When each background build and each group of tests began and ended (time.monotonic()),
+# printed after the run: the suite's critical path (what to shorten to make it faster).
+_timeline: dict[str, list[float]] = {}
 
 
 def _needs_tiny_study(item: pytest.Item) -> bool:
@@ -76,6 +80,7 @@ def _order(item: pytest.Item) -> int:
 @pytest.hookimpl(trylast=True)  # after -k / -m deselected what will not run
 def pytest_collection_modifyitems(session, config, items):
     items.sort(key=_order)  # stable: within each group the order stays
+    _group_of.update((item.nodeid, GROUPS[_order(item)]) for item in items)
     from tests.helpers import FASHION
 
     if (config.option.collectonly or not FASHION.exists()
@@ -88,10 +93,12 @@ def pytest_collection_modifyitems(session, config, items):
     def build() -> None:  # a daemon thread: an interrupted session does not wait for it
         for name, make in (("tiny", lambda: _tiny_study(base / "study", claims)),
                            ("claims", lambda: _claims_study(claims) if claims else None)):
+            _timeline[f"build {name} study"] = [time.monotonic()]
             try:
                 _studies[name].set_result(make())
             except BaseException as err:  # pytest.fail/skip too: raised where it is awaited
                 _studies[name].set_exception(err)
+            _timeline[f"build {name} study"].append(time.monotonic())
 
     threading.Thread(target=build, name="studies", daemon=True).start()
 
@@ -103,6 +110,33 @@ def pytest_collection_modifyitems(session, config, items):
         shutil.rmtree(base, ignore_errors=True)
 
     config.add_cleanup(cleanup)
+
+
+GROUPS = ("tests that need no study", "tests of the tiny study", "tests of its claims")
+_group_of: dict[str, str] = {}
+
+
+def pytest_runtest_logstart(nodeid, location):
+    """Marks the span of each group of :func:`_order`: its first test's start..."""
+    if nodeid in _group_of:
+        _timeline.setdefault(_group_of[nodeid], [time.monotonic(), time.monotonic()])
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    """... to its last test's end."""
+    if nodeid in _group_of:
+        _timeline[_group_of[nodeid]][1] = time.monotonic()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Each group's and background build's span, in seconds from the first test's start."""
+    if not _timeline:
+        return
+    zero = min(span[0] for span in _timeline.values())
+    terminalreporter.section("timeline (s from the first test)")
+    for name, span in sorted(_timeline.items(), key=lambda kv: kv[1][0]):
+        end = f"{span[1] - zero:7.0f}" if len(span) == 2 else "   (unfinished)"
+        terminalreporter.write_line(f"{span[0] - zero:7.0f} .. {end}  {name}")
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float | None = None

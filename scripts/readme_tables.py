@@ -2,11 +2,15 @@
 
     python scripts/readme_tables.py                  # this checkout's results/
     python scripts/readme_tables.py --results DIR    # another study's results folder
+    python scripts/readme_tables.py --release-study  # before/after the release's behaviours
 
 Prints the ladder table (the sizes, then the two floors) from results/scaling/scaling.csv
 and results/data/floors.json, and, when results/scaling/runs.csv holds several training
 seeds, the per-seed table with mean ± sd. FD is FD-classifier (a CPU stand-in, not FID)
-for the embedded profile. tests/test_committed_results.py checks the README against it.
+for the embedded profile. ``--release-study`` prints the before/after table of issue 23
+from docs/release_fidelity_study.csv (one row per size: FD-classifier per training seed, mean
+± sd, recall and class accuracy means). tests/test_committed_results.py checks the README
+against both.
 """
 
 from __future__ import annotations
@@ -62,12 +66,41 @@ def seeds(results: Path) -> str | None:
     return "\n".join(lines)
 
 
+RELEASE_STUDY = Path(__file__).resolve().parent.parent / "docs" / "release_fidelity_study.csv"
+
+
+def release_study(csv: Path = RELEASE_STUDY) -> str:
+    """The before/after table: the first code in the file is "before", the second "after"."""
+    runs = pd.read_csv(csv)
+    before, after = runs["code"].unique()
+
+    def cells(group: pd.DataFrame) -> tuple[str, str]:
+        fd = group.sort_values("seed")["fd_classifier"]
+        spread = f" ± {fd.std(ddof=1):.2f}" if len(fd) > 1 else ""
+        return " / ".join(f"{v:.2f}" for v in fd), f"{fd.mean():.2f}{spread}"
+
+    lines = ["| size | before: FD-classifier (seeds 0/1/2) | before: mean ± sd | after: "
+             "FD-classifier (seeds 0/1/2) | after: mean ± sd | recall before -> after | "
+             "class accuracy before -> after |", "|---|---|---|---|---|---|---|"]
+    for size, group in runs.groupby("size", sort=False):
+        b, a = group[group["code"] == before], group[group["code"] == after]
+        lines.append(f"| {size} | {' | '.join(cells(b))} | {' | '.join(cells(a))} | "
+                     f"{b['recall'].mean():.3f} -> {a['recall'].mean():.3f} | "
+                     f"{b['class_accuracy'].mean():.3f} -> {a['class_accuracy'].mean():.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path,
                         default=Path(__file__).resolve().parent.parent / "results")
+    parser.add_argument("--release-study", action="store_true",
+                        help=f"print the before/after table of {RELEASE_STUDY.name} only")
     args = parser.parse_args()
+    if args.release_study:
+        print(release_study())
+        return
     print(ladder(args.results))
     per_seed = seeds(args.results)
     if per_seed:

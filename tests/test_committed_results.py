@@ -1,5 +1,5 @@
 """What is committed is what the committed code computes: `results/` and `dvc.lock` are
-not stale, and the README's ladder is the committed results.
+not stale, and the README's ladder and its before/after table are the committed results.
 
 `dvc status` on the committed study must list no stage whose code or params changed since
 `dvc.lock` was written (outputs absent from a fresh clone are fine: DVC recomputes them,
@@ -78,6 +78,22 @@ def test_readme_ladder_is_the_committed_results():
         assert row["fd"] == pytest.approx(round(want["fd"], 2), abs=0.006), size
         for key in ("precision", "recall", "class_accuracy"):
             assert row[key] == pytest.approx(round(want[key], 3), abs=0.0006), (size, key)
+
+
+def test_readme_before_after_is_the_release_study():
+    """The README's and docs/RESULTS.md's before/after table is what
+    ``python scripts/readme_tables.py --release-study`` prints from the committed csv."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from readme_tables import release_study
+
+    table = release_study().splitlines()
+    for page in ("README.md", "docs/RESULTS.md"):
+        lines = (REPO / page).read_text().splitlines()
+        start = lines.index(table[0]) if table[0] in lines else -1
+        assert start >= 0, f"{page}: no before/after table (readme_tables.py --release-study)"
+        assert lines[start:start + len(table)] == table, (
+            f"{page}: the before/after table differs from docs/release_fidelity_study.csv: "
+            "paste `python scripts/readme_tables.py --release-study`")
 
 
 def test_stale_check_names_changed_code_and_params():

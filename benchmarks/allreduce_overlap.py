@@ -2,6 +2,8 @@
 
     python benchmarks/allreduce_overlap.py                        # GAT-S/4, batch 4 per worker
     python benchmarks/allreduce_overlap.py --model GAT-T4/4 --batch 16 --bucket-mb 5
+    python benchmarks/allreduce_overlap.py --device cuda --model GAT-B/2 --batch 32 \
+        --latent 4,32 --teacher-dim 768        # NCCL, one GPU per worker, bf16 autocast
 
 Spawns ``--workers`` processes (gloo on 127.0.0.1, ``--threads`` torch threads each) that
 build one :class:`gat.train.GATTrainer` each and time its full step (D step + G step) with
@@ -43,6 +45,8 @@ def _timed_step(trainer: GATTrainer, batch) -> float:
     dist.barrier()  # start together: a step's time includes waiting for the slower worker
     t0 = time.perf_counter()
     trainer.step(*batch)
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
@@ -55,23 +59,31 @@ def _flat_allreduce_s(trainer: GATTrainer, reps: int = 3) -> float:
         dist.barrier()
         t0 = time.perf_counter()
         dist.all_reduce(flat)
+        if flat.is_cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
 def worker(rank: int, args: argparse.Namespace, port: int) -> None:
     torch.set_num_threads(args.threads)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=args.workers)
+    cuda = args.device == "cuda"
+    device = torch.device("cuda", rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}",
+                            rank=rank, world_size=args.workers)
     channels, size = (int(v) for v in args.latent.split(","))
     trainer = GATTrainer(args.model, channels, size, args.classes, args.teacher_dim,
-                         TrainConfig(), seed=0, allreduce="bucketed", bucket_mb=args.bucket_mb)
+                         TrainConfig(), device, seed=0, allreduce="bucketed",
+                         bucket_mb=args.bucket_mb, precision="bf16" if cuda else "fp32")
     reducers = {"flat": (GradientReducer(trainer.G, "flat"), GradientReducer(trainer.D, "flat")),
                 "bucketed": (trainer.reduce_g, trainer.reduce_d)}
     g = torch.Generator().manual_seed(rank)
     batch = (torch.randn(args.batch, channels, size, size, generator=g),
              torch.randint(0, args.classes, (args.batch,), generator=g),
              torch.randn(args.batch, 1 + (size // 4) ** 2, args.teacher_dim, generator=g))
+    batch = tuple(t.to(device) for t in batch)
     times: dict[str, list[float]] = {mode: [] for mode in reducers}
     for i in range(args.warmup + args.rounds):
         order = list(reducers) if i % 2 == 0 else list(reversed(reducers))
@@ -85,7 +97,8 @@ def worker(rank: int, args: argparse.Namespace, port: int) -> None:
         flat, bucketed = (statistics.median(times[m]) for m in ("flat", "bucketed"))
         grads_mb = 4 * (count_params(trainer.G) + count_params(trainer.D)) / 2**20
         print(f"{args.model}, latents [{channels},{size},{size}], batch {args.batch} per worker, "
-              f"{args.workers} gloo workers x {args.threads} threads, {grads_mb:.0f} MB of "
+              f"{args.workers} {'NCCL GPU' if cuda else 'gloo'} workers x {args.threads} "
+              f"threads, {grads_mb:.0f} MB of "
               f"gradients a step; buckets of {args.bucket_mb} MB: D "
               f"{len(trainer.reduce_d.buckets)}, G {len(trainer.reduce_g.buckets)}")
         print(f"median of {args.rounds} steps each, alternating: flat {flat * 1e3:.0f} ms, "
@@ -109,7 +122,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: NCCL, worker r on GPU r (needs --workers GPUs), bf16")
     args = parser.parse_args()
+    if args.device == "cuda" and torch.cuda.device_count() < args.workers:
+        parser.error(f"--device cuda needs {args.workers} GPUs (one per worker); "
+                     f"{torch.cuda.device_count()} visible")
     mp.spawn(worker, args=(args, _free_port()), nprocs=args.workers, join=True)
 
 

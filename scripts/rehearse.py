@@ -2,6 +2,7 @@
 with its real architectures at random init, on a generated ImageNet-layout folder.
 
     bash scripts/rehearse.sh                    # set up, then everything below (~10 min)
+    python scripts/rehearse.py --gpus 1         # on a GPU (scripts/gpu_check.sh runs it)
     python scripts/rehearse.py --work DIR       # the same in DIR (kept; rerun resumes)
     python scripts/rehearse.py --dry-run        # the params it would run, nothing else
 
@@ -16,9 +17,11 @@ their real code; no path is special to the rehearsal):
   (``arr_0``, ``mu``, ``sigma``, ``mu_s``, ``sigma_s``) made from the val images;
 - sizes and counts: GAT-S/2, S/4 and S/8 at the true latent size (32x32x4: the same
   width and depth, 256, 64 and 16 tokens; the scaling fit needs three points), a few
-  iterations at 2 images per worker on 2 Ray Train workers (gloo), a few dozen samples for
-  FID, ``runtime.use_gpu: false`` with ``runtime.pool: ray`` (the data and evaluation
-  stages on the Ray actor pool, as on GPUs).
+  iterations at 2 images per worker on 2 Ray Train workers (gloo), 6 samples for FID, one
+  seed per class in the grids and 2 frames in the strips (SD-VAE decodes a 256 px image in
+  about 5 s on a CPU core: every picture counts against CI's 10 minutes),
+  ``runtime.use_gpu: false`` with ``runtime.pool: ray`` (the data and evaluation stages on
+  the Ray actor pool, as on GPUs); with ``--gpus N``, one worker per GPU instead.
 
 It runs as a user would: ``gat profile`` writes params.yaml of a fresh copy of the checkout,
 and ``dvc exp run --name rehearsal`` runs every stage; MLflow gets one sqlite store. To
@@ -44,12 +47,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the checkout's tests.helpers: copying a checkout, its env
 from tests.helpers import copy_repo, dvc_env  # noqa: E402
 
-CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 2, 4, 4
+CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 2, 4, 3
 ADM_SPATIAL = 2023  # width of ADM's spatial features (mu_s): 7 channels x 17 x 17
 
 
-def rehearsal_params(work: Path) -> dict:
-    """profiles/paper.yaml with the rehearsal's data, sizes and counts."""
+def rehearsal_params(work: Path, gpus: int = 0) -> dict:
+    """profiles/paper.yaml with the rehearsal's data, sizes and counts; on ``gpus`` GPUs
+    (one Ray Train worker each), else on 2 CPU workers."""
+    workers = gpus or 2
     params = yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text())
     sets = {
         ("study", "sizes"): ["GAT-S/2", "GAT-S/4", "GAT-S/8"],  # scaling fits >= 3 points
@@ -57,24 +62,24 @@ def rehearsal_params(work: Path) -> dict:
         ("data", "eval_path"): str(work / "imagenet" / "val"),
         ("data", "shard_size"): 8,               # several shards, flip pairs kept whole
         ("evaluator", "reference"): str(work / "imagenet" / "VIRTUAL_rehearsal256_labeled.npz"),
-        ("train", "batch"): 4,                   # 2 per worker
+        ("train", "batch"): 2 * workers,         # 2 per worker
         ("train", "iterations"): 4,
         ("train", "shuffle_buffer"): 16,
         # SD-VAE decodes a 256 px image in ~5 s on one core: every picture is counted
-        ("evaluate", "num_samples"): 8,
-        ("evaluate", "batch"): 4,
-        ("evaluate", "grid_seeds"): 2,
+        ("evaluate", "num_samples"): 6,
+        ("evaluate", "batch"): 3,
+        ("evaluate", "grid_seeds"): 1,
         ("evaluate", "strip_frames"): 2,
-        ("runtime", "workers"): 2,
-        ("runtime", "use_gpu"): False,
+        ("runtime", "workers"): workers,
+        ("runtime", "use_gpu"): gpus > 0,
         ("runtime", "pool"): "ray",
         ("runtime", "cpus_per_worker"): 1.0,
-        ("runtime", "checkpoint_every"): 2,
+        ("runtime", "checkpoint_every"): 4,   # the last step's only
         ("runtime", "log_every"): 1,
         ("runtime", "sample_every"): 4,
-        ("runtime", "sample_seeds"): 2,
+        ("runtime", "sample_seeds"): 1,
         ("runtime", "fd_every"): 4,
-        ("runtime", "fd_samples"): 4,
+        ("runtime", "fd_samples"): 2,
         ("runtime", "loader_workers"): 1,
         ("runtime", "encode_batch"): 8,
     }
@@ -238,6 +243,31 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str], stages: dict[str, float]
         stages[current] = time.monotonic() - start
 
 
+def training_figures(study: Path) -> str:
+    """Each training run's median step time, images/s and FD-proxy seconds, from the
+    study's MLflow store (a markdown table)."""
+    import statistics
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{study / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    lines = ["\n| size | steps | step time (s, median) | images/s (median) | FD proxy (s) |",
+             "|---|---|---|---|---|"]
+
+    def median(run_id: str, key: str) -> str:
+        values = [m.value for m in client.get_metric_history(run_id, key)]
+        return f"{statistics.median(values):.3g}" if values else "-"
+
+    for run in client.search_runs(experiments, "tags.`gat.role` = 'train'"):
+        rid = run.info.run_id
+        lines.append(f"| {run.data.tags.get('gat.size', '?')} | "
+                     f"{run.data.params.get('train.iterations', '?')} | "
+                     f"{median(rid, 'step_time_s')} | {median(rid, 'images_per_s')} | "
+                     f"{median(rid, 'fd_proxy_s')} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -245,11 +275,14 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/gat-rehearsal"),
                         help="where the study copy, images, hub cache and weights go; "
                              "run the same command again to resume")
+    parser.add_argument("--gpus", type=int, default=0,
+                        help="rehearse on this many GPUs, one worker each (scripts/gpu_check.sh)"
+                             "; default 0: on 2 CPU workers")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the rehearsal's params and stop")
     args = parser.parse_args()
     work = args.work.resolve()
-    params = rehearsal_params(work)
+    params = rehearsal_params(work, args.gpus)
     if args.dry_run:
         print(yaml.safe_dump(params, sort_keys=False))
         return
@@ -280,6 +313,7 @@ def main() -> None:
     (work / "timings.json").write_text(json.dumps({**timings, "all": total}, indent=1))
     run(["dvc", "exp", "show", "--md", "--drop", ".*", "--keep",
          "Experiment|.*eval.*:fd$|b$"], study, env)
+    print(training_figures(study))
     print(f"\nrehearsal passed in {total:.0f} s: every stage of the paper profile ran "
           f"({work / 'study'}; MLflow: sqlite:///{study / 'mlflow.db'})")
 

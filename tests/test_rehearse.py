@@ -1,10 +1,11 @@
 """scripts/rehearse.py: the rehearsal's params are the paper profile's, valid, with only
-the data, sizes and counts changed (the rehearsal itself is a CI step of scripts/test.sh)."""
+the data, sizes and counts changed (the rehearsal itself is a CI step: .ci/run)."""
 
 from __future__ import annotations
 
 import importlib.util
 
+import pytest
 import yaml
 
 from pipeline.config import parse_params
@@ -53,3 +54,23 @@ def test_rehearsal_images_are_an_imagenet_layout_the_data_stage_reads(tmp_path):
     images = split.load(list(range(len(split))))
     assert images.shape == (2 * rehearse.CLASSES, 3, 256, 256)  # centre-cropped, resized
     assert images.float().std() > 10  # not a flat colour
+
+
+def test_on_gpus_the_rehearsal_runs_one_worker_per_gpu(tmp_path):
+    params = parse_params(rehearse.rehearsal_params(tmp_path, gpus=4), check_paths=False)
+    assert params.runtime.use_gpu and params.runtime.workers == 4
+    assert params.train.batch == 8 and params.runtime.on_pool  # 2 per worker, as on CPU
+
+
+def test_gpu_check_refuses_a_machine_without_a_gpu():
+    """scripts/gpu_check.sh names what to run instead, before any work."""
+    import subprocess
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the check would run")
+    done = subprocess.run(["bash", "scripts/gpu_check.sh", "/nonexistent/gat-gpu-check"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1 and "no CUDA GPU visible" in done.stderr
+    assert "bash scripts/rehearse.sh" in done.stderr

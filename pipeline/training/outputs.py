@@ -146,15 +146,17 @@ class RunOutputs:
         row = next((r for r in self.rows if int(r["step"]) == step), None)
         return row is None or row.get("fd") in ("", None)
 
-    def log_fd(self, step: int, fd: float) -> None:
+    def log_fd(self, step: int, fd: float, seconds: float) -> None:
         """The FD proxy of ``step``, computed after its row was logged (and its checkpoint
-        reported): into that row of the live CSV, to MLflow at ``step``, a progress line."""
+        reported): into that row of the live CSV, to MLflow at ``step`` with the seconds it
+        took (``fd_proxy_s``: not in the CSV, a timing), a progress line."""
         row = next(r for r in self.rows if int(r["step"]) == step)
         row["fd"] = fd
         _write_log(self.log_path, self.rows)
-        print(f"[{self.job.size}] step {step}/{self.job.steps} fd {fd:.4g}", flush=True)
+        print(f"[{self.job.size}] step {step}/{self.job.steps} fd {fd:.4g} ({seconds:.1f} s)",
+              flush=True)
         if self.tr:
-            self.tr.log_metrics(self.run_id, {"fd": fd}, step)
+            self.tr.log_metrics(self.run_id, {"fd": fd, "fd_proxy_s": seconds}, step)
 
     def final(self, folder: Path, seconds: float, images: int) -> dict[str, Any]:
         """Put the run's outputs into ``folder`` (the final checkpoint): the EMA generator

@@ -246,9 +246,10 @@ class Worker:
             self._report(metrics, save or fd_due)
         if fd_due:
             _until_ray_took_the_report()
+            t0 = time.perf_counter()
             fd = self._fd(step)
             if out:
-                out.log_fd(step, fd)
+                out.log_fd(step, fd, time.perf_counter() - t0)
 
     def _fd(self, step: int) -> float:
         """The FD proxy of the EMA generator: this worker's share, the same value on all."""

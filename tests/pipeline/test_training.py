@@ -119,6 +119,9 @@ def test_checkpoint_before_the_fd_proxy_which_two_workers_share(ray_cluster, tmp
     fd = float(log["fd"].iloc[-1])
     history = MlflowClient(mlflow_uri).get_metric_history(metrics["mlflow_run_id"], "fd")
     assert [(m.step, m.value) for m in history] == [(8, pytest.approx(fd))]
+    took = MlflowClient(mlflow_uri).get_metric_history(metrics["mlflow_run_id"], "fd_proxy_s")
+    assert [m.step for m in took] == [8] and took[0].value > 0  # its time, beside it
+    assert "fd_proxy_s" not in log.columns  # a timing: not in the results DVC keeps
     gen, meta = load_generator(layout.generator("GAT-T1/4", 0))
     tokenizer = load_tokenizer(meta["tokenizer"], "cpu", meta["scale_factor"], layout)
     assert generator_fd(gen, tokenizer, 66, layout) == pytest.approx(fd, rel=1e-6)

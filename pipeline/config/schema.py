@@ -203,7 +203,8 @@ class TrainParams(Traced, TrainConfig):
     batch: int = 32  # global batch over all workers and accumulation steps
     iterations: int = 200
     kimg: float = 0.0  # >0: train for this many thousand images instead of iterations
-    shuffle_buffer: int = 2000  # samples mixed by the loader: part of the data order
+    shuffle_buffer: int = 2000  # samples a Ray worker's loader mixes (split among its
+    #                             loader processes): part of the data order
 
     def check(self, where: str) -> None:
         positive(self, where, "batch", "lr_base", "c_base", "shuffle_buffer")

@@ -128,3 +128,13 @@ def test_posterior_std_is_sampled(tmp_path):
         draws.append(batch["latents"][np.argsort(batch["keys"])])
     diff = draws[0] - draws[1]
     assert 0.1 < diff.std() < 0.2  # two draws of mean + 0.1 * eps differ by 0.1 * sqrt(2)
+
+
+def test_the_shuffle_buffer_is_a_workers_split_among_its_loader_processes():
+    """train.shuffle_buffer bounds a Ray worker's memory whatever runtime.loader_workers is."""
+    from pipeline.shards import process_buffer
+
+    assert process_buffer(20000, 6) == 3334 and process_buffer(20000, 1) == 20000
+    assert process_buffer(20000, 0) == 20000  # in-process loading
+    assert process_buffer(4, 6) == 1  # never empty
+    assert 6 * process_buffer(20000, 6) - 20000 < 6  # the worker's total stays the buffer

@@ -17,12 +17,12 @@ def init_ray(num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Ray Train paces reports by this poll; its default makes short CPU runs crawl.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-    if os.environ.get("RAY_ADDRESS"):
+    if os.environ.get("RAY_ADDRESS"):  # a user's cluster: its own auth settings stand
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
         return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # our own, loopback-only Ray
     ray.init(
         address="local",  # never join a stale cluster recorded in /tmp/ray by `ray start`
         num_cpus=num_cpus,

@@ -334,22 +334,15 @@ class Worker:
                 f.write(text if not append or text.endswith("\n") else text + "\n")
 
 
-def _until_ray_took_the_report(limit_s: float = 60.0) -> None:
-    """Wait until Ray Train's controller has taken this worker's last report (it polls
-    every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default): it registers a checkpoint in
-    the poll that takes the last worker's report of it, before it looks at errors. A proxy
-    that fails after this leaves the checkpoint registered, the one Ray resumes from; one
-    that failed sooner could lose it. Reads Ray Train V2's worker result queue (one report
-    at most); on a Ray without it, returns at once."""
-    try:
-        from ray.train.v2._internal.execution.context import get_train_context
+def _until_ray_took_the_report(limit_s: float = 600.0) -> None:
+    """Wait until Ray Train has processed this worker's reports, the last one's checkpoint
+    committed to storage (``ray.train.get_all_reported_checkpoints``, COMMITTED): a proxy
+    that fails after this leaves that checkpoint registered, the one Ray resumes from; one
+    that failed sooner could lose it."""
+    import ray.train
 
-        results = get_train_context().get_result_queue()
-    except (ImportError, AttributeError, RuntimeError):
-        return
-    deadline = time.monotonic() + limit_s
-    while results.unfinished_tasks and time.monotonic() < deadline:
-        time.sleep(0.05)
+    ray.train.get_all_reported_checkpoints(
+        consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=limit_s)
 
 
 def _node_id() -> str:

@@ -12,8 +12,8 @@ if [ "$#" -gt 0 ]; then
     exec .venv/bin/python -m pytest -q "$@"
 fi
 # The whole suite, then the docs check on the same study built a second time, and the two
-# builds compared (tests/study_diff.py). The paper profile's rehearsal (scripts/rehearse.sh)
-# is not a step here: about 30 min on 2 cores (docs/CLUSTER.md).
+# builds compared (tests/study_diff.py). The paper profile's rehearsal (scripts/rehearse.sh,
+# about 10 min on 2 cores) is CI's next step (.ci/run), not part of this command.
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
 GAT_STUDY_RECORD="$scratch/pytest-study" .venv/bin/python -m pytest -q

@@ -22,9 +22,11 @@ An unmarked block is a failure too: a new block has to say whether it runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -183,9 +185,30 @@ def _serve(block: Block, cmd: list[str], cwd: Path, wait_s: float = 120) -> None
                 time.sleep(1)
         raise DocsCheckError(f"{block.where}: {block.url} did not answer within {wait_s:.0f} s")
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
+        _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen, wait_s: float = 30) -> None:
+    """SIGTERM the block's whole process group (the shell and the server it started), and
+    wait until every member has exited, not only the shell: a server still closing its
+    socket would hold the port. SIGKILL what is left after ``wait_s``."""
+    import psutil
+
+    group = [p for p in psutil.process_iter() if _pgid(p) == proc.pid]
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=wait_s)
+    _, alive = psutil.wait_procs(group, timeout=wait_s)
+    for left in alive:
+        with contextlib.suppress(psutil.Error):
+            left.kill()
+
+
+def _pgid(process) -> int | None:
+    try:
+        return os.getpgid(process.pid)
+    except OSError:
+        return None
 
 
 def _print(line: str) -> None:

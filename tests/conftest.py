@@ -1,5 +1,6 @@
 """Shared fixtures: one real Ray cluster per test session, real MLflow sqlite stores, the
-tiny study and its claims built once a session in a background thread."""
+tiny study and its claims built once a session in a background thread; the lane's
+end-to-end tests (tests/lane.py) started in a thread of their own."""
 
 from __future__ import annotations
 
@@ -68,12 +69,24 @@ _running: list[subprocess.Popen] = []
 _timeline: dict[str, list[float]] = {}
 
 
+def _lane_test(item: pytest.Item):
+    """The test function of a lane test (tests/lane.py), else None."""
+    function = getattr(item, "function", None)
+    return function if hasattr(function, "lane_scenario") else None
+
+
 def _needs_tiny_study(item: pytest.Item) -> bool:
+    lane_test = _lane_test(item)
+    if lane_test is not None:
+        return lane_test.lane_needs_study
     return "tiny_study" in getattr(item, "fixturenames", ())
 
 
 def _order(item: pytest.Item) -> int:
-    """0: needs no study; 1: needs the tiny study; 2: needs its claims."""
+    """0: needs no study; 1: needs the tiny study; 2: needs its claims; 3: a lane test
+    (it waits for its scenario, which runs beside all the others)."""
+    if _lane_test(item) is not None:
+        return 3
     return 2 if item.nodeid.startswith(CLAIMS_TESTS) else int(_needs_tiny_study(item))
 
 
@@ -81,11 +94,21 @@ def _order(item: pytest.Item) -> int:
 def pytest_collection_modifyitems(session, config, items):
     items.sort(key=_order)  # stable: within each group the order stays
     _group_of.update((item.nodeid, GROUPS[_order(item)]) for item in items)
+    from tests import lane
     from tests.helpers import FASHION
 
-    if (config.option.collectonly or not FASHION.exists()
-            or not any(_needs_tiny_study(i) for i in items)):
+    lane_tests = [t for t in map(_lane_test, items) if t is not None]
+    if config.option.collectonly:
         return
+    if FASHION.exists() and any(_needs_tiny_study(i) for i in items):
+        _start_studies(config, items)
+    if lane_tests:  # after the studies' futures exist: a scenario may await one
+        lane.tiny_study = lambda: _study("tiny")
+        lane.start(lane_tests)
+
+
+def _start_studies(config, items) -> None:
+    """The tiny study, then its claims, built in a daemon thread (see above)."""
     base = Path(tempfile.mkdtemp(prefix="gat-studies-"))
     claims = base / "claims" if any(i.nodeid.startswith(CLAIMS_TESTS) for i in items) else None
     _studies["tiny"], _studies["claims"] = Future(), Future()
@@ -112,7 +135,8 @@ def pytest_collection_modifyitems(session, config, items):
     config.add_cleanup(cleanup)
 
 
-GROUPS = ("tests that need no study", "tests of the tiny study", "tests of its claims")
+GROUPS = ("tests that need no study", "tests of the tiny study", "tests of its claims",
+          "waiting for the lane's end-to-end tests")
 _group_of: dict[str, str] = {}
 
 

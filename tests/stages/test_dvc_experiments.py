@@ -18,7 +18,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tests import lane
 from tests.helpers import FASHION, copy_study, dvc_env
+from tests.lane import lane_test
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not FASHION.exists(), reason="needs dataset-fashion-mnist")]
@@ -35,7 +37,10 @@ def _run(work: Path, *cmd: str, timeout: int = 600) -> subprocess.CompletedProce
 
 @pytest.fixture(scope="module")
 def study(tiny_study, tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("experiments") / "study"
+    return _committed_copy(tiny_study, tmp_path_factory.mktemp("experiments") / "study")
+
+
+def _committed_copy(tiny_study: Path, work: Path) -> Path:
     copy_study(tiny_study, work)
     _run(work, "git", "add", "-A")
     _run(work, "git", "commit", "-q", "-m", "the tiny study")  # dvc.lock and results/
@@ -106,7 +111,9 @@ def test_exp_run_with_a_changed_param_is_a_new_mlflow_run(study):
     assert name in shown and metrics["run_key"] in shown and base.data.tags["gat.run_key"] in shown
 
 
-def test_queued_experiments_log_to_the_workspace_store(study):
+@lane_test(needs_study=True)  # subprocesses only: it runs beside the others (tests/lane.py)
+def test_queued_experiments_log_to_the_workspace_store(tmp_path):
+    study = _committed_copy(lane.tiny_study(), tmp_path / "study")  # a copy of its own
     for lr in ("0.002", "0.008"):
         _run(study, "dvc", "exp", "run", "--queue", "-S", f"train.lr_base={lr}", STAGE)
     _run(study, "dvc", "queue", "start")

@@ -20,7 +20,9 @@ from mlflow.tracking import MlflowClient
 
 from gat.models import model_config
 from pipeline.config import load_params
+from tests import lane
 from tests.helpers import FASHION, REPO, dvc_env, write_params
+from tests.lane import lane_test
 
 pytestmark = pytest.mark.slow
 
@@ -92,11 +94,12 @@ def _sweep_root(tiny_study: Path, root: Path):
 
 
 @pytest.mark.skipif(not FASHION.exists(), reason="needs dataset-fashion-mnist")
-def test_sweep_killed_then_same_command_restores(tiny_study, tmp_path):
+@lane_test(needs_study=True)  # subprocesses only: it runs beside the others (tests/lane.py)
+def test_sweep_killed_then_same_command_restores(tmp_path):
     """SIGKILL the sweep while its second trial trains; the same command restores the Tune
     experiment and every trial ends (in MLflow and trials.csv)."""
     root = tmp_path / "root"
-    params, env = _sweep_root(tiny_study, root)
+    params, env = _sweep_root(lane.tiny_study(), root)
     cmd = [sys.executable, "-m", "stages.sweep"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)

@@ -20,13 +20,13 @@ from pipeline.pretrained.teacher import load_teacher, small_dinov2
 from pipeline.pretrained.tokenizer import small_autoencoder
 from pipeline.shards import decode_tokens, iter_samples, mirror_tokens, read_manifest
 from tests.helpers import REPO, dvc_env, tiny_params, write_params
+from tests.lane import lane_test
 from tests.pipeline.test_data import make_imagefolder
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def root(tmp_path):
+def _root(tmp_path):
     """A GAT_ROOT with 7 images (14 samples with flips), a tiny saved tokenizer and a tiny
     saved Dinov2Model as the `train` teacher (8x8 grid of 4 px patches at 32 px)."""
     root = tmp_path / "root"
@@ -81,7 +81,9 @@ def _trained(root, params):
     return metrics
 
 
-def test_cached_int8_mirror_then_online_with_refusals(root, tmp_path):
+@lane_test()  # subprocesses only: it runs beside the other tests (tests/lane.py)
+def test_cached_int8_mirror_then_online_with_refusals(tmp_path):
+    root = _root(tmp_path)
     params = _params(root, tmp_path, "cached", "int8", mirror=True)
     _ok(_stage(root, "stages.encode"))
     _ok(_stage(root, "stages.teacher"))

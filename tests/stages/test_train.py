@@ -16,7 +16,8 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import REPO, synthetic_root, tiny_params, write_params
+from tests.helpers import REPO, dvc_env, synthetic_root, tiny_params, write_params
+from tests.lane import lane_test
 
 pytestmark = pytest.mark.slow
 
@@ -26,12 +27,17 @@ def root(tmp_path_factory):
     return synthetic_root(tmp_path_factory.mktemp("root"))
 
 
-def test_sigkill_then_same_command_resumes(root, tmp_path, mlflow_uri):
+@lane_test()  # subprocesses only: it runs beside the other tests (tests/lane.py)
+def test_sigkill_then_same_command_resumes(tmp_path):
+    root = synthetic_root(tmp_path / "root")
+    mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     params = tiny_params(tmp_path, mlflow_uri, workers=1, batch=8, iterations=40,
                          checkpoint_every=10, log_every=5, fd_every=0, loader_workers=0,
                          shuffle_buffer=8, sample_every=0)
     write_params(params, root / "params.yaml")
-    env = {**os.environ, "GAT_ROOT": str(root), "PYTHONPATH": str(REPO)}
+    # dvc_env: not os.environ as it is now: the lane runs beside tests that set
+    # $RAY_ADDRESS (the multi-node cluster) or MLflow's variables for a while
+    env = {**dvc_env(), "GAT_ROOT": str(root), "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "stages.train", "GAT-T2/4"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)

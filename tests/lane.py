@@ -1,0 +1,73 @@
+"""A third lane for the suite: end-to-end tests made only of subprocesses (stages, `dvc`)
+run in a thread of their own from the end of collection, beside the foreground tests and
+the background study builds (tests/conftest.py); their test items, ordered last, wait for
+them and report their outcome, traceback and all.
+
+    @lane_test()                      # or lane_test(needs_study=True): waits for the study
+    def test_something(work: Path):   # work: a fresh folder of its own
+        ...                           # the test's body, assertions as usual
+
+The scenarios run one after another, those that need no study first. Run alone (the lane
+was not started: ``pytest --collect-only`` then a call, a debugger), the test runs its
+scenario in place.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+
+Scenario = Callable[[Path], None]
+_futures: dict[Scenario, Future] = {}
+
+
+def tiny_study() -> Path:
+    """The tiny study, awaited (tests/conftest.py puts its own function here: call it as
+    ``lane.tiny_study()``)."""
+    raise RuntimeError("tests/conftest.py sets lane.tiny_study")
+
+
+def lane_test(needs_study: bool = False) -> Callable[[Scenario], Callable[[], None]]:
+    def wrap(scenario: Scenario) -> Callable[[], None]:
+        def test() -> None:
+            future = _futures.get(scenario)
+            if future is None:
+                _run(scenario, Future())
+                future = _futures.pop(scenario)
+            future.result()
+
+        test.lane_scenario = scenario  # type: ignore[attr-defined]
+        test.lane_needs_study = needs_study  # type: ignore[attr-defined]
+        test.__doc__ = scenario.__doc__
+        return test
+    return wrap
+
+
+def _run(scenario: Scenario, future: Future) -> None:
+    _futures[scenario] = future
+    work = Path(tempfile.mkdtemp(prefix="gat-lane-"))
+    try:
+        future.set_result(scenario(work))
+    except BaseException as err:  # pytest.fail/skip too: raised where the test awaits it
+        future.set_exception(err)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def start(tests: list[Callable]) -> None:
+    """Run the scenarios of these lane tests in a daemon thread, those that need no study
+    first."""
+    ordered = sorted(tests, key=lambda t: t.lane_needs_study)
+    futures = [(t.lane_scenario, Future()) for t in ordered]
+    for scenario, future in futures:
+        _futures[scenario] = future
+
+    def run_all() -> None:
+        for scenario, future in futures:
+            _run(scenario, future)
+
+    threading.Thread(target=run_all, name="lane", daemon=True).start()

@@ -561,9 +561,8 @@ class LatentStream:
         return sample["tok.bin"]
 
     def _shuffle(self, samples: Iterator[tuple]) -> Iterator[tuple]:
-        slot, _ = self._slot()
-        info = get_worker_info()
-        buffer = process_buffer(self.buffer, info.num_workers if info else 1)
+        slot, slots = self._slot()
+        buffer = process_buffer(self.buffer, slots // self.world)  # this worker's processes
         rng = random.Random(self.seed * 100_003 + 7919 * slot)
         return wds.shuffle(buffer, buffer, rng=rng)(samples)
 

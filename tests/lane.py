@@ -35,9 +35,9 @@ def lane_test(needs_study: bool = False) -> Callable[[Scenario], Callable[[], No
     def wrap(scenario: Scenario) -> Callable[[], None]:
         def test() -> None:
             future = _futures.get(scenario)
-            if future is None:
-                _run(scenario, Future())
-                future = _futures.pop(scenario)
+            if future is None:  # the lane was not started: run it here
+                future = Future()
+                _run(scenario, future)
             future.result()
 
         test.lane_scenario = scenario  # type: ignore[attr-defined]
@@ -48,7 +48,6 @@ def lane_test(needs_study: bool = False) -> Callable[[Scenario], Callable[[], No
 
 
 def _run(scenario: Scenario, future: Future) -> None:
-    _futures[scenario] = future
     work = Path(tempfile.mkdtemp(prefix="gat-lane-"))
     try:
         future.set_result(scenario(work))

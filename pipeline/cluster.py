@@ -62,11 +62,18 @@ def alive_nodes() -> list[Node]:
 
 
 def check_resources(nodes: list[Node], bundles: int, cpus: float, gpus: float,
-                    placement: str, keys: str) -> list[Node]:
+                    placement: str, keys: str, autoscale: bool = False) -> list[Node]:
     """Refuse a run whose ``bundles`` (workers or trials, each ``cpus`` CPUs and ``gpus``
     GPUs) cannot be placed with ``placement`` on these nodes; returns the nodes that can
-    host one. ``keys`` names the params that ask for them, for the message."""
+    host one. ``keys`` names the params that ask for them, for the message. ``autoscale``
+    (``runtime.autoscale``): the nodes up now are not the limit; the bundles are asked of
+    Ray's autoscaler instead (a cluster that starts empty grows to hold them)."""
     hosts = [n for n in nodes if n.fits(cpus, gpus) > 0]
+    if autoscale:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[{"CPU": cpus, **({"GPU": gpus} if gpus else {})}] * bundles)
+        return hosts
     if placement == "STRICT_SPREAD":
         room = len(hosts)
     elif placement == "STRICT_PACK":

@@ -186,7 +186,8 @@ def check_cluster(job: TrainJob, storage: Path | StorePath) -> None:
     rt = job.params.runtime
     nodes = cluster.alive_nodes()
     hosts = cluster.check_resources(nodes, 1, rt.trial_cpus, rt.trial_gpus, "PACK",
-                                    "one sweep trial (runtime.trial_cpus, runtime.trial_gpus)")
+                                    "one sweep trial (runtime.trial_cpus, runtime.trial_gpus)",
+                                    rt.autoscale)
     if len(nodes) > 1:
         looks = cluster.data_looks([job.shards, *([job.teacher] if job.teacher else [])])
         cluster.probe(hosts, looks + cluster.checkout_paths(worker_reads(job)), state=storage)

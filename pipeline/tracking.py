@@ -79,7 +79,7 @@ class Tracker:
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
-            self._client = MlflowClient(self.uri)
+            self._client = MlflowClient(self.uri, registry_uri=self.uri)  # not the process's
         return self._client
 
     def check(self) -> None:
@@ -147,15 +147,24 @@ class Tracker:
         for i in range(0, len(items), 100):  # MLflow's batch limit
             self.client.log_batch(run_id, params=items[i:i + 100])
 
-    def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
-        """Numeric entries of ``metrics`` at ``step`` (others are skipped)."""
+    def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int = 0,
+                    wait: bool = True) -> None:
+        """Numeric entries of ``metrics`` at ``step`` (others are skipped). ``wait=False``:
+        queued and sent by MLflow's thread (:meth:`flush` waits for it)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
         for i in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[i:i + 1000])
+            self.client.log_batch(run_id, metrics=items[i:i + 1000], synchronous=wait)
+
+    @staticmethod
+    def flush() -> None:
+        """Wait until every metric queued with ``wait=False`` is stored."""
+        import mlflow
+
+        mlflow.flush_async_logging()
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
@@ -201,19 +210,20 @@ class Tracker:
 def process_uris_kept() -> Iterator[None]:
     """Put MLflow's process-wide tracking and registry URIs (and their environment
     variables) back as they were. Ray Tune's ``MLflowLoggerCallback`` sets them to the
-    sweep's store in the driver; left so, whatever this process (or a child it starts)
-    logs afterwards would resolve ``tracking.uri`` to that store."""
-    from mlflow.tracking._model_registry import utils as registry
-    from mlflow.tracking._tracking_service import utils as service
+    sweep's store in the driver; left so, a child this process starts afterwards would
+    inherit that store through ``$MLFLOW_TRACKING_URI``. (This project's own logging does
+    not read them: every :class:`Tracker` names its tracking and registry URIs.)"""
+    import mlflow
 
     names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
     env = {k: os.environ.get(k) for k in names}
-    kept = service._tracking_uri, registry._registry_uri  # no public getter of "unset"
+    uris = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     try:
         yield
     finally:
-        service._tracking_uri, registry._registry_uri = kept
-        for k, v in env.items():
+        mlflow.set_tracking_uri(uris[0])
+        mlflow.set_registry_uri(uris[1])
+        for k, v in env.items():  # after the setters: they may export the variables
             if v is None:
                 os.environ.pop(k, None)
             else:

@@ -23,6 +23,11 @@ HEADER = ("# params.yaml: the study every stage reads. Edit this file (not the p
           "profiles/{name}.yaml.\n")
 
 
+# Presets whose outputs are too large to copy into DVC's cache and back (the paper's shards
+# and teacher tokens: 46-556 GB): `gat profile NAME` sets the workspace's cache to links.
+LINKED_DVC_CACHE = ("paper",)
+LINK_TYPES = "reflink,hardlink,symlink"
+
 def available() -> dict[str, Path]:
     """Profile name -> file, for every ``profiles/*.yaml``."""
     return {p.stem: p for p in sorted(PROFILES_DIR.glob("*.yaml"))}

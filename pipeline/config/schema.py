@@ -342,7 +342,8 @@ class RuntimeParams(Traced):
     # Seconds a worker waits in a torch.distributed collective (gradient all-reduce, the
     # FD proxy's reduce) for its slowest peer before Ray fails the group (TorchConfig's
     # timeout_s). Above the longest time one worker spends apart: rank 0's checkpoint
-    # upload, grid and MLflow calls, the spread of the proxy's shares (docs/FD_PROXY.md).
+    # write (Ray uploads it in a thread), grid and MLflow calls, the spread of the proxy's
+    # shares (docs/FD_PROXY.md).
     collective_timeout_s: int = 1800
     encode_batch: int = 256  # images per tokenizer / teacher call in encode and teacher
     trial_cpus: float = 1.0  # one sweep trial = one training process with these resources
@@ -350,6 +351,9 @@ class RuntimeParams(Traced):
     concurrent_trials: int = 1  # sweep trials side by side
     # Where the Ray workers' run state and data live (README: "More than one machine"):
     placement: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    autoscale: bool = False  # the cluster grows on demand (Ray's autoscaler): ask it for the
+    #                          run's workers (ray.autoscaler.sdk.request_resources) instead of
+    #                          refusing a run that the nodes up now cannot hold
     storage: str = ""  # Ray Train checkpoints and Tune experiments: empty = <workspace>/outputs
     #                    (one machine); else a folder every node mounts or s3://, gs://...
     data_url: str = ""  # where workers read shards/train/ and teacher/: empty = data/ of the

@@ -28,6 +28,7 @@ from pipeline.files import file_sha256
 from pipeline.storage import StorePath, size
 
 SEAL, STATE = "step.json", "state.pt"
+CHECKPOINT_PREFIX = "checkpoint_step"  # + the step, 8 digits (+ "_final": the run's outputs)
 
 
 class CheckpointError(RuntimeError):
@@ -83,7 +84,8 @@ def verify(folder: Path) -> dict[str, Any]:
 def latest(run_dir: Path | StorePath) -> tuple[int, Path | StorePath] | None:
     """(step, folder) of the newest complete checkpoint in a Ray run folder, if any. Of two
     at one step (the state reported before the last step's FD proxy, then the final one),
-    the later: Ray names them ``checkpoint_<date and time>``."""
+    the final: the worker names them ``checkpoint_step<step>`` and ``..._final`` (a Tune
+    trial's are Ray's ``checkpoint_<date and time>``, in order too)."""
     found = [(step, folder.parent) for folder in run_dir.glob(f"checkpoint_*/{SEAL}")
              if (step := sealed_step(folder.parent)) is not None]
     return max(found, key=lambda item: (item[0], item[1].name)) if found else None

@@ -132,7 +132,7 @@ def check_cluster(job: TrainJob) -> None:
     nodes = cluster.alive_nodes()
     hosts = cluster.check_resources(
         nodes, rt.workers, rt.cpus_per_worker, 1.0 if rt.use_gpu else 0.0, rt.placement,
-        "runtime.workers x (runtime.cpus_per_worker, runtime.use_gpu)")
+        "runtime.workers x (runtime.cpus_per_worker, runtime.use_gpu)", rt.autoscale)
     if len(nodes) < 2:
         return  # the driver's own node: it sees what the driver sees
     looks = cluster.data_looks([job.shards, *([job.teacher] if job.teacher else [])])
@@ -147,8 +147,9 @@ def torch_config(params: Params):
     """Ray Train's torch.distributed set-up: ``runtime.collective_timeout_s`` is how long a
     worker waits in a collective (the gradient all-reduce, the FD proxy's reduce) for the
     slowest peer before the group fails. It must exceed the longest time one worker spends
-    apart from the others: rank 0's checkpoint upload, sample grid and MLflow calls, and the
-    spread of the workers' shares of the FD proxy (docs: runtime.collective_timeout_s)."""
+    apart from the others: rank 0's checkpoint write (Ray uploads it in a thread), sample
+    grid and MLflow calls, and the spread of the workers' shares of the FD proxy (docs:
+    runtime.collective_timeout_s)."""
     from ray.train.torch import TorchConfig
 
     return TorchConfig(timeout_s=params.runtime.collective_timeout_s)

@@ -120,11 +120,18 @@ class RunOutputs:
         print(f"[{self.job.size}] step {step}/{self.job.steps} " + " ".join(
             f"{k} {metrics[k]:.4g}" for k in PROGRESS if k in metrics), flush=True)
         if self.tr:
+            # Not waited for: a training step does not stall on the store (flush at the end;
+            # rows a kill loses are sent again on resume, from the log, above).
             self.tr.log_metrics(self.run_id, {k: v for k, v in metrics.items() if k != "step"},
-                                step)
+                                step, wait=False)
             every = self.job.params.runtime.sample_every
             if (every and step % every == 0) or step == self.job.steps:
                 self.log_grid(step, self.job.params.runtime.sample_seeds)
+
+    def flush(self) -> None:
+        """Every queued MLflow metric stored (the run's end: the driver reads them next)."""
+        if self.tr:
+            self.tr.flush()
 
     def log_grid(self, step: int, per_class: int) -> None:
         """A uint8 grid to MLflow: one row per class (up to 10), fixed seeds."""

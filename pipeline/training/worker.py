@@ -18,9 +18,8 @@ reads one proxy per report, and Tune refuses a report without it.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -35,24 +34,14 @@ from gat.train import GATTrainer, NonFiniteError
 from pipeline.pretrained.teacher import Teacher, load_teacher
 from pipeline.shards import make_train_loader
 from pipeline.storage import StorePath
-from pipeline.training.checkpoint import load_state, local_copy, save_state
+from pipeline.training.checkpoint import CHECKPOINT_PREFIX, load_state, local_copy, save_state
 from pipeline.training.job import LIVE_LOG, TrainJob
 from pipeline.training.outputs import RunOutputs, read_diverged, write_diverged
 
 
 def train_loop(config: dict[str, Any]) -> None:
     """Ray's entry point: ``config = {"job": TrainJob}``."""
-    _quiet_report_logs()
     Worker(config["job"]).run()
-
-
-def _quiet_report_logs() -> None:
-    """Ray Train logs every report at INFO, metrics and all, through the driver: keep the
-    stage's own progress lines readable (warnings and errors still show)."""
-    with contextlib.suppress(ImportError):
-        from ray.train.v2._internal.execution import context
-
-        logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 class Worker:
@@ -231,18 +220,21 @@ class Worker:
         # A Tune trial's every report must carry the metric ASHA reads, its last one too
         # when the length is not a multiple of the grace period.
         fd_now = rt.fd_every > 0 and (step % rt.fd_every == 0 or (tune and last))
-        report = step % rt.log_every == 0 or last or fd_now  # the same on every rank
+        logged = step % rt.log_every == 0 or last or fd_now  # the same on every rank
         save = step % rt.checkpoint_every == 0 or last
         if fd_now and tune:  # one worker, no peer waits: the proxy rides in the report
             metrics["fd"] = self._fd(step)
         # A training run computes the proxy only for steps whose proxy is not logged yet
         # (a resumed run retrains some); rank 0 knows from its log and tells the others.
         fd_due = fd_now and not tune and self._agree(out is not None and out.fd_missing(step))
-        if out and report:
+        if out and logged:
             out.log(metrics)
-        # The last step's final checkpoint comes after its proxy (it seals the log): when
-        # the proxy is due there, the state is reported first all the same.
-        if (report or save) and not (last and not tune and not fd_due):
+        # Ray's report is a barrier across the workers: a training run reports only with a
+        # checkpoint (MLflow and the log have every row), a Tune trial every logged row
+        # (its scheduler reads them). The last step's final checkpoint comes after its proxy
+        # (it seals the log): when the proxy is due there, the state is reported first.
+        to_ray = logged if tune else save or fd_due
+        if to_ray and not (last and not tune and not fd_due):
             self._report(metrics, save or fd_due)
         if fd_due:
             _until_ray_took_the_report()
@@ -274,29 +266,44 @@ class Worker:
 
     def _finish(self, seconds: float, images: int) -> None:
         """The last report of a training run: rank 0's checkpoint holds the state and the
-        run's outputs (generator, log, metrics); the others report the same step."""
+        run's outputs (generator, log, metrics); the others report the same step. It is
+        uploaded before the call returns: the driver reads it from Ray's result."""
         if self.rank != 0:
             self.session.report({"step": float(self.job.steps)})
             return
+        self.outputs.flush()
         with tempfile.TemporaryDirectory() as tmp:
             final = self.outputs.final(Path(tmp), seconds, images)
-            self._save(Path(tmp), {k: v for k, v in final.items()
-                                   if isinstance(v, (int, float))})
+            save_state(self.trainer, Path(tmp))
+            self._send(Path(tmp), {k: v for k, v in final.items()
+                                   if isinstance(v, (int, float))}, "_final", wait=True)
 
     def _report(self, metrics: dict[str, Any], save: bool) -> None:
-        """``report`` from every worker; rank 0 attaches a checkpoint when ``save``."""
+        """``report`` from every worker; rank 0 attaches a checkpoint when ``save``: its
+        state is written here, and Ray uploads it to the run's storage while training goes
+        on (a Tune trial's, before the call returns)."""
         scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         if not (save and self.rank == 0):
             self.session.report(scalars)
             return
-        with tempfile.TemporaryDirectory() as tmp:
-            self._save(Path(tmp), scalars)
-
-    def _save(self, folder: Path, scalars: dict[str, float]) -> None:
-        """Seal the trainer's state (and whatever ``folder`` holds) and report it to Ray,
-        which copies it to the run's storage (see :mod:`~pipeline.training.checkpoint`)."""
+        folder = Path(tempfile.mkdtemp(prefix="gat-ckpt-"))  # Ray deletes it once uploaded
         save_state(self.trainer, folder)
-        self.session.report(scalars, checkpoint=self.session.Checkpoint.from_directory(folder))
+        self._send(folder, scalars, "", wait=self.job.session == "tune")
+        if self.job.session == "tune":
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _send(self, folder: Path, scalars: dict[str, float], suffix: str, wait: bool) -> None:
+        """Report a sealed checkpoint folder, named by its step (``latest`` orders by step,
+        then name: a step's ``_final`` after its state). ``wait``: uploaded before
+        returning; else Ray uploads it in a thread and then deletes ``folder``."""
+        checkpoint = self.session.Checkpoint.from_directory(folder)
+        if self.job.session == "tune":  # tune.report takes no upload options
+            self.session.report(scalars, checkpoint=checkpoint)
+            return
+        mode = self.session.CheckpointUploadMode
+        name = f"{CHECKPOINT_PREFIX}{self.trainer.step_count:08d}{suffix}"
+        self.session.report(scalars, checkpoint=checkpoint, checkpoint_dir_name=name,
+                            checkpoint_upload_mode=mode.SYNC if wait else mode.ASYNC)
 
     def _diverged(self, err: NonFiniteError, step: int) -> None:
         """Record the divergence; this worker then stops, and so does every peer at the

@@ -140,3 +140,29 @@ def test_gat_acts_on_the_checkout_it_runs_in(tmp_path):
     assert f"to {tmp_path / 'params.yaml'}" in done.stdout
     assert "tiny-e2e" in (tmp_path / "params.yaml").read_text()
     assert (REPO / "params.yaml").read_bytes() == before
+
+
+def test_paper_profile_links_dvc_cache(tmp_path):
+    """`gat profile paper` sets the workspace's DVC cache to links (46-556 GB of shards and
+    tokens are never copied into the cache and back); the embedded presets leave DVC as is."""
+    from pathlib import Path
+
+    from tests.helpers import copy_repo, dvc_env
+
+    copy_repo(tmp_path)
+    assert (tmp_path / ".dvc" / "config").exists()
+    gat = Path(sys.executable).parent / "gat"
+
+    def profile(name: str) -> str:
+        done = subprocess.run([str(gat), "profile", name, "--no-check-paths"], cwd=tmp_path,
+                              env=dvc_env(), capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    profile("tiny")
+    assert not (tmp_path / ".dvc" / "config.local").exists()
+    assert "cache.type reflink,hardlink,symlink" in profile("paper")
+    linked = subprocess.run([sys.executable, "-m", "dvc", "config", "cache.type"], cwd=tmp_path,
+                            env=dvc_env(), capture_output=True, text=True, check=True)
+    assert linked.stdout.strip() == "reflink,hardlink,symlink"
+    assert "cache.type" not in (tmp_path / ".dvc" / "config").read_text()  # not committed

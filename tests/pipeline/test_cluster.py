@@ -52,3 +52,18 @@ def test_gpu_study_refuses_a_machine_without_cuda():
     with pytest.raises(ClusterError, match=r"runtime.use_gpu is true .* no CUDA device.*"
                                            r"`exec ray-worker`, not `ray-head`"):
         device(True)
+
+
+def test_autoscaling_cluster_is_asked_not_refused(ray_cluster):
+    """runtime.autoscale: a run the nodes up now cannot hold (here 4 GPU workers on this
+    GPU-less 2-CPU Ray) is asked of Ray's autoscaler instead of refused before any work."""
+    from ray.autoscaler.sdk import request_resources
+
+    from pipeline.cluster import alive_nodes
+
+    nodes = alive_nodes()
+    with pytest.raises(ClusterError, match=r"4 x \(8 CPU, 1 GPU\)"):
+        check_resources(nodes, 4, 8, 1, "PACK", "k")
+    assert check_resources(nodes, 4, 8, 1, "PACK", "k", autoscale=True) == []
+    assert check_resources(nodes, 1, 1, 0, "PACK", "k", autoscale=True) == nodes
+    request_resources(bundles=[])  # the session's cluster asks for nothing again

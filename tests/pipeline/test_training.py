@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 
@@ -49,6 +50,9 @@ def test_two_workers_disjoint_data_identical_weights_mlflow(ray_cluster, root, t
     assert run_dir == root / "outputs/checkpoints/GAT-T1/4" / metrics["run_key"]
     kept = [d for d in run_dir.glob("checkpoint_*") if d.is_dir()]
     assert 1 <= len(kept) <= KEEP_CHECKPOINTS
+    # named by step (not Ray's date and time): the run's outputs in the last step's _final
+    assert all(re.fullmatch(r"checkpoint_step\d{8}(_final)?", d.name) for d in kept), kept
+    assert "checkpoint_step00000016_final" in {d.name for d in kept}
     log = pd.read_csv(layout.train_results("GAT-T1/4", 0) / "log.csv")
     assert list(log["step"]) == [4, 8, 12, 16]
     client = MlflowClient(mlflow_uri)
@@ -58,6 +62,9 @@ def test_two_workers_disjoint_data_identical_weights_mlflow(ray_cluster, root, t
     assert "workers" not in run.data.params and "train.batch" in run.data.params
     assert {"loss_d", "loss_g", "logit_gap", "r1", "r2", "repa", "grad_norm_g",
             "images_per_s"} <= set(run.data.metrics)
+    # the rows went to MLflow without waiting, and every one arrived (flushed at the end)
+    history = client.get_metric_history(run.info.run_id, "loss_d")
+    assert sorted(m.step for m in history) == [4, 8, 12, 16]
     assert float(run.data.params["lr"]) == pytest.approx(params.train.lr_base)
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
     assert any(p.endswith(".png") for p in artifacts)

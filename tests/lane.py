@@ -57,9 +57,18 @@ def _run(scenario: Scenario, future: Future) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _resolve_lazy_names() -> None:
+    """diffusers and transformers resolve their top-level names on first use, and not
+    thread-safely: a scenario's `from diffusers import AutoencoderKL` raced a foreground
+    test's and failed with ImportError (seen once). Resolve them here, before the thread."""
+    from diffusers import AutoencoderKL, ConfigMixin, DiffusionPipeline, ModelMixin  # noqa: F401
+    from transformers import Dinov2Config, Dinov2Model  # noqa: F401
+
+
 def start(tests: list[Callable]) -> None:
     """Run the scenarios of these lane tests in a daemon thread, those that need no study
     first."""
+    _resolve_lazy_names()
     ordered = sorted(tests, key=lambda t: t.lane_needs_study)
     futures = [(t.lane_scenario, Future()) for t in ordered]
     for scenario, future in futures:

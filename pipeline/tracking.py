@@ -214,16 +214,22 @@ def process_uris_kept() -> Iterator[None]:
     inherit that store through ``$MLFLOW_TRACKING_URI``. (This project's own logging does
     not read them: every :class:`Tracker` names its tracking and registry URIs.)"""
     import mlflow
+    from mlflow.tracking import is_tracking_uri_set
 
     names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
     env = {k: os.environ.get(k) for k in names}
-    uris = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    # None where the variable (put back below) or the default decides: restored "unset"
+    tracking = mlflow.get_tracking_uri()
+    registry = mlflow.get_registry_uri()
+    kept_tracking = None if (not is_tracking_uri_set()
+                             or tracking == env["MLFLOW_TRACKING_URI"]) else tracking
+    kept_registry = None if registry in (tracking, env["MLFLOW_REGISTRY_URI"]) else registry
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(uris[0])
-        mlflow.set_registry_uri(uris[1])
-        for k, v in env.items():  # after the setters: they may export the variables
+        mlflow.set_tracking_uri(kept_tracking)
+        mlflow.set_registry_uri(kept_registry)
+        for k, v in env.items():  # after the setters: they export and unset the variables
             if v is None:
                 os.environ.pop(k, None)
             else:

@@ -4,6 +4,7 @@ key across processes; statuses that say what is happening; an unreachable store 
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -135,3 +136,42 @@ def test_a_study_run_finishes_with_its_last_training_run(mlflow_uri):
     assert status(study) == "FINISHED" and status(b) == "FAILED"
     tr.set_status(a, "RUNNING")  # a continuation reopens its study
     assert status(study) == "RUNNING"
+
+
+def test_process_uris_put_back_unset(tmp_path):
+    """What Ray Tune's MLflow callback sets process-wide (tracking and registry URIs, their
+    variables) is undone: unset stays unset, so a later MLFLOW_TRACKING_URI still decides
+    both (a registry left pinned to the sweep's store hid every later registered model)."""
+    import mlflow
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {k: os.environ.pop(k, None) for k in names}
+
+    def clean() -> None:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+        for k in names:
+            os.environ.pop(k, None)
+
+    try:
+        clean()
+        sweep = f"sqlite:///{tmp_path}/sweep.db"
+        with tracking.process_uris_kept():
+            mlflow.set_tracking_uri(sweep)  # as MLflowLoggerCallback's setup does
+            mlflow.set_registry_uri(sweep)
+        assert not any(k in os.environ for k in names)
+        later = f"sqlite:///{tmp_path}/later.db"
+        os.environ["MLFLOW_TRACKING_URI"] = later
+        assert mlflow.get_tracking_uri() == later and mlflow.get_registry_uri() == later
+        with tracking.process_uris_kept():  # set by the variable: still the variable's after
+            mlflow.set_tracking_uri(sweep)
+        os.environ["MLFLOW_TRACKING_URI"] = other = f"sqlite:///{tmp_path}/other.db"
+        assert mlflow.get_tracking_uri() == other
+        explicit = f"sqlite:///{tmp_path}/registry.db"
+        mlflow.set_registry_uri(explicit)
+        with tracking.process_uris_kept():
+            mlflow.set_registry_uri(sweep)
+        assert mlflow.get_registry_uri() == explicit  # a registry set on purpose stays set
+    finally:
+        clean()
+        os.environ.update({k: v for k, v in saved.items() if v is not None})

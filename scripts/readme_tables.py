@@ -3,22 +3,29 @@
     python scripts/readme_tables.py                  # this checkout's results/
     python scripts/readme_tables.py --results DIR    # another study's results folder
     python scripts/readme_tables.py --release-study  # before/after the release's behaviours
+    python scripts/readme_tables.py --spread         # the ladder's spread by source
 
 Prints the ladder table (the sizes, then the two floors) from results/scaling/scaling.csv
 and results/data/floors.json, and, when results/scaling/runs.csv holds several training
 seeds, the per-seed table with mean ± sd. FD is FD-classifier (a CPU stand-in, not FID)
 for the embedded profile. ``--release-study`` prints the before/after table of issue 23
 from docs/release_fidelity_study.csv (one row per size: FD-classifier per training seed, mean
-± sd, recall and class accuracy means). tests/test_committed_results.py checks the README
-against both.
+± sd, recall and class accuracy means). ``--spread`` prints issue 24's table from
+docs/spread_sources.csv (scripts/spread_study.py): per size, the FD-classifier of each
+source's settings and their sd, then whether FD falls with size under every setting and
+the fitted exponent under each and under all together. tests/test_committed_results.py
+checks the README against all three.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 
@@ -90,6 +97,74 @@ def release_study(csv: Path = RELEASE_STUDY) -> str:
     return "\n".join(lines)
 
 
+SPREAD = RELEASE_STUDY.parent / "spread_sources.csv"
+
+
+def spread(csv: Path = SPREAD, results: Path = RELEASE_STUDY.parent.parent / "results") -> str:
+    """The spread table of issue 24, then one line per ladder claim against the spread.
+
+    Rows: sizes; per source, the base's FD-classifier and its two other settings' (the
+    base, setting 0, belongs to every source) and the sd of the three; then the sd of all
+    settings together. Below: settings under which FD does not fall with every step in
+    size, the exponent b of FD = a * GFLOPs^b fitted per setting (range), and b fitted to
+    every setting's points at once with its 95% bootstrap interval.
+    """
+    sys.path.insert(0, str(results.parent))
+    from pipeline.claims import _t95
+    from pipeline.scaling import fit_log_log, fit_power_law
+
+    runs = pd.read_csv(csv)
+    gflops = pd.read_csv(results / "scaling" / "scaling.csv").set_index("size")["g_gflops"]
+    sizes = list(dict.fromkeys(runs["size"]))
+    base = runs[runs["source"] == "base"].set_index("size")["fd_classifier"]
+    sources = [s for s in dict.fromkeys(runs["source"]) if s != "base"]
+    head = "| size | base | " + " | ".join(
+        f"{src}: {' / '.join(_short(x) for x in dict.fromkeys(runs[runs.source == src].setting))}"
+        f" | sd" for src in sources) + " | all settings: sd (range) |"
+    lines = [head, "|---|---|" + "---|---|" * len(sources) + "---|"]
+    for size in sizes:
+        row = [f"{base[size]:.2f}"]
+        for src in sources:
+            fd = runs[(runs.source == src) & (runs["size"] == size)]["fd_classifier"]
+            row += [" / ".join(f"{v:.2f}" for v in fd),
+                    f"{pd.concat([fd, pd.Series([base[size]])]).std(ddof=1):.2f}"]
+        every = runs[runs["size"] == size]["fd_classifier"]
+        row.append(f"{every.std(ddof=1):.2f} ({every.min():.2f}-{every.max():.2f})")
+        lines.append(f"| {size} | " + " | ".join(row) + " |")
+    x = gflops[sizes].to_numpy()
+    fits, not_monotone = [], []
+    for (_source, setting), group in runs.groupby(["source", "setting"], sort=False):
+        fd = group.set_index("size")["fd_classifier"][sizes].to_numpy()
+        fits.append(fit_log_log(x, fd)[1])
+        if (fd[1:] >= fd[:-1]).any():
+            not_monotone.append(f"{setting}")
+    reps = [runs[runs["size"] == s]["fd_classifier"].to_numpy() for s in sizes]
+    law = fit_power_law(x, [r.mean() for r in reps], draws=1000, replicas=reps)
+    lines += ["", f"Settings under which FD does not fall with every step in size: "
+              f"{', '.join(not_monotone) or 'none'} (of {len(fits)}). Exponent b per setting: "
+              f"{min(fits):.3f} to {max(fits):.3f}; fitted to all {len(fits)} settings' "
+              f"points: {law.b:.3f} (95% bootstrap interval {law.b_ci[0]:.3f} to "
+              f"{law.b_ci[1]:.3f})."]
+    # Each setting is a whole ladder: the step from one size to the next, paired by setting.
+    ladders = runs.pivot_table(index=["source", "setting"], columns="size",
+                               values="fd_classifier")[sizes]
+    steps = []
+    for small, large in itertools.pairwise(sizes):
+        gap = (ladders[small] - ladders[large]).to_numpy()
+        half = _t95(len(gap) - 1) * gap.std(ddof=1) / np.sqrt(len(gap))
+        word = "holds" if gap.mean() - half > 0 else "inconclusive"
+        steps.append(f"{small} -> {large}: {gap.mean():.2f} [{gap.mean() - half:.2f}, "
+                     f"{gap.mean() + half:.2f}] ({word})")
+    lines.append(f"FD's fall per step in size, paired by setting (mean and 95% t-interval over "
+                 f"the {len(ladders)} settings): " + "; ".join(steps) + ".")
+    return "\n".join(lines)
+
+
+def _short(setting: str) -> str:
+    """study.train_seeds=[1] -> 1; data.shard_size=2048 -> 2048: the table's column head."""
+    return setting.split("=", 1)[1].strip("[]")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,7 +172,12 @@ def main() -> None:
                         default=Path(__file__).resolve().parent.parent / "results")
     parser.add_argument("--release-study", action="store_true",
                         help=f"print the before/after table of {RELEASE_STUDY.name} only")
+    parser.add_argument("--spread", action="store_true",
+                        help=f"print the spread-by-source table of {SPREAD.name} only")
     args = parser.parse_args()
+    if args.spread:
+        print(spread())
+        return
     if args.release_study:
         print(release_study())
         return

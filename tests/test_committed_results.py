@@ -80,20 +80,44 @@ def test_readme_ladder_is_the_committed_results():
             assert row[key] == pytest.approx(round(want[key], 3), abs=0.0006), (size, key)
 
 
-def test_readme_before_after_is_the_release_study():
-    """The README's and docs/RESULTS.md's before/after table is what
-    ``python scripts/readme_tables.py --release-study`` prints from the committed csv."""
+@pytest.mark.parametrize("flag", ["--release-study", "--spread"])
+def test_readme_tables_are_their_csvs(flag):
+    """The README's and docs/RESULTS.md's before/after table (issue 23) and spread table
+    (issue 24) are what ``python scripts/readme_tables.py FLAG`` prints from the committed
+    csv."""
     sys.path.insert(0, str(REPO / "scripts"))
-    from readme_tables import release_study
+    import readme_tables
 
-    table = release_study().splitlines()
+    table = (readme_tables.release_study() if flag == "--release-study"
+             else readme_tables.spread()).splitlines()
     for page in ("README.md", "docs/RESULTS.md"):
         lines = (REPO / page).read_text().splitlines()
         start = lines.index(table[0]) if table[0] in lines else -1
-        assert start >= 0, f"{page}: no before/after table (readme_tables.py --release-study)"
+        assert start >= 0, f"{page}: no table of `python scripts/readme_tables.py {flag}`"
         assert lines[start:start + len(table)] == table, (
-            f"{page}: the before/after table differs from docs/release_fidelity_study.csv: "
-            "paste `python scripts/readme_tables.py --release-study`")
+            f"{page}: the table differs from its csv: paste "
+            f"`python scripts/readme_tables.py {flag}`")
+
+
+def test_spread_base_is_the_committed_study():
+    """docs/spread_sources.csv's base rows are the committed results, and its training-seed
+    rows are the release study's "after" rows (the same code's runs)."""
+    spread = pd.read_csv(REPO / "docs" / "spread_sources.csv")
+    base = spread[spread["source"] == "base"].set_index("size")
+    for size, row in base.iterrows():
+        committed = json.loads((REPO / "results" / "eval" / size / "seed0"
+                                / "metrics.json").read_text())
+        for key, csv_key in (("fd", "fd_classifier"), ("recall", "recall"),
+                             ("class_accuracy", "class_accuracy")):
+            assert row[csv_key] == pytest.approx(committed[key], abs=1e-6), (size, key)
+    release = pd.read_csv(REPO / "docs" / "release_fidelity_study.csv")
+    after = release[release["code"] == release["code"].unique()[1]]
+    seeds = spread[spread["source"] == "training seed"]
+    assert len(seeds) == len(after[after["seed"] > 0])
+    for _, row in seeds.iterrows():
+        seed = int(row["setting"].split("=")[1].strip("[]"))
+        want = after[(after["size"] == row["size"]) & (after["seed"] == seed)]
+        assert row["fd_classifier"] == pytest.approx(want["fd_classifier"].item(), abs=1e-6)
 
 
 def test_stale_check_names_changed_code_and_params():

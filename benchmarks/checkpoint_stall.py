@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.ray_utils import init_ray
 from pipeline.training.checkpoint import CHECKPOINT_PREFIX, STATE, seal
 
 
@@ -84,7 +85,7 @@ def main() -> None:
     from ray.train.torch import TorchTrainer
 
     storage = args.storage or Path(tempfile.mkdtemp(prefix="bench-storage-"))
-    ray.init(num_cpus=max(2, args.workers), include_dashboard=False, log_to_driver=True)
+    init_ray(num_cpus=max(2, args.workers))  # the stages' local Ray (loopback, pacing)
     out = storage / "stall.json"
     trainer = TorchTrainer(_loop, train_loop_config={"mb": args.mb, "reports": args.reports,
                                                      "out": str(out)},

@@ -335,10 +335,11 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         print(f"error: {err}{hint}", file=sys.stderr)
         return 2
     print(f"wrote profile {args.name!r} ({source}) to {params_file}")
-    if args.name in pf.LINKED_DVC_CACHE and (params_file.resolve().parent / ".dvc").is_dir():
+    workspace = params_file.resolve().parent
+    if args.name in pf.LINKED_DVC_CACHE and (workspace / ".dvc").is_dir():
         # The workspace's setting (.dvc/config.local, not committed), made where it matters.
         subprocess.run([sys.executable, "-m", "dvc", "config", "--local", "cache.type",
-                        pf.LINK_TYPES], cwd=params_file.resolve().parent, check=True)
+                        pf.LINK_TYPES], cwd=workspace, check=True)
         print(f"DVC: cache.type {pf.LINK_TYPES} in .dvc/config.local: outputs are links into "
               "the cache, never copies (docs/CLUSTER.md, 'DVC and MLflow at ImageNet scale')")
     print("next: dvc repro   (or bash scripts/repro.sh)")

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pandas as pd
 import yaml
+
+from pipeline.files import atomic_path
 
 ROOT = Path(__file__).resolve().parent.parent
 CSV = ROOT / "docs" / "spread_sources.csv"
@@ -71,9 +72,8 @@ def append(csv: Path, rows: list[dict]) -> None:
     """Add rows to the csv through a temp name (a kill never leaves half a file)."""
     old = pd.read_csv(csv) if csv.exists() else pd.DataFrame(columns=COLUMNS)
     table = pd.concat([old, pd.DataFrame(rows, columns=COLUMNS)], ignore_index=True)
-    tmp = csv.with_suffix(".csv.tmp")
-    table.to_csv(tmp, index=False, float_format="%.6f")
-    os.replace(tmp, csv)
+    with atomic_path(csv) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6f")
 
 
 def main() -> None:

@@ -32,11 +32,13 @@ from pipeline.fidelity import (
     evaluator,
     extract,
     frechet_distance,
+    inception_score,
     load_reference,
     moments,
     moments_statistics,
     precision_recall,
     reference_path,
+    score_name,
     statistics_distance,
 )
 from pipeline.files import atomic_path
@@ -97,34 +99,40 @@ def generated_features(ev: Evaluator, gen, tokenizer, num: int, batch: int = 250
 
 
 def score(ev: Evaluator, out: dict[str, torch.Tensor], labels: torch.Tensor | None,
-          reference: dict[str, np.ndarray], seed: int = 0) -> dict[str, float | int | str]:
-    """FD/FID, precision, recall and (classifier only) class accuracy of extracted features
-    ``out`` (from :func:`extract`) whose images were meant to show ``labels`` [N]; ``None``
-    for an unconditional generator (no class accuracy: no classes)."""
-    precision, recall = precision_recall(out["features"], reference, seed)
+          reference: dict[str, np.ndarray], seed: int = 0, prc: str = "balanced"
+          ) -> dict[str, float | int | str]:
+    """FD/FID, precision and recall (protocol ``prc``: :func:`precision_recall`), the
+    Inception Score (or the classifier's stand-in of it) and (classifier only) class
+    accuracy of extracted features ``out`` (from :func:`extract`) whose images were meant
+    to show ``labels`` [N]; ``None`` for an unconditional generator (no classes)."""
+    precision, recall = precision_recall(out["features"], reference, seed, prc, ev.device)
     metrics: dict[str, float | int | str] = {
         "metric": ev.metric, "fd": frechet_distance(out["features"], reference),
-        "precision": precision, "recall": recall, "num_samples": len(out["features"])}
-    if "logits" in out and labels is not None:
-        metrics["class_accuracy"] = class_accuracy(out["logits"], labels)
+        "precision": precision, "recall": recall, "prc": prc,
+        "num_samples": len(out["features"])}
+    if "logits" in out:
+        metrics["is"] = inception_score(out["logits"])
+        metrics["is_metric"] = score_name(SOURCES[ev.name])
+        if ev.class_logits and labels is not None:
+            metrics["class_accuracy"] = class_accuracy(out["logits"], labels)
     return metrics
 
 
 def evaluate_generator(ev: Evaluator, gen, tokenizer, reference: dict[str, np.ndarray],
-                       num: int, batch: int = 250, psi: float = 1.0, seed: int = 0
-                       ) -> dict[str, float | int | str]:
+                       num: int, batch: int = 250, psi: float = 1.0, seed: int = 0,
+                       prc: str = "balanced") -> dict[str, float | int | str]:
     """:func:`score` of ``num`` class-balanced samples of ``gen``, decoded by ``tokenizer``."""
     out = generated_features(ev, gen, tokenizer, num, batch, psi, seed)
-    return score_samples(ev, out, gen.num_classes, reference, psi, seed)
+    return score_samples(ev, out, gen.num_classes, reference, psi, seed, prc)
 
 
 def score_samples(ev: Evaluator, out: dict[str, torch.Tensor], num_classes: int,
-                  reference: dict[str, np.ndarray], psi: float = 1.0, seed: int = 0
-                  ) -> dict[str, float | int | str]:
+                  reference: dict[str, np.ndarray], psi: float = 1.0, seed: int = 0,
+                  prc: str = "balanced") -> dict[str, float | int | str]:
     """:func:`score` of the features ``out`` of a generator's balanced samples, in
     :func:`gat.sample.balanced_labels` order (``num_classes`` 0: unconditional)."""
     labels = balanced_labels(len(out["features"]), num_classes) if num_classes else None
-    return {**score(ev, out, labels, reference, seed), "psi": psi}
+    return {**score(ev, out, labels, reference, seed, prc), "psi": psi}
 
 
 @dataclass(frozen=True)
@@ -177,7 +185,8 @@ def balanced_indices(labels: np.ndarray, num: int, seed: int = 0) -> np.ndarray:
 
 
 def floors(ev: Evaluator, dataset, tokenizer, reference: dict[str, np.ndarray], num: int,
-           batch: int = 250, seed: int = 0) -> dict[str, dict[str, float | int | str]]:
+           batch: int = 250, seed: int = 0, prc: str = "balanced"
+           ) -> dict[str, dict[str, float | int | str]]:
     """What no generator in this latent space can beat, scored like one: ``num``
     class-balanced real training images (``real``), and the same images encoded and
     decoded by the tokenizer (``reconstructed``: the posterior mean, scaled as the shards
@@ -192,8 +201,8 @@ def floors(ev: Evaluator, dataset, tokenizer, reference: dict[str, np.ndarray], 
 
     real = extract(ev, (dataset.load(c) for c in chunks), num, "real images")
     recon = extract(ev, (reconstructed(c) for c in chunks), num, "reconstructed")
-    return {"real": score(ev, real, labels, reference, seed),
-            "reconstructed": score(ev, recon, labels, reference, seed)}
+    return {"real": score(ev, real, labels, reference, seed, prc),
+            "reconstructed": score(ev, recon, labels, reference, seed, prc)}
 
 
 def load_trained(generator_dir: Path, device: str | None = None, layout: Layout = LAYOUT
@@ -226,10 +235,10 @@ def evaluate_trained(params: Params, generator_dir: Path, gen, meta: dict, token
                                  cfg.psi, seed)
         out = sampled_features_on_ray(work, params.runtime.use_gpu,
                                       params.runtime.cpus_per_worker)
-        metrics = score_samples(ev, out, gen.num_classes, reference, cfg.psi, seed)
+        metrics = score_samples(ev, out, gen.num_classes, reference, cfg.psi, seed, cfg.prc)
     else:
         metrics = evaluate_generator(ev, gen, tokenizer, reference, cfg.num_samples,
-                                     cfg.batch, cfg.psi, seed)
+                                     cfg.batch, cfg.psi, seed, cfg.prc)
     metrics.update(model_facts(gen, meta))
     with atomic_path(grid) as tmp:
         grid_images = class_grid(gen, tokenizer, cfg.psi, cfg.grid_seeds)
@@ -262,7 +271,8 @@ def log_evaluation(params: Params, meta: dict, metrics: dict, pictures: list[Pat
     tr.log_metrics(run_id, {f"eval.{k}": v for k, v in metrics.items()}, step)
     # tags, not params: evaluation settings may change while the training run stays
     tr.set_tags(run_id, {"eval.metric": metrics["metric"],
-                         "eval.num_samples": metrics["num_samples"], "eval.psi": metrics["psi"]})
+                         "eval.num_samples": metrics["num_samples"], "eval.psi": metrics["psi"],
+                         "eval.prc": metrics["prc"]})
     for picture in pictures:
         tr.log_artifact(run_id, picture, "eval")
     return run_id
@@ -274,6 +284,8 @@ def describe_metrics(metrics: dict[str, Any]) -> str:
             f"precision {metrics['precision']:.3f}, recall {metrics['recall']:.3f}")
     if "class_accuracy" in metrics:
         line += f", class accuracy {metrics['class_accuracy']:.3f}"
+    if "is" in metrics:
+        line += f", {metrics['is_metric']} {metrics['is']:.3f}"
     return line + (f", G {metrics['g_gflops']:.4g} GFLOPs" if "g_gflops" in metrics else "")
 
 

@@ -10,8 +10,15 @@
   comparable with any paper, only between runs of this pipeline.
 
 Precision and recall (torch-fidelity's k-NN manifolds, k=3) are measured in the same
-feature space as the distance. Features are extracted batch by batch, so neither the
-reference split nor the generated samples ever sit in memory as images.
+feature space as the distance, by one of two protocols (``evaluate.prc``): ``adm``, the one
+of ADM's evaluator and the paper's tables (every sample against the reference's 10,000
+kept features), or ``balanced`` (equally many of each, at most 10,000: the embedded
+study's). The Inception Score comes from the same forward pass (Inception's unbiased
+logits; the stand-in's "IS-classifier" from the classifier's, which is not IS). sFID is not
+offered: it needs Inception's spatial mixed_6/conv features, which torch-fidelity's
+extractor does not expose (its "768" output is spatially pooled). Features are extracted
+batch by batch, so neither the reference split nor the generated samples ever sit in
+memory as images.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import numpy as np
 import torch
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_isc import isc_features_to_metric
 from torch_fidelity.metric_prc import prc_features_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 from torch_fidelity.utils import create_feature_extractor
@@ -39,7 +47,9 @@ CLASSIFIER_EXTRACTOR = "gat-classifier"
 INCEPTION_EXTRACTOR = "inception-v3-compat"
 INCEPTION_WEIGHTS_ENV = "GAT_INCEPTION_WEIGHTS"
 REFERENCE_FILE = "stats.npz"  # in data/reference, beside info.json
-PRC_MAX = 10_000  # features per side for precision/recall: its k-NN search is O(N^2)
+PRC_MAX = 10_000  # reference features kept for precision/recall (ADM's reference batch)
+PRC_PROTOCOLS = ("balanced", "adm")
+IS_SPLITS = 10  # ADM's and torch-fidelity's: the score's mean over 10 splits of the samples
 
 
 SOURCES = {CLASSIFIER_EXTRACTOR: "train", INCEPTION_EXTRACTOR: "inception"}
@@ -52,6 +62,12 @@ def metric_name(source: str, samples: int = 0) -> str:
     if samples:
         name += f"-{samples // 1000}K" if samples % 1000 == 0 else f"-{samples}"
     return name
+
+
+def score_name(source: str) -> str:
+    """What the Inception Score is: "IS" with Inception, else "IS-classifier" (a stand-in
+    of the embedded profile, computed from the classifier's logits, never IS)."""
+    return "IS" if source == "inception" else "IS-classifier"
 
 
 def proxy_name(samples: int, layout: Layout = LAYOUT) -> str:
@@ -119,6 +135,7 @@ class Evaluator:
     metric: str  # "FID" or "FD-classifier"
     outputs: tuple[str, str | None]  # (feature layer, logits layer or None)
     device: torch.device
+    class_logits: bool = False  # the logits are the dataset's classes (class accuracy)
 
     @property
     def name(self) -> str:
@@ -132,11 +149,11 @@ def evaluator(source: str = "train", classifier: str | None = None,
 
     ``classifier``: a classifier directory instead of data/classifier (source ``train``).
     ``device``: where it runs (a training worker's own GPU); default the current GPU when
-    there is one, else the CPU. Inception's logits index ImageNet's 1008 classes, not the
-    dataset's: it gives no class accuracy.
+    there is one, else the CPU. Inception's logits (for the Inception Score) index
+    ImageNet's 1008 classes, not the dataset's: they give no class accuracy.
     """
     if source == "inception":
-        name, outputs = INCEPTION_EXTRACTOR, ("2048", None)
+        name, outputs = INCEPTION_EXTRACTOR, ("2048", "logits_unbiased")
         weights = os.environ.get(INCEPTION_WEIGHTS_ENV) or None
     elif source == "train":
         name, outputs, weights = CLASSIFIER_EXTRACTOR, ("features", "logits"), classifier
@@ -146,7 +163,7 @@ def evaluator(source: str = "train", classifier: str | None = None,
     layers = [o for o in outputs if o]
     ext = create_feature_extractor(name, layers, cuda=False, verbose=False,
                                    feature_extractor_weights_path=weights).to(where)
-    return Evaluator(ext, metric_name(source), outputs, where)
+    return Evaluator(ext, metric_name(source), outputs, where, class_logits=source == "train")
 
 
 @torch.no_grad()
@@ -334,16 +351,36 @@ def moments_statistics(total: torch.Tensor, shift: torch.Tensor) -> dict[str, np
     return {"mu": (mean + shift).numpy(), "sigma": sigma.numpy()}
 
 
-def precision_recall(features: torch.Tensor, reference: dict[str, np.ndarray], seed: int = 0
+def precision_recall(features: torch.Tensor, reference: dict[str, np.ndarray], seed: int = 0,
+                     protocol: str = "balanced", device: torch.device | str = "cpu"
                      ) -> tuple[float, float]:
     """Improved precision and recall (k=3) of generated features [N, F] vs the reference's
-    kept features, on equally many of each (at most PRC_MAX): the k-NN radii shrink as a
-    set grows, so unequal sizes would bias one of the two numbers."""
+    kept features [n <= PRC_MAX, F].
+
+    ``adm``: all N samples against all n reference features, as ADM's evaluator (and the
+    paper's tables: 50k samples against the 10k reference batch). ``balanced``: equally
+    many of each (min(N, n), seeded subsets): the k-NN radii shrink as a set grows, so
+    with N != n one number gains what the other loses; the embedded study compares sizes
+    at 2,000 samples this way. The k-NN search is O(N^2): it runs on ``device``.
+    """
+    if protocol not in PRC_PROTOCOLS:
+        raise ValueError(f"evaluate.prc {protocol!r}: expected one of {PRC_PROTOCOLS}")
     real = torch.from_numpy(reference["features"]).float()
-    n = min(len(features), len(real), PRC_MAX)
-    fake, real = _subset(features, n, seed).float(), _subset(real, n, seed)
-    out = prc_features_to_metric(fake, real, save_cpu_ram=True, verbose=False)
+    fake = features.float()
+    if protocol == "balanced":
+        n = min(len(fake), len(real), PRC_MAX)
+        fake, real = _subset(fake, n, seed), _subset(real, n, seed)
+    out = prc_features_to_metric(fake.to(device), real.to(device), save_cpu_ram=True,
+                                 verbose=False)
     return float(out["precision"]), float(out["recall"])
+
+
+def inception_score(logits: torch.Tensor) -> float:
+    """Inception Score of logits [N, K]: exp(E KL(p(y|x) || p(y))), the mean over IS_SPLITS
+    splits, torch-fidelity's computation (in sample order: no shuffle, so it is a function
+    of the samples alone)."""
+    return float(isc_features_to_metric(logits.double(), splits=IS_SPLITS, shuffle=False)
+                 ["inception_score_mean"])
 
 
 def class_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

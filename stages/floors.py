@@ -32,7 +32,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
                                revision=params.tokenizer.revision)
     found = evaluation.floors(ev, open_split(params.data, "train"), tokenizer, reference,
                               params.evaluate.num_samples, params.evaluate.batch,
-                              seed=params.study.seed)
+                              seed=params.study.seed, prc=params.evaluate.prc)
     flat = {f"{row}_{k}": v for row, m in found.items() for k, v in m.items()}
     record_stage(params, "floors", {**flat, "metric": ev.metric},
                  digest([LAYOUT.tokenizer, LAYOUT.reference]))

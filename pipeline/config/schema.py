@@ -230,6 +230,8 @@ class EvaluateParams(Traced):
     psi: float = 1.0
     grid_seeds: int = 10  # columns of samples.png (one row per class, up to 16 classes)
     strip_frames: int = 8  # frames of each row of interpolation.png
+    # precision/recall: balanced (equal counts) | adm (every sample vs the 10k reference)
+    prc: Literal["balanced", "adm"] = "balanced"
 
     def check(self, where: str) -> None:
         positive(self, where, "num_samples", "batch", "grid_seeds", "strip_frames")

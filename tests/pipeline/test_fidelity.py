@@ -59,6 +59,74 @@ def test_precision_and_recall(ev):
     assert p_noise < 0.5
 
 
+def test_adm_protocol_scores_every_sample_and_balanced_equally_many():
+    """ADM's precision/recall: all N samples against the n reference features (what
+    torch-fidelity computes on the two full sets); balanced: min(N, n) of each. A sample
+    set 4x the reference's size covers it better under ADM's protocol (more balls)."""
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    gen = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(100, 8, generator=gen), torch.randn(400, 8, generator=gen)
+    reference = {"features": real.numpy()}
+    full = prc_features_to_metric(fake, real, save_cpu_ram=True, verbose=False)
+    adm = fidelity.precision_recall(fake, reference, protocol="adm")
+    assert adm == (pytest.approx(full["precision"]), pytest.approx(full["recall"]))
+    balanced = fidelity.precision_recall(fake, reference, protocol="balanced")
+    kept = fidelity._subset(fake, 100)
+    equal = prc_features_to_metric(kept, real, save_cpu_ram=True, verbose=False)
+    assert balanced == (pytest.approx(equal["precision"]), pytest.approx(equal["recall"]))
+    assert adm[1] > balanced[1]
+    with pytest.raises(ValueError, match=r"evaluate\.prc 'fid'"):
+        fidelity.precision_recall(fake, reference, protocol="fid")
+
+
+def test_inception_score_counts_the_classes_a_confident_model_spreads_over():
+    """IS = exp(E KL(p(y|x) || p(y))): confident, balanced over K classes -> K; one class
+    for every sample -> 1."""
+    confident = torch.eye(5).repeat(20, 1) * 50.0  # [100, 5], 20 of each class in turn
+    assert fidelity.inception_score(confident) == pytest.approx(5.0, rel=1e-3)
+    assert fidelity.inception_score(torch.zeros(100, 5).index_fill_(1, torch.tensor([2]),
+                                                                     50.0)) == pytest.approx(1.0)
+
+
+def test_inception_evaluator_gives_is_and_no_class_accuracy(tmp_path, monkeypatch):
+    """With Inception (random weights, offline: the rehearsal's file) a score has the IS
+    from the same pass and no class accuracy (its logits are ImageNet's, not the data's);
+    the classifier's has both, its IS named as the stand-in it is."""
+    import importlib.util
+
+    from pipeline.evaluation import score
+    from tests.helpers import REPO
+
+    spec = importlib.util.spec_from_file_location("rehearse", REPO / "scripts/rehearse.py")
+    rehearse = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rehearse)
+    weights = tmp_path / "pt_inception-random.pth"
+    rehearse.inception_weights(weights)
+    monkeypatch.setenv(fidelity.INCEPTION_WEIGHTS_ENV, str(weights))
+    fidelity.evaluator.cache_clear()
+    ev = fidelity.evaluator("inception", device="cpu")
+    images, labels = synthetic_images(24, seed=3)
+    out = fidelity.extract(ev, [images])
+    assert out["features"].shape == (24, 2048) and out["logits"].shape[0] == 24
+    reference = fidelity.reference_of_features(ev, out["features"])
+    metrics = score(ev, out, torch.as_tensor(labels), reference, prc="adm")
+    assert metrics["is_metric"] == "IS" and metrics["is"] >= 1.0
+    assert "class_accuracy" not in metrics and metrics["prc"] == "adm"
+    fidelity.evaluator.cache_clear()
+
+
+def test_classifier_score_names_its_is_a_stand_in(ev):
+    from pipeline.evaluation import score
+
+    images, labels = synthetic_images(64, seed=5)
+    out = fidelity.extract(ev, [images])
+    metrics = score(ev, out, torch.as_tensor(labels), fidelity.reference_of_features(
+        ev, out["features"]))
+    assert metrics["is_metric"] == "IS-classifier" and metrics["prc"] == "balanced"
+    assert 1.0 <= metrics["is"] <= 4.0 + 1e-6 and "class_accuracy" in metrics
+
+
 def test_class_accuracy_counts_matches():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0], [0.0, 5.0]])
     assert fidelity.class_accuracy(logits, torch.tensor([0, 1, 1, 1])) == 0.75

@@ -15,7 +15,9 @@ in z, lerp in w, class to class), and outputs/pipeline/<SIZE>/seed<N>/ (the diff
 GATPipeline folder). Logs it all to the MLflow run of the training configuration that made
 the generator (metrics as ``eval.*`` and the FD under its own name, FID or FD-classifier,
 at the generator's last training step; the pictures under ``eval/``), with the generator
-as a pyfunc model (artifact ``model``) registered as ``gat-<study_name>-<SIZE>``.
+as a pyfunc model: an MLflow LoggedModel of that run (the experiment's Models tab), output
+at that step with the metrics of that step linked to it, registered as
+``gat-<study_name>-<SIZE>`` (one version per training run).
 """
 
 from __future__ import annotations
@@ -54,13 +56,14 @@ def run(params: Params, args: argparse.Namespace) -> None:
 
 def register(params: Params, meta: dict, metrics: dict, run_id: str, pipeline_dir: Path
              ) -> str:
-    """The pyfunc model into the training run, registered as ``gat-<study>-<SIZE>``;
-    its ``models:/`` URI."""
+    """The pyfunc model as a LoggedModel of the training run at the generator's last step
+    (after :func:`~pipeline.evaluation.log_evaluation`: the metrics it logged there are
+    linked to the model), registered as ``gat-<study>-<SIZE>``; its ``models:/`` URI."""
     tr = tracking.tracker(params)
     name = mlflow_model.registered_name(params.tracking.study_name, meta["name"])
     version = mlflow_model.log_model(tr, run_id, pipeline_dir, name, {
         tracking.SIZE: meta["name"], "gat.seed": str(metrics["seed"]),
-        tracking.RUN_KEY: meta["run_key"]})
+        tracking.RUN_KEY: meta["run_key"]}, step=int(meta["steps"]))
     return f"models:/{name}/{version}"
 
 

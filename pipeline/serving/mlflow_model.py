@@ -1,5 +1,6 @@
-"""The generator as an MLflow model: a pyfunc around :class:`GATPipeline`, logged into the
-training run that made it and registered per study and size.
+"""The generator as an MLflow model: a pyfunc around :class:`GATPipeline`, logged as an
+MLflow 3 LoggedModel of the training run that made it (the experiment's Models tab, the
+evaluation metrics linked to it) and registered per study and size.
 
     import mlflow, pandas as pd
     model = mlflow.pyfunc.load_model("models:/gat-fashion-mnist-ladder-GAT-T4_4/1")
@@ -15,7 +16,9 @@ requirements are installed.
 
 from __future__ import annotations
 
+import re
 import shutil
+import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -26,10 +29,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 
 from gat.sample import UNCONDITIONAL
+from pipeline import tracking
 from pipeline.serving.diffusers_pipeline import GATPipeline, uint8_pixels
 from pipeline.tracking import Tracker
 
-ARTIFACT = "model"  # the model's folder among its training run's artifacts
 PACKAGES = ("gat", "pipeline")  # the code the model carries
 REQUIREMENTS = ("torch", "diffusers", "mlflow", "numpy", "pandas", "pyyaml", "safetensors",
                 "tqdm")
@@ -89,38 +92,100 @@ class GATModel(PythonModel):
         return predict_images(self.pipe, model_input)
 
 
+def _model_files(pipeline_dir: str | Path, tmp: str | Path) -> dict:
+    """What :func:`mlflow.pyfunc.save_model` and ``log_model`` take for a pipeline folder:
+    the pyfunc, the folder as artifact, signature, a 2-row input example, the code (copied
+    under ``tmp``) and pinned requirements."""
+    pipe = GATPipeline.from_pretrained(str(pipeline_dir))
+    code = [str(shutil.copytree(Path(__import__(p).__file__).parent, Path(tmp) / p,
+                                ignore=shutil.ignore_patterns("__pycache__")))
+            for p in PACKAGES]
+    return {"python_model": GATModel(), "artifacts": {"pipeline": str(pipeline_dir)},
+            "signature": signature(pipe), "input_example": input_example(pipe),
+            "code_paths": code,
+            "pip_requirements": [f"{p}=={metadata.version(p)}" for p in REQUIREMENTS]}
+
+
+def input_example(pipe: GATPipeline):
+    """Two rows (seeds 0 and 1; the first and last class when conditional). MLflow stores
+    it with the model and, when logging, loads the model once more and predicts it: two
+    images (0.04 s on CPU for the tests' tiny generator; for a large one, a second copy of
+    its weights, on the GPU when there is one, and one batch of two)."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"seed": [0, 1]})
+    if pipe.num_classes:
+        frame.insert(0, "class_id", [0, pipe.num_classes - 1])
+    return frame
+
+
 def save_model(pipeline_dir: str | Path, path: str | Path) -> Path:
     """An MLflow pyfunc model folder at ``path`` around a pipeline folder."""
     import mlflow.pyfunc
 
-    pipe = GATPipeline.from_pretrained(str(pipeline_dir))
     with tempfile.TemporaryDirectory() as tmp:
-        code = [str(shutil.copytree(Path(__import__(p).__file__).parent, Path(tmp) / p,
-                                    ignore=shutil.ignore_patterns("__pycache__")))
-                for p in PACKAGES]
-        mlflow.pyfunc.save_model(
-            str(path), python_model=GATModel(), artifacts={"pipeline": str(pipeline_dir)},
-            signature=signature(pipe), code_paths=code,
-            pip_requirements=[f"{p}=={metadata.version(p)}" for p in REQUIREMENTS])
+        mlflow.pyfunc.save_model(str(path), **_model_files(pipeline_dir, tmp))
     return Path(path)
 
 
+def logged_model_name(name: str) -> str:
+    """A registry name as a LoggedModel name (MLflow refuses / : . % and quotes there)."""
+    return re.sub(r"[/:.%\"']", "_", name)
+
+
 def log_model(tr: Tracker, run_id: str, pipeline_dir: str | Path, name: str,
-              tags: dict[str, str]) -> str:
-    """Log the pyfunc model of a pipeline folder into run ``run_id`` (artifact ``model``)
-    and register it as a version of ``name`` (once per run: a rerun updates the files the
-    version points at). Returns the version."""
-    with tempfile.TemporaryDirectory() as tmp:
-        tr.log_artifacts(run_id, save_model(pipeline_dir, Path(tmp) / ARTIFACT), ARTIFACT)
+              tags: dict[str, str], step: int) -> str:
+    """The pyfunc model of a pipeline folder as an MLflow LoggedModel (the experiment's
+    Models tab) whose source run is ``run_id``, output by that run at ``step``, registered
+    as a version of ``name``; returns the version.
+
+    The model is named :func:`logged_model_name` of ``name`` and carries the run's params
+    and ``tags``; every metric the run holds at ``step`` (the evaluation's, logged first)
+    is linked to it (as MLflow's ``log_model(step=...)`` does in an active run). Once per
+    run: a rerun finds the run's model, updates its files and links the new metrics, and
+    registers no second version. No run is started or ended (the run's status and end
+    time stay); MLflow's process URIs are set to the tracker's only meanwhile.
+    """
+    import mlflow
+    from mlflow.entities import LoggedModelOutput, Metric
+
     client = tr.client
-    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    model_name = logged_model_name(name)
+    experiment_id = client.get_run(run_id).info.experiment_id
+    found = client.search_logged_models(
+        [experiment_id], f"source_run_id = '{run_id}' AND name = '{model_name}'",
+        order_by=[{"field_name": "creation_timestamp", "ascending": True}])
     if found:
-        return str(found[0].version)
+        model = found[0]
+    else:
+        model = client.create_logged_model(
+            experiment_id, model_name, run_id, tags=tags, model_type="gat-generator",
+            params=client.get_run(run_id).data.params)
+        client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
+    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if not versions:
+        try:
+            client.create_registered_model(name, description="GAT generator: class ids, "
+                                           "seeds and psi in, uint8 images out "
+                                           "(pipeline.serving)")
+        except MlflowException as err:  # registered by an earlier seed, or meanwhile
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+    path = list(sys.path)  # loading the model to check the example prepends its code
     try:
-        client.create_registered_model(name, description="GAT generator: class ids, seeds "
-                                       "and psi in, uint8 images out (pipeline.serving)")
-    except MlflowException as err:  # registered by an earlier seed, or meanwhile
-        if err.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-    source = f"{client.get_run(run_id).info.artifact_uri}/{ARTIFACT}"
-    return str(client.create_model_version(name, source, run_id, tags=tags).version)
+        with tempfile.TemporaryDirectory() as tmp, tracking.process_uris_kept():
+            # the registry resolves models:/<model_id> through the process's URIs
+            mlflow.set_tracking_uri(tr.uri)
+            mlflow.set_registry_uri(tr.uri)
+            info = mlflow.pyfunc.log_model(
+                name=model_name, model_id=model.model_id, tags=tags,
+                registered_model_name=None if versions else name,
+                **_model_files(pipeline_dir, tmp))
+    finally:
+        sys.path[:] = path
+    linked = [Metric(m.key, m.value, m.timestamp, m.step, model_id=model.model_id)
+              for key in client.get_run(run_id).data.metrics
+              for m in client.get_metric_history(run_id, key) if m.step == step]
+    for i in range(0, len(linked), 1000):  # the same points: the run's history keeps one
+        client.log_batch(run_id, metrics=linked[i:i + 1000])
+    return str(versions[0].version if versions else info.registered_model_version)

@@ -1,6 +1,7 @@
 """A trained generator put to use: the diffusers pipeline saved and loaded offline gives
 `gat sample`'s images, the MLflow model is registered, loaded back and samples, the walk
-renderings have their shapes; bad folders and bad requests are refused.
+renderings have their shapes; bad folders and bad requests are refused. The MLflow model is
+an MLflow 3 LoggedModel of its training run, with the evaluation metrics linked.
 
 Real parts throughout: the tiny trained generator and AutoencoderKL of the ``parts``
 fixture, diffusers' own save_pretrained / from_pretrained (HF_HUB_OFFLINE=1), a sqlite
@@ -10,7 +11,10 @@ MLflow store.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -151,29 +155,80 @@ def test_bad_requests_are_refused_with_the_allowed_range(folder, parts):
     assert predict_images(unconditional, pd.DataFrame({"seed": [1, 2]})).shape == (2, 32, 32, 3)
 
 
-def test_mlflow_model_registered_loaded_back_and_sampled(folder, mlflow_uri, monkeypatch):
+def test_mlflow_model_logged_model_registered_loaded_back_and_sampled(folder, mlflow_uri,
+                                                                     monkeypatch, caplog):
+    """The model is a LoggedModel of the training run (the experiment's Models tab) with
+    the metrics of its step linked, registered once per run; the version loads and gives
+    the pipeline's pixels. The run's status, MLflow's process URIs and sys.path stay."""
     import mlflow
 
     tr = Tracker(mlflow_uri, "serving-test")
-    run_id = tr.client.create_run(tr.experiment_id()).info.run_id
+    experiment_id = tr.experiment_id()
+    run_id = tr.client.create_run(experiment_id, tags={"gat.size": "GAT-T1/4"}).info.run_id
+    tr.log_params(run_id, {"size": "GAT-T1/4", "lr": 0.001})
+    tr.log_metrics(run_id, {"loss_d": 0.5}, step=1)  # training, before the model's step
+    tr.log_metrics(run_id, {"loss_d": 0.25}, step=2)  # training's last step
+    tr.log_metrics(run_id, {"FD-classifier": 12.5, "eval.precision": 0.75}, step=2)
+    tr.set_status(run_id, "FINISHED")
+    before = tr.client.get_run(run_id).info
+    uris = (mlflow.get_tracking_uri(), mlflow.get_registry_uri(),
+            os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("MLFLOW_REGISTRY_URI"))
+    path = list(sys.path)
     name = registered_name("tiny-e2e", "GAT-T1/4")
     assert name == "gat-tiny-e2e-GAT-T1_4"
-    version = log_model(tr, run_id, folder, name, {"gat.size": "GAT-T1/4"})
-    assert log_model(tr, run_id, folder, name, {}) == version == "1"  # once per run
+
+    logger = logging.getLogger("mlflow.models.model")  # MLflow's loggers do not propagate
+    logger.addHandler(caplog.handler)
+    try:
+        version = log_model(tr, run_id, folder, name, {"gat.size": "GAT-T1/4"}, step=2)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert version == "1"
+    # MLflow served the input example to the model as it logged it, without a complaint
+    assert "input example" not in caplog.text and "Failed" not in caplog.text
+    assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri(),
+            os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("MLFLOW_REGISTRY_URI")) == uris
+    assert mlflow.active_run() is None and sys.path == path
+    after = tr.client.get_run(run_id)
+    assert (after.info.status, after.info.end_time) == (before.status, before.end_time)
+    (model,) = tr.client.search_logged_models([experiment_id])
+    assert model.source_run_id == run_id and model.name == name
+    assert str(model.status) == "READY" and model.tags["gat.size"] == "GAT-T1/4"
+    assert model.params == {"size": "GAT-T1/4", "lr": "0.001"}  # the run's
+    assert {m.key: m.value for m in model.metrics} == {
+        "FD-classifier": 12.5, "eval.precision": 0.75, "loss_d": 0.25}  # those of step 2
+    assert [(o.model_id, o.step) for o in after.outputs.model_outputs] == [(model.model_id, 2)]
+    # the run's metric history gained no copies
+    assert [m.value for m in tr.client.get_metric_history(run_id, "FD-classifier")] == [12.5]
+    (found,) = tr.client.search_model_versions(f"name = '{name}'")
+    assert found.run_id == run_id and found.tags["gat.size"] == "GAT-T1/4"
+    assert found.source == f"models:/{model.model_id}"
+
+    # evaluated again: the same model and version, the new metrics linked
+    tr.log_metrics(run_id, {"FD-classifier": 11.0}, step=2)
+    assert log_model(tr, run_id, folder, name, {}, step=2) == "1"
+    (again,) = tr.client.search_logged_models([experiment_id])
+    assert again.model_id == model.model_id
+    assert sorted(m.value for m in again.metrics if m.key == "FD-classifier") == [11.0, 12.5]
+    assert len(tr.client.get_run(run_id).outputs.model_outputs) == 1
+    assert len(tr.client.search_model_versions(f"name = '{name}'")) == 1
+
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    inputs = model.metadata.get_input_schema().input_names()
+    loaded = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    assert loaded.metadata.model_id == model.model_id
+    inputs = loaded.metadata.get_input_schema().input_names()
     assert inputs == ["class_id", "seed", "psi", "guidance"]
+    example = loaded.input_example
+    assert example.to_dict("list") == {"class_id": [0, CLASSES - 1], "seed": [0, 1]}
+    assert loaded.predict(example).shape == (2, 32, 32, 3)
     frame = pd.DataFrame({"class_id": [0, 3, 3], "seed": [1, 1, 2], "psi": [0.7, 0.7, 1.0]})
-    images = model.predict(frame)
+    images = loaded.predict(frame)
     assert images.dtype == np.uint8 and images.shape == (3, 32, 32, 3)
     pipe = GATPipeline.from_pretrained(folder)
     truncated = pipe(class_labels=[0, 3], psi=0.7, generator=_seeds(1, 1), output_type="np")
     plain = pipe(class_labels=[3], generator=_seeds(2), output_type="np")
     assert np.array_equal(images[:2], uint8_pixels(truncated.images))
     assert np.array_equal(images[2:], uint8_pixels(plain.images))
-    (found,) = tr.client.search_model_versions(f"name = '{name}'")
-    assert found.run_id == run_id and found.tags["gat.size"] == "GAT-T1/4"
 
 
 def walks_mp4_frames(path) -> list[np.ndarray]:

@@ -15,6 +15,16 @@ on the CPU from its ``torch.Generator``, as ``gat sample`` draws seed s from
 ``gat sample``'s images for seeds s_1..s_n, on any device. Decoding goes through the
 project's one decoder, :meth:`pipeline.pretrained.tokenizer.Tokenizer.decode` (uint8), so
 ``np`` / ``pil`` images are ``gat sample``'s PNG pixels exactly.
+
+A folder written by :func:`export_pipeline` also carries this code (:func:`write_code`), in
+``generator/``: ``gat_pipeline.py`` (this module's classes), ``gat_models.py``
+(gat/models.py), ``gat_sample.py`` (gat/sample.py), ``gat_tokenizer.py`` and
+``gat_common.py`` (the decoder), generated from the project's files at export with their
+project imports made folder-local, and ``gat_generator.py`` (the generator component's
+module); ``model_index.json`` names them as diffusers names custom code, so that
+``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` needs only diffusers
+and torch, not this project. :class:`GATPipeline` reads such a folder with its own classes
+(:meth:`GATPipeline.load_config`): no code of the folder runs in the project.
 """
 
 from __future__ import annotations
@@ -71,8 +81,12 @@ class GATGeneratorModel(ModelMixin, ConfigMixin):
 
     @classmethod
     def from_pretrained(cls, *args: Any, **kwargs: Any) -> GATGeneratorModel:
-        # G's position tables are built in __init__ (not stored): never skip it.
-        kwargs.setdefault("low_cpu_mem_usage", False)
+        # G's position tables are built in __init__ (not stored): never skip it. Forced, not
+        # a default: DiffusionPipeline.from_pretrained passes its own (True wherever
+        # accelerate is installed) to every component, as when it loads a folder's copy of
+        # this class; a device_map needs it True, and diffusers says so.
+        if kwargs.get("device_map") is None:
+            kwargs["low_cpu_mem_usage"] = False
         return super().from_pretrained(*args, **kwargs)
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None, psi: float = 1.0,
@@ -94,9 +108,20 @@ def check_folder(path: str | os.PathLike) -> None:
             raise FileNotFoundError(f"{path / sub / WEIGHTS[0]} is missing: the {sub}'s "
                                     f"weights, {written_by}")
     index = json.loads((path / "model_index.json").read_text())
-    if index.get("_class_name") != GATPipeline.__name__:
-        raise ValueError(f"{path / 'model_index.json'}: a {index.get('_class_name')} folder, "
-                         "not a GATPipeline")
+    name = index.get("_class_name")
+    # ["generator/gat_pipeline", "GATPipeline"] where the folder carries its code
+    # (write_code), the class name alone where it does not (save_pretrained)
+    carried = isinstance(name, list) and len(name) == 2
+    if (name[1] if carried else name) != GATPipeline.__name__:
+        raise ValueError(f"{path / 'model_index.json'}: a {name} folder, not a GATPipeline")
+    if carried:
+        generator = index.get("generator") or [None]
+        for rel in dict.fromkeys((f"{name[0]}.py", f"generator/{generator[0]}.py")):
+            if not (path / rel).is_file():
+                raise FileNotFoundError(
+                    f"{path / rel} is missing: model_index.json names it as the code that "
+                    "DiffusionPipeline.from_pretrained(folder, trust_remote_code=True) runs, "
+                    f"{written_by}")
     version = json.loads((path / "generator/config.json").read_text()).get("gat_format")
     if version != FORMAT:
         raise ValueError(f"{path / 'generator/config.json'}: GAT pipeline format {version}, "
@@ -120,6 +145,23 @@ class GATPipeline(DiffusionPipeline):
             check_folder(pretrained_model_name_or_path)
         kwargs.setdefault("low_cpu_mem_usage", False)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def load_config(cls, *args: Any, **kwargs: Any) -> Any:
+        """model_index.json as this class reads it (diffusers' loader reads it through here).
+
+        A folder that carries its code names its copy of these classes (write_code), which
+        ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` runs. This
+        class *is* that code, so it reads the names as its own classes: loading here runs no
+        code from the folder and needs no ``trust_remote_code``.
+        """
+        loaded = super().load_config(*args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        name = config.get("_class_name")
+        if isinstance(name, list) and name[-1] == cls.__name__:
+            config["_class_name"] = cls.__name__
+            config["generator"] = [GATGeneratorModel.__module__, GATGeneratorModel.__name__]
+        return loaded
 
     @property
     def num_classes(self) -> int:
@@ -193,6 +235,10 @@ def uint8_pixels(images: np.ndarray) -> np.ndarray:
     return (images * 255).round().astype(np.uint8)
 
 
+# ----------------------------------------------------------------------------- export
+# What follows needs the project (its generator folders, tokenizers and layout): it stays.
+
+
 def build_pipeline(gen: Generator, meta: dict[str, Any], tokenizer: Tokenizer) -> GATPipeline:
     """A pipeline of a trained generator (gat.io metadata) and the tokenizer that made its
     latents; the VAE's ``scaling_factor`` becomes the scale G was trained with."""
@@ -208,10 +254,14 @@ def build_pipeline(gen: Generator, meta: dict[str, Any], tokenizer: Tokenizer) -
 def export_pipeline(generator_dir: str | os.PathLike, out: str | os.PathLike,
                     layout: Layout = LAYOUT) -> Path:
     """Write the pipeline folder of a generator directory (gat.io) to ``out``, atomically,
-    with the tokenizer its metadata names (``train``: the layout's data/tokenizer)."""
+    with the tokenizer its metadata names (``train``: the layout's data/tokenizer), and the
+    code that loads it without the project (:func:`pipeline.serving.remote_code.write_code`)."""
     gen, meta = load_generator(generator_dir)
     tokenizer = load_tokenizer(meta["tokenizer"], "cpu", meta["scale_factor"], layout,
                                meta.get("tokenizer_revision", ""))
     with atomic_path(out) as tmp:
         build_pipeline(gen, meta, tokenizer).save_pretrained(tmp)
+        from pipeline.serving.remote_code import write_code  # it reads this module
+
+        write_code(tmp)
     return Path(out)

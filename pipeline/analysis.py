@@ -5,11 +5,12 @@ writes what they found:
 
 - Fig. 4b, each block's contribution: skip the block, re-synthesise, decode, and measure
   the distance to the unablated image. LPIPS (VGG16) when its weights are given
-  (:class:`LPIPS`: the torchvision VGG16 file and the lpips package's linear-layer file,
-  both given by the user: no weights can be downloaded here, and none ever were in this
-  project); otherwise the Euclidean distance between the evaluator's features of the two
-  images, labelled "classifier-feature distance (not LPIPS)" (or "Inception-feature
-  distance (not LPIPS)" with ``evaluator.source: inception``).
+  (:func:`lpips_from_files`: torch-fidelity's ``lpips-vgg16`` on the torchvision VGG16
+  file and the lpips package's linear-layer file, both given by the user: no weights can
+  be downloaded here, and none ever were in this project); otherwise the Euclidean
+  distance between the evaluator's features of the two images, labelled
+  "classifier-feature distance (not LPIPS)" (or "Inception-feature distance (not LPIPS)"
+  with ``evaluator.source: inception``).
 - Figs. 9a / 9b: cosine similarity of each block's input and output, and across different
   z of one class, at the same token position.
 - Fig. 4a: PCA of every block's tokens, as images beside the decoded sample.
@@ -34,13 +35,13 @@ from __future__ import annotations
 import json
 import math
 import re
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from gat import analysis as ga
 from gat.io import CONFIG, load_generator
@@ -50,7 +51,6 @@ from pipeline.evaluation import grid_classes
 from pipeline.fidelity import Evaluator, evaluator
 from pipeline.files import write_json
 from pipeline.layout import LAYOUT, Layout
-from pipeline.pretrained.common import to_unit
 from pipeline.pretrained.teacher import Teacher, load_teacher
 from pipeline.pretrained.tokenizer import Tokenizer, load_tokenizer
 
@@ -65,76 +65,46 @@ LPIPS_LABEL = "LPIPS (VGG16)"
 # ----------------------------------------------------------------------------- distances
 
 
-class LPIPS(nn.Module):
-    """LPIPS, VGG variant (Zhang et al. 2018): uint8 images a, b [B, 3, H, W] -> [B].
+def lpips_from_files(vgg: str | Path, lin: str | Path, device: str | torch.device = "cpu"
+                     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """torch-fidelity's LPIPS (``lpips-vgg16``, Zhang et al. 2018): uint8 images a, b
+    [B, 3, H, W] -> [B], from weight files the user gives, offline.
 
-    The five ReLU outputs relu1_2 .. relu5_3 of torchvision's VGG16 are unit-normalised
-    over channels, their squared difference is weighted per channel by a learned 1x1
-    convolution, averaged over space and summed over layers; inputs go from [-1, 1]
-    through LPIPS's fixed scaling layer. Both weight files come from the user
-    (:meth:`from_files`).
+    ``vgg``: torchvision's VGG16 weights (``vgg16-397923af.pth``, the whole model, as
+    torchvision saves it); ``lin``: the LPIPS linear layers (the lpips package's
+    ``weights/v0.1/vgg.pth`` or torch-fidelity's ``weights-vgg16-lpips.pth``: lin0..lin4).
+    torch-fidelity fetches both through torch.hub's cache: they are linked there, in a
+    temporary hub folder, under the names it downloads, so nothing is downloaded.
     """
+    from urllib.parse import urlparse
 
-    # torchvision's vgg16().features: slices ending after relu1_2, relu2_2, relu3_3,
-    # relu4_3, relu5_3 (indices 3, 8, 15, 22, 29), as the lpips package cuts it.
-    CUTS = (4, 9, 16, 23, 30)
-    CHANNELS = (64, 128, 256, 512, 512)
-    SHIFT, SCALE = (-0.030, -0.088, -0.188), (0.458, 0.448, 0.450)
+    from torch_fidelity.sample_similarity_lpips import URL_VGG16_LPIPS, SampleSimilarityLPIPS
+    from torchvision.models import VGG16_Weights
 
-    def __init__(self) -> None:
-        super().__init__()
-        from torchvision.models.vgg import cfgs, make_layers
-
-        self.features = make_layers(cfgs["D"])[: self.CUTS[-1]]  # VGG16's conv trunk
-        self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in self.CHANNELS)
-        self.register_buffer("shift", torch.tensor(self.SHIFT).view(1, 3, 1, 1))
-        self.register_buffer("scale", torch.tensor(self.SCALE).view(1, 3, 1, 1))
-        self.eval().requires_grad_(False)
-
-    @classmethod
-    def from_files(cls, vgg: str | Path, lin: str | Path,
-                   device: str | torch.device = "cpu") -> LPIPS:
-        """``vgg``: torchvision's VGG16 weights (``vgg16-397923af.pth``, the whole model or
-        just ``features.*``); ``lin``: the lpips package's ``weights/v0.1/vgg.pth``
-        (``lin0.model.1.weight`` .. ``lin4.model.1.weight``, each [1, C, 1, 1])."""
-        model = cls()
-        for path, what in ((vgg, "--lpips-vgg"), (lin, "--lpips-lin")):
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"{what} {path}: no such file (LPIPS needs both the "
-                                        "VGG16 and the linear-layer weights)")
-        state = torch.load(vgg, map_location="cpu", weights_only=True)
-        trunk = {k.removeprefix("features."): v for k, v in state.items()
-                 if k.startswith("features.") or re.match(r"\d+\.", k)}
+    for path, what in ((vgg, "--lpips-vgg"), (lin, "--lpips-lin")):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{what} {path}: no such file (LPIPS needs both the "
+                                    "VGG16 and the linear-layer weights)")
+    hub_before = torch.hub.get_dir()
+    with tempfile.TemporaryDirectory() as hub:
+        (Path(hub) / "checkpoints").mkdir()
+        for path, url in ((vgg, VGG16_Weights.IMAGENET1K_V1.url), (lin, URL_VGG16_LPIPS)):
+            (Path(hub) / "checkpoints" / Path(urlparse(url).path).name).symlink_to(
+                Path(path).resolve())
+        torch.hub.set_dir(hub)
         try:
-            model.features.load_state_dict(trunk)
-        except RuntimeError as err:
-            raise ValueError(f"--lpips-vgg {vgg}: not torchvision VGG16 weights ({err})") from err
-        lins = {}
-        for key, value in torch.load(lin, map_location="cpu", weights_only=True).items():
-            found = re.match(r"lin(\d)\.(?:model\.\d\.)?weight$", key)
-            if found:
-                lins[f"{found.group(1)}.weight"] = value
-        try:
-            model.lins.load_state_dict(lins)
-        except RuntimeError as err:
-            raise ValueError(f"--lpips-lin {lin}: expected lpips's lin0..lin4 weights "
-                             f"[1, C, 1, 1] ({err})") from err
-        return model.to(device)
+            model = SampleSimilarityLPIPS("lpips-vgg16").to(device)
+        except (RuntimeError, KeyError) as err:
+            raise ValueError(f"--lpips-vgg {vgg} / --lpips-lin {lin}: not torchvision's VGG16 "
+                             f"and LPIPS's lin0..lin4 weights ({err})") from None
+        finally:
+            torch.hub.set_dir(hub_before)
 
     @torch.no_grad()
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        device = self.shift.device
-        x = torch.cat([a, b]).to(device)
-        h = (to_unit(x) - self.shift) / self.scale
-        total = torch.zeros(a.shape[0], device=device)
-        start = 0
-        for cut, lin in zip(self.CUTS, self.lins):
-            h = self.features[start:cut](h)
-            start = cut
-            unit = h / (h.square().sum(1, keepdim=True).sqrt() + 1e-10)
-            fa, fb = unit.chunk(2)
-            total += lin((fa - fb).square()).mean((1, 2, 3))
-        return total.cpu()
+    def distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return model(a.to(device), b.to(device)).flatten().float().cpu()
+
+    return distance
 
 
 class DecodedDistance:
@@ -174,7 +144,9 @@ def feature_distance(tokenizer: Tokenizer, ev: Evaluator) -> DecodedDistance:
                            f"{kind}-feature distance (not LPIPS)")
 
 
-def lpips_distance(tokenizer: Tokenizer, lpips: LPIPS) -> DecodedDistance:
+def lpips_distance(tokenizer: Tokenizer,
+                   lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+                   ) -> DecodedDistance:
     return DecodedDistance(tokenizer, lambda images: images, lpips, LPIPS_LABEL)
 
 
@@ -213,7 +185,7 @@ def load_parts(decoder: str = "train", evaluator_source: str = "train",
         raise ValueError("LPIPS needs both --lpips-vgg and --lpips-lin (or neither: the "
                          "evaluator's feature distance is used)")
     if lpips_vgg is not None and lpips_lin is not None:
-        distance = lpips_distance(tok, LPIPS.from_files(lpips_vgg, lpips_lin, device))
+        distance = lpips_distance(tok, lpips_from_files(lpips_vgg, lpips_lin, device))
     else:
         if evaluator_source == "train":
             folder = Path(classifier) if classifier else layout.classifier

@@ -87,5 +87,15 @@ def render(scaling: dict[str, Any] | None, claims: list[tuple[dict[str, Any], st
     return "\n".join(out) + "\n"
 
 
+def verdicts(claims: list[tuple[dict[str, Any], str]]) -> dict[str, Any]:
+    """The claims' verdicts as DVC metrics (``results/report/verdicts.json``, declared at
+    dvc.yaml's top level): ``{claim: {verdict, "better < worse": verdict, ...}}``, so that
+    ``dvc exp show`` and ``dvc metrics diff`` put them side by side across experiments."""
+    return {s["claim"]: {"verdict": s["verdict"],
+                         **{f"{c['better']} < {c['worse']}": c["verdict"]
+                            for c in s["comparisons"]}}
+            for s, _ in claims}
+
+
 def read(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None

@@ -35,6 +35,10 @@ from pipeline.storage import StorePath
 from pipeline.training.job import TrainJob
 
 METRIC = "fd"  # the proxy reported by training every runtime.fd_every steps
+# trials.csv's columns (one row per trial); a disabled sweep writes them with no rows, so
+# that dvc.yaml's sweep plot has its file in every experiment
+TRIAL_COLUMNS = ("lr_base", "lr", "fd", "best_fd", "reports", "stopped_early", "diverged",
+                 "error")
 
 
 def lr_grid(params: Params) -> list[float]:
@@ -217,7 +221,8 @@ def _trials_table(results: tune.ResultGrid, size: str, params: Params) -> pd.Dat
             "diverged": diverged,
             "error": str(result.error) if result.error else "",
         })
-    return pd.DataFrame(rows).sort_values("lr_base").reset_index(drop=True)
+    return pd.DataFrame(rows, columns=TRIAL_COLUMNS).sort_values("lr_base").reset_index(
+        drop=True)
 
 
 def transfer_check(params: Params, base: pd.DataFrame) -> pd.DataFrame:

@@ -4,8 +4,9 @@
 
 Reads results/scaling/ (Fig. 3c and the compute law of Fig. 21) and results/claims/<NAME>/
 of every claim in claims.run. Writes results/report/: report.md (the table: claim, the
-paper's figure and numbers, ours with 95% intervals, verdict; one section per claim) and
-the figures it shows, and logs them to the ladder's MLflow study run.
+paper's figure and numbers, ours with 95% intervals, verdict; one section per claim),
+verdicts.json (each claim's verdict and its comparisons', a DVC metric: `dvc exp show`)
+and the figures it shows, and logs them to the ladder's MLflow study run.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import shutil
 
 from pipeline import tracking
 from pipeline.config import Params
-from pipeline.files import atomic_path
+from pipeline.files import atomic_path, write_json
 from pipeline.layout import LAYOUT
-from pipeline.report import BLOCKS, read, render
+from pipeline.report import BLOCKS, read, render, verdicts
 from pipeline.stage import stage_main
 
 
@@ -28,6 +29,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     with atomic_path(LAYOUT.report) as tmp:
         tmp.mkdir()
         (tmp / "report.md").write_text(render(scaling, claims))
+        write_json(tmp / "verdicts.json", verdicts(claims))
         figures = {n: LAYOUT.scaling / n for n in ("scaling.png", "compute.png")}
         figures.update({plot: LAYOUT.claims / s["claim"] / plot for s, plot in claims})
         figures[BLOCKS] = LAYOUT.claims / "mng" / "analysis" / "contributions.png"

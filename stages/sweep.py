@@ -23,22 +23,22 @@ from pipeline.files import atomic_path, write_json
 from pipeline.layout import LAYOUT
 from pipeline.plots import sweep_plot, transfer_plot
 from pipeline.stage import stage_main
-from pipeline.sweep import best_lr, lr_grid, run_sweep, transfer_check
+from pipeline.sweep import TRIAL_COLUMNS, best_lr, lr_grid, run_sweep, transfer_check
 
 OUT = LAYOUT.sweep
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
-    if not params.sweep.enabled:
+    if not params.sweep.enabled:  # results/sweep/ still holds the declared metric and plot
         print("sweep.enabled is false: nothing to do (set it true in params.yaml to sweep)")
         write_json(OUT / "best.json", {"enabled": False})
+        write_trials(pd.DataFrame(columns=TRIAL_COLUMNS))
         return
     label = fidelity.proxy_name(params.runtime.fd_samples)
     size = params.sweep.size
     table = run_sweep(params, size)
     best = best_lr(table)
-    with atomic_path(OUT / "trials.csv") as tmp:
-        table.to_csv(tmp, index=False)
+    write_trials(table)
     sweep_plot(table, label, size, OUT / "lr_vs_fd.png")
     transfer = transfer_check(params, table) if params.sweep.transfer else pd.DataFrame()
     if not transfer.empty:
@@ -54,6 +54,11 @@ def run(params: Params, args: argparse.Namespace) -> None:
         if (OUT / name).exists():
             tr.log_artifact(sweep_run, OUT / name)
     print(f"best lr_base at {size}: {best:.4g} ({label}); written to {OUT / 'best.json'}")
+
+
+def write_trials(table: pd.DataFrame) -> None:
+    with atomic_path(OUT / "trials.csv") as tmp:
+        table.to_csv(tmp, index=False)
 
 
 def derived(params: Params, args: argparse.Namespace) -> dict:

@@ -75,6 +75,13 @@ def test_report_holds_every_claim(study):
         assert figure in report
     assert "not FID" in report and "56.72" in report  # the paper's Tab. 4 number, beside ours
     assert (work / "results/report/mng.png").exists()
+    # the verdicts as a DVC metric (dvc.yaml's top level): what each summary.json says
+    verdicts = json.loads((work / "results/report/verdicts.json").read_text())
+    for name in cl.claims(load_params(work / "params.yaml")):
+        summary = json.loads((work / "results/claims" / name / "summary.json").read_text())
+        assert verdicts[name]["verdict"] == summary["verdict"]
+        assert {f"{c['better']} < {c['worse']}" for c in summary["comparisons"]} == (
+            set(verdicts[name]) - {"verdict"})
 
 
 def test_claim_stages_declare_what_they_read(study):

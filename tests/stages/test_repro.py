@@ -91,6 +91,35 @@ def test_gat_sample_writes_requested_images(tiny_study, tmp_path):
         assert img.size == (5 * 33 + 1, 10 * 33 + 1)
 
 
+def _dvc_json(work, *args: str) -> dict:
+    out = subprocess.run(["dvc", *args, "--json"], cwd=work, env=dvc_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+def test_dvc_shows_the_sweep_verdicts_and_trajectories(tiny_study):
+    """dvc.yaml's top-level metrics and plots: `dvc metrics show` has the sweep's best lr and
+    the claims' verdicts (none in the tiny ladder), `dvc plots show` the FD-vs-compute
+    trajectories and the sweep's trials, row for row what the stages wrote."""
+    work = tiny_study
+    (workspace,) = _dvc_json(work, "metrics", "show").values()  # one revision: the workspace
+    metrics = workspace["data"]
+    best = json.loads((work / "results/sweep/best.json").read_text())
+    assert metrics["results/sweep/best.json"]["data"]["best_lr_base"] == best["best_lr_base"]
+    assert "results/report/verdicts.json" in metrics
+    assert json.loads((work / "results/report/verdicts.json").read_text()) == {}
+    plots = _dvc_json(work, "plots", "show")
+    assert not plots.get("errors"), plots.get("errors")
+    rows = {name: plots["data"][name][0]["content"]["data"]["values"]
+            for name in ("fd_vs_compute", "sweep_fd_vs_lr")}
+    trajectories = pd.read_csv(work / "results/scaling/trajectories.csv")
+    assert len(trajectories) >= 3 and len(rows["fd_vs_compute"]) == len(trajectories)
+    assert sorted(float(r["fd"]) for r in rows["fd_vs_compute"]) == pytest.approx(
+        sorted(trajectories["fd"]))
+    assert len(rows["sweep_fd_vs_lr"]) == len(pd.read_csv(work / "results/sweep/trials.csv"))
+
+
 def test_second_repro_is_a_noop(tiny_study):
     """The README's command can be run twice: the second run finds everything up to date."""
     cmd = ["bash", "scripts/repro.sh"] if (tiny_study / ".venv").exists() else ["dvc", "repro"]

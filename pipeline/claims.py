@@ -5,14 +5,22 @@ schedule, REPA weight, learning rate, D's size, patch size) and the comparisons 
 makes between them ("exp beats lin"). Every variant trains under every seed of
 ``claims.seeds`` through the train stage's own code (so identical configurations share
 one run and one MLflow run), is evaluated like the ladder, and each comparison gets a
-verdict from the seeds' 95% intervals:
+verdict from a 95% interval.
 
-- ``holds``: the intervals do not overlap and the paper's order is seen;
-- ``reversed``: they do not overlap and the opposite order is seen;
-- ``inconclusive (intervals overlap)``, or ``(one seed: no interval)``.
+The design is paired, with common random numbers: under one seed, two variants see the
+same batches in the same order, the same z and noise draws, the same initial weights
+wherever their shapes agree, and are scored on the same evaluation samples' z. So a
+comparison's statistic is the per-seed difference FD(worse) - FD(better), and its verdict
+comes from the Student t interval of the mean difference (:func:`compare_paired`):
 
-A diverged run counts as worse than any finite FD; a variant is "diverged" when every
-seed diverged. The claim's verdict sums up its comparisons.
+- ``holds``: the interval lies above 0 (the paper's order);
+- ``reversed``: it lies below 0;
+- ``inconclusive (interval holds 0)``, or ``(one seed: no interval)``.
+
+What the seed changes alike in both variants cancels in the difference: this detects
+gaps several times smaller than comparing the two variants' own intervals. A diverged run
+counts as worse than any finite FD (then the two variants' own intervals decide:
+:func:`compare`). The claim's verdict sums up its comparisons.
 """
 
 from __future__ import annotations
@@ -33,8 +41,10 @@ from pipeline.files import digest
 from pipeline.layout import LAYOUT, Layout
 from pipeline.storage import write_text
 
-HOLDS, REVERSED, OVERLAP, ONE_SEED = ("holds", "reversed", "inconclusive (intervals overlap)",
-                                      "inconclusive (one seed: no interval)")
+HOLDS, REVERSED, ONE_SEED = "holds", "reversed", "inconclusive (one seed: no interval)"
+OVERLAP = "inconclusive (intervals overlap)"  # two variants' own intervals (a diverged run)
+HOLDS_ZERO = "inconclusive (interval holds 0)"  # the paired difference's interval
+CONTRADICTED = "contradicted"  # a claim with a comparison reversed
 CLAIMS = CLAIM_NAMES
 
 
@@ -145,11 +155,11 @@ class Summary:
         if diverged:
             return cls(math.inf, float(finite.min()), math.inf, n, diverged)
         mean = float(finite.mean())
-        half = 0.0 if n == 1 else _t95(n - 1) * float(finite.std(ddof=1)) / math.sqrt(n)
+        half = 0.0 if n == 1 else t95(n - 1) * float(finite.std(ddof=1)) / math.sqrt(n)
         return cls(mean, mean - half, mean + half, n, 0)
 
 
-def _t95(df: int) -> float:
+def t95(df: int) -> float:
     """Two-sided 95% Student t quantile for ``df`` >= 1 (a table: no scipy needed)."""
     table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365,
              8: 2.306, 9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
@@ -169,18 +179,45 @@ def compare(better: Summary, worse: Summary) -> str:
     return OVERLAP
 
 
+def compare_paired(better: dict[int, float], worse: dict[int, float]) -> dict[str, Any]:
+    """The paired verdict on "``better`` has the lower FD than ``worse``", from each
+    variant's FD per seed (``inf``: diverged): the seeds both have, the mean of FD(worse)
+    - FD(better) over them and its 95% Student t interval [low, high], and ``detectable``,
+    the interval's half width: the smallest mean gap this design calls (at this spread).
+    With a diverged run among them the variants' own intervals decide (:func:`compare`)."""
+    seeds = sorted(set(better) & set(worse))
+    out: dict[str, Any] = {"seeds": len(seeds), "difference": None, "low": None,
+                           "high": None, "detectable": None}
+    if any(not math.isfinite(better[s]) or not math.isfinite(worse[s]) for s in seeds):
+        return {**out, "verdict": compare(Summary.of([better[s] for s in seeds]),
+                                          Summary.of([worse[s] for s in seeds]))}
+    diffs = np.array([worse[s] - better[s] for s in seeds], dtype=float)
+    if len(diffs) < 2:
+        return {**out, "verdict": ONE_SEED,
+                "difference": float(diffs[0]) if len(diffs) else None}
+    mean = float(diffs.mean())
+    half = t95(len(diffs) - 1) * float(diffs.std(ddof=1)) / math.sqrt(len(diffs))
+    found = HOLDS if mean - half > 0 else REVERSED if mean + half < 0 else HOLDS_ZERO
+    return {**out, "verdict": found, "difference": mean, "low": mean - half,
+            "high": mean + half, "detectable": half}
+
+
 def verdict(results: list[str]) -> str:
-    """A claim's verdict from its comparisons' verdicts."""
-    if results and all(r == HOLDS for r in results):
+    """A claim's verdict from its comparisons' verdicts: ``holds`` when every one holds;
+    ``contradicted`` when any is reversed (the paper states every order it compares);
+    else inconclusive. With several comparisons the counts follow."""
+    n = len(results)
+    counts = {v: results.count(v) for v in (REVERSED, HOLDS) if results.count(v)}
+    rest = n - sum(counts.values())
+    parts = ", ".join([f"{k} {v}" for v, k in counts.items()]
+                      + ([f"{rest} inconclusive"] if rest else []))
+    if n and counts.get(HOLDS) == n:
         return HOLDS
-    if results and all(r == REVERSED for r in results):
-        return REVERSED
-    if all(r in (OVERLAP, ONE_SEED) for r in results):
-        return results[0] if len(set(results)) == 1 else OVERLAP
-    counts = {v: results.count(v) for v in (HOLDS, REVERSED) if results.count(v)}
-    rest = len(results) - sum(counts.values())
-    parts = [f"{n} {v}" for v, n in counts.items()] + ([f"{rest} inconclusive"] if rest else [])
-    return f"mixed ({', '.join(parts)} of {len(results)})"
+    if REVERSED in counts:
+        return CONTRADICTED if n == 1 else f"{CONTRADICTED} ({parts} of {n})"
+    if len(set(results)) == 1:
+        return results[0]
+    return f"inconclusive ({parts} of {n})"
 
 
 # ----------------------------------------------------------------------------- running
@@ -238,7 +275,9 @@ def summarize(claim: Claim, rows: list[dict[str, Any]]) -> dict[str, Any]:
     claim: the verdict. JSON-ready (an ``inf`` FD becomes the string "diverged")."""
     summaries = {v.name: Summary.of([r["fd"] for r in rows if r["variant"] == v.name])
                  for v in claim.variants}
-    comparisons = [{"better": b, "worse": w, "verdict": compare(summaries[b], summaries[w])}
+    fds = {v.name: {r["seed"]: r["fd"] for r in rows if r["variant"] == v.name}
+           for v in claim.variants}
+    comparisons = [{"better": b, "worse": w, **compare_paired(fds[b], fds[w])}
                    for b, w in claim.comparisons]
     variants = [{"variant": v.name, "label": v.label, "size": v.size,
                  "mean": summaries[v.name].mean, "low": summaries[v.name].low,

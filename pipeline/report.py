@@ -55,9 +55,12 @@ def ladder_rows(scaling: dict[str, Any]) -> list[str]:
 def claim_section(summary: dict[str, Any], plot: str) -> str:
     """One claim: its statement, verdict, variants table and plot."""
     lines = [f"### {summary['figure']}: {summary['statement']}", "",
-             f"**Verdict: {summary['verdict']}**"
-             + "".join(f"; {c['better']} < {c['worse']}: {c['verdict']}"
-                       for c in summary["comparisons"]), "",
+             f"**Verdict: {summary['verdict']}**", "",
+             "| comparison (paper: left is better) | FD(right) - FD(left), mean [95% "
+             "paired interval] | seeds | verdict |", "|---|---|---|---|"]
+    lines += [f"| {c['better']} < {c['worse']} | {_difference(c)} | {c.get('seeds', '')} | "
+              f"{c['verdict']} |" for c in summary["comparisons"]]
+    lines += ["",
              f"| variant | ours: {summary['metric']}, mean [95% interval] | paper"
              + (f" ({summary['paper_metric']})" if summary["paper_metric"] else "") + " |",
              "|---|---|---|"]
@@ -71,13 +74,23 @@ def claim_section(summary: dict[str, Any], plot: str) -> str:
     return "\n".join(lines)
 
 
+def _difference(comparison: dict[str, Any]) -> str:
+    """The paired difference with its interval, or what there is of it."""
+    if comparison.get("low") is None:
+        d = comparison.get("difference")
+        return "—" if d is None else _fmt(d, 3)
+    return (f"{_fmt(comparison['difference'], 3)} [{_fmt(comparison['low'], 3)}, "
+            f"{_fmt(comparison['high'], 3)}]")
+
+
 def render(scaling: dict[str, Any] | None, claims: list[tuple[dict[str, Any], str]]) -> str:
     """The whole page. ``claims``: (summary.json contents, plot path relative to the page)."""
     out = ["# GAT: the paper's claims, rerun", "",
            "Our distances are the study's metric (FD-classifier offline: a stand-in, **not "
            "FID**); the paper's are FID on ImageNet 256. Compare orders and verdicts, not "
-           "values. Intervals: 95% Student t over seeds; a verdict needs intervals that do "
-           "not overlap.", "",
+           "values. Verdicts: the 95% Student t interval of the per-seed paired difference "
+           "(both variants trained and scored with the same random numbers per seed) must "
+           "exclude 0; variants' own intervals: 95% Student t over seeds.", "",
            "| claim | what | paper | ours | verdict |", "|---|---|---|---|---|"]
     out += ladder_rows(scaling) if scaling else ["| Fig. 3c | — | — | scaling not run | — |"]
     out += [f"| {s['figure']} | {s['statement']} | see below | see below | {s['verdict']} |"

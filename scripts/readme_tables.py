@@ -110,7 +110,7 @@ def spread(csv: Path = SPREAD, results: Path = RELEASE_STUDY.parent.parent / "re
     every setting's points at once with its 95% bootstrap interval.
     """
     sys.path.insert(0, str(results.parent))
-    from pipeline.claims import _t95
+    from pipeline.claims import t95
     from pipeline.scaling import fit_log_log, fit_power_law
 
     runs = pd.read_csv(csv)
@@ -151,7 +151,7 @@ def spread(csv: Path = SPREAD, results: Path = RELEASE_STUDY.parent.parent / "re
     steps = []
     for small, large in itertools.pairwise(sizes):
         gap = (ladders[small] - ladders[large]).to_numpy()
-        half = _t95(len(gap) - 1) * gap.std(ddof=1) / np.sqrt(len(gap))
+        half = t95(len(gap) - 1) * gap.std(ddof=1) / np.sqrt(len(gap))
         word = "holds" if gap.mean() - half > 0 else "inconclusive"
         steps.append(f"{small} -> {large}: {gap.mean():.2f} [{gap.mean() - half:.2f}, "
                      f"{gap.mean() + half:.2f}] ({word})")

@@ -32,6 +32,35 @@ def test_compare(better, worse, expected):
     assert cl.compare(cl.Summary.of(better), cl.Summary.of(worse)) == expected
 
 
+def _seeds(*fds: float) -> dict[int, float]:
+    return dict(enumerate(fds))
+
+
+def test_paired_verdict_sees_a_gap_the_variants_own_intervals_hide():
+    """The seed moves both variants alike (common random numbers): FDs 10/20/30 against
+    12/22/32 overlap as intervals, but the paired difference is 2 under every seed."""
+    better, worse = _seeds(10.0, 20.0, 30.0), _seeds(12.0, 22.5, 31.5)
+    assert cl.compare(cl.Summary.of(list(better.values())),
+                      cl.Summary.of(list(worse.values()))) == cl.OVERLAP
+    paired = cl.compare_paired(better, worse)
+    assert paired["verdict"] == cl.HOLDS and paired["seeds"] == 3
+    assert paired["difference"] == pytest.approx(2.0)
+    half = 4.303 * 0.5 / math.sqrt(3)  # t(2) x sd of (2, 2.5, 1.5) / sqrt(3)
+    assert (paired["low"], paired["high"]) == pytest.approx((2.0 - half, 2.0 + half))
+    assert paired["detectable"] == pytest.approx(half)
+    assert cl.compare_paired(worse, better)["verdict"] == cl.REVERSED
+
+
+@pytest.mark.parametrize("better, worse, expected", [
+    (_seeds(10.0, 20.0, 30.0), _seeds(13.0, 19.0, 31.0), cl.HOLDS_ZERO),  # 3, -1, 1
+    (_seeds(10.0), _seeds(20.0), cl.ONE_SEED),
+    (_seeds(10.0, 11.0, 12.0), _seeds(15.0, 16.0, math.inf), cl.HOLDS),  # own intervals
+    ({0: 10.0, 1: 11.0, 5: 99.0}, {0: 12.0, 1: 13.5, 2: 1.0}, cl.HOLDS_ZERO),  # seeds 0, 1
+])
+def test_paired_verdict_cases(better, worse, expected):
+    assert cl.compare_paired(better, worse)["verdict"] == expected
+
+
 def test_summary_interval_is_student_t():
     s = cl.Summary.of([9.0, 10.0, 11.0])
     assert s.mean == 10.0 and s.high - s.mean == pytest.approx(4.303 / math.sqrt(3))
@@ -40,10 +69,12 @@ def test_summary_interval_is_student_t():
 
 @pytest.mark.parametrize("results, expected", [
     ([cl.HOLDS, cl.HOLDS], cl.HOLDS),
-    ([cl.REVERSED], cl.REVERSED),
+    ([cl.REVERSED], cl.CONTRADICTED),
     ([cl.OVERLAP, cl.OVERLAP], cl.OVERLAP),
     ([cl.ONE_SEED, cl.ONE_SEED], cl.ONE_SEED),
-    ([cl.HOLDS, cl.OVERLAP, cl.REVERSED], "mixed (1 holds, 1 reversed, 1 inconclusive of 3)"),
+    ([cl.HOLDS, cl.HOLDS_ZERO, cl.REVERSED],
+     "contradicted (1 reversed, 1 holds, 1 inconclusive of 3)"),
+    ([cl.HOLDS, cl.HOLDS_ZERO], "inconclusive (1 holds, 1 inconclusive of 2)"),
 ])
 def test_claim_verdict(results, expected):
     assert cl.verdict(results) == expected

@@ -20,11 +20,12 @@ PLUMBING = (
 def _ray_on_loopback() -> None:
     """Keep a Ray of this machine on 127.0.0.1 (``pipeline.ray_utils.init_ray``).
 
-    Ray rewrites 127.0.0.1, in ``_node_ip_address`` and in a cluster address, to the
-    machine's outward address: a local Ray would listen on every interface, and a driver
-    could not join a cluster bound to loopback (tests/multinode.py). With
+    By default Ray takes the machine's outward address as a node's (rewriting 127.0.0.1 in
+    a cluster address to it): a local Ray would listen on every interface, and a driver
+    could not join a cluster bound to loopback (tests/multinode.py). With Ray's
     ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` in the environment when Ray is first imported
-    it takes 127.0.0.1 as this machine's address instead. Set here, where every stage
+    it takes 127.0.0.1 as this machine's address instead (``ray.util.get_node_ip_address``),
+    with no private ``ray.init`` argument. Set here, where every stage
     starts, unless ``$RAY_ADDRESS`` names another machine's cluster.
     """
     import os

@@ -11,8 +11,9 @@ def init_ray(num_cpus: int | None = None) -> None:
     """Join ``$RAY_ADDRESS`` if set (a cluster), else start a local Ray bound to 127.0.0.1.
 
     The dashboard (web view and state API, for watching a local run) is bound to loopback
-    only. Ray keeps 127.0.0.1 only when ``pipeline`` was imported before Ray (see
-    ``pipeline._ray_on_loopback``), as every stage does.
+    only. The local Ray's node address is 127.0.0.1 because ``pipeline`` sets Ray's own
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` before Ray is imported (see
+    ``pipeline._ray_on_loopback``), as every stage does: no private ``ray.init`` argument.
     """
     if ray.is_initialized():
         return
@@ -28,7 +29,6 @@ def init_ray(num_cpus: int | None = None) -> None:
         num_cpus=num_cpus,
         include_dashboard=True,
         dashboard_host="127.0.0.1",
-        _node_ip_address="127.0.0.1",
         log_to_driver=True,
         configure_logging=False,
     )

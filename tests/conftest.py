@@ -28,8 +28,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # each other on 2 cores ran some tests 20-60x slower; one thread each ran them at their
 # idle speed (measured: tests/gat/test_train.py's two slowest, beside a 2-thread burner).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-# Ray rewrites 127.0.0.1 (in `_node_ip_address`, in a cluster address) to the machine's
-# outward address unless this is 0 when it is imported: then 127.0.0.1 is this machine's
+# Ray takes the machine's outward address as a node's (and rewrites 127.0.0.1 in a cluster
+# address to it) unless this is 0 when it is imported: then 127.0.0.1 is this machine's
 # address, so local Ray really listens on loopback only, and a driver can join the
 # loopback-bound multi-node cluster of tests/multinode.py.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

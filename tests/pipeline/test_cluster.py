@@ -67,3 +67,14 @@ def test_autoscaling_cluster_is_asked_not_refused(ray_cluster):
     assert check_resources(nodes, 4, 8, 1, "PACK", "k", autoscale=True) == []
     assert check_resources(nodes, 1, 1, 0, "PACK", "k", autoscale=True) == nodes
     request_resources(bundles=[])  # the session's cluster asks for nothing again
+
+
+def test_local_ray_is_on_loopback(ray_cluster):
+    """init_ray's own Ray (the session's) has 127.0.0.1 as its node's address and its GCS's,
+    with no private ray.init argument: Ray's RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, set by
+    ``pipeline`` before Ray is imported."""
+    import ray
+
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
+    assert {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]} == {"127.0.0.1"}
+    assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")

@@ -273,10 +273,9 @@ def _evaluated(params: Params, out: Path, trained: dict[str, Any], layout: Layou
 def summarize(claim: Claim, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per variant: the seeds' mean FD with its interval; per comparison and for the
     claim: the verdict. JSON-ready (an ``inf`` FD becomes the string "diverged")."""
-    summaries = {v.name: Summary.of([r["fd"] for r in rows if r["variant"] == v.name])
-                 for v in claim.variants}
     fds = {v.name: {r["seed"]: r["fd"] for r in rows if r["variant"] == v.name}
-           for v in claim.variants}
+           for v in claim.variants}  # variant -> seed -> FD
+    summaries = {name: Summary.of(list(by_seed.values())) for name, by_seed in fds.items()}
     comparisons = [{"better": b, "worse": w, **compare_paired(fds[b], fds[w])}
                    for b, w in claim.comparisons]
     variants = [{"variant": v.name, "label": v.label, "size": v.size,

@@ -70,9 +70,11 @@ class Tracker:
     experiment: str
     layout: Layout = LAYOUT
     _client: Any = field(default=None, repr=False, compare=False)
+    # what log_metrics(wait=False) queued: MLflow's RunOperations, waited for by flush()
+    _queued: list = field(default_factory=list, repr=False, compare=False)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_client": None}
+        return {**self.__dict__, "_client": None, "_queued": []}
 
     @property
     def client(self):
@@ -157,14 +159,18 @@ class Tracker:
         items = [Metric(k, float(v), now, step) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
         for i in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[i:i + 1000], synchronous=wait)
+            queued = self.client.log_batch(run_id, metrics=items[i:i + 1000], synchronous=wait)
+            if queued is not None:
+                self._queued.append(queued)
 
-    @staticmethod
-    def flush() -> None:
-        """Wait until every metric queued with ``wait=False`` is stored."""
-        import mlflow
+    def flush(self) -> None:
+        """Wait until every metric this tracker queued with ``wait=False`` is stored.
 
-        mlflow.flush_async_logging()
+        On the operations ``log_batch`` returned, not ``mlflow.flush_async_logging()``: that
+        flushes the process's default store, not this client's, and opening the default
+        (``sqlite:///mlflow.db``) made a stray database in the working directory."""
+        while self._queued:
+            self._queued.pop(0).wait()
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag

@@ -33,6 +33,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # address, so local Ray really listens on loopback only, and a driver can join the
 # loopback-bound multi-node cluster of tests/multinode.py.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# No Ray dashboard in the session's Ray and every stage's (pipeline.ray_utils.init_ray):
+# nobody watches them, and each cost ~3 CPU-s of the ~9 a Ray start takes; the suite starts
+# Ray dozens of times on 2 cores (tests/pipeline/test_cluster.py tests the default, on).
+os.environ.setdefault("GAT_RAY_DASHBOARD", "0")
 
 
 @pytest.fixture(scope="session")

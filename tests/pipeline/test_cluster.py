@@ -3,6 +3,10 @@ multi-node cluster: tests/pipeline/test_multinode.py)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from pipeline.cluster import (
@@ -13,6 +17,7 @@ from pipeline.cluster import (
     device,
     tracking_problem,
 )
+from tests.helpers import REPO
 
 GPU_HOSTS = [Node("a" * 56, "10.0.0.1", 16, 2), Node("b" * 56, "10.0.0.2", 16, 2)]
 
@@ -78,3 +83,20 @@ def test_local_ray_is_on_loopback(ray_cluster):
     assert ray.util.get_node_ip_address() == "127.0.0.1"
     assert {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]} == {"127.0.0.1"}
     assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+
+
+def test_dashboard_on_loopback_unless_switched_off():
+    """A stage's own Ray has its dashboard on 127.0.0.1 by default; GAT_RAY_DASHBOARD=0
+    (the suite's setting, tests/conftest.py) starts none."""
+    code = ("import os, ray\n"
+            "from pipeline.ray_utils import init_ray\n"
+            "for flag in ('1', '0'):\n"
+            "    os.environ['GAT_RAY_DASHBOARD'] = flag\n"
+            "    print(repr(init_ray(num_cpus=1).dashboard_url))\n"
+            "    ray.shutdown()\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    on, off = out.stdout.split()[-2:]
+    assert on.startswith("'127.0.0.1:") and off in ("''", "None")

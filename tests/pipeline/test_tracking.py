@@ -58,6 +58,26 @@ def test_logging_never_flips_the_status(mlflow_uri):
     assert client.get_run(run).info.status == "FINISHED"
 
 
+def test_queued_rows_are_stored_by_flush_and_nothing_touches_the_cwd(mlflow_uri, tmp_path,
+                                                                      monkeypatch):
+    """Rows logged without waiting are all stored once flush() returns; flushing opens no
+    other store (MLflow's default, ``sqlite:///mlflow.db``, in the working directory)."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    params = _params(mlflow_uri)
+    tr = tracking.tracker(params)
+    run = tracking.training_run(tr, params, "GAT-T1/4", "k-1", "s", {})
+    for step in range(1, 41):
+        tr.log_metrics(run, {"loss": 1.0 / step, "fd": float(step)}, step=step, wait=False)
+    tr.flush()
+    client = MlflowClient(mlflow_uri)
+    assert [m.step for m in client.get_metric_history(run, "loss")] == list(range(1, 41))
+    assert [m.value for m in client.get_metric_history(run, "fd")] == list(range(1, 41))
+    assert list(cwd.iterdir()) == []
+    tr.flush()  # nothing queued: returns at once
+
+
 def test_two_studies_in_one_experiment_overwrite_nothing(mlflow_uri):
     a, b = _params(mlflow_uri, "shared"), dataclasses.replace(
         _params(mlflow_uri, "shared"),

@@ -106,9 +106,11 @@ def pytest_collection_modifyitems(session, config, items):
         return
     if FASHION.exists() and any(_needs_tiny_study(i) for i in items):
         _start_studies(config, items)
-    if lane_tests:  # after the studies' futures exist: a scenario may await one
-        lane.tiny_study = lambda: _study("tiny")
-        lane.start(lane_tests)
+    lane.tiny_study = lambda: _study("tiny")
+    # GAT_TEST_LANE=0: each lane test runs its scenario in place, one after another (to
+    # measure each test's CPU alone: GAT_TEST_CPU above).
+    if lane_tests and os.environ.get("GAT_TEST_LANE", "1") != "0":
+        lane.start(lane_tests)  # after the studies' futures exist: a scenario may await one
 
 
 def _start_studies(config, items) -> None:
@@ -144,20 +146,48 @@ GROUPS = ("tests that need no study", "tests of the tiny study", "tests of its c
 _group_of: dict[str, str] = {}
 
 
+# GAT_TEST_CPU=1: the whole machine's busy CPU-s (/proc/stat) during each test, the largest
+# printed after the run. The suite is bound by CPU on 2 cores (docs/TESTS.md), so this, not
+# wall time, says which tests cost the most; it counts whatever else runs meanwhile (the
+# background builds, the lane): run a subset alone to attribute it (-k, a folder).
+CPU_ENV = "GAT_TEST_CPU"
+_cpu: dict[str, float] = {}
+
+
+def _busy_cpu_s() -> float:
+    """Busy CPU-s of the whole machine since boot (Linux; 0 elsewhere)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return 0.0
+    user, nice, system, _, _, irq, softirq, steal = map(int, fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def pytest_runtest_logstart(nodeid, location):
     """Marks the span of each group of :func:`_order`: its first test's start..."""
     if nodeid in _group_of:
         _timeline.setdefault(_group_of[nodeid], [time.monotonic(), time.monotonic()])
+    if os.environ.get(CPU_ENV) == "1":
+        _cpu[nodeid] = -_busy_cpu_s()
 
 
 def pytest_runtest_logfinish(nodeid, location):
     """... to its last test's end."""
     if nodeid in _group_of:
         _timeline[_group_of[nodeid]][1] = time.monotonic()
+    if nodeid in _cpu:
+        _cpu[nodeid] += _busy_cpu_s()
 
 
 def pytest_terminal_summary(terminalreporter):
-    """Each group's and background build's span, in seconds from the first test's start."""
+    """Each group's and background build's span, in seconds from the first test's start;
+    with GAT_TEST_CPU=1 the 25 tests the machine spent the most CPU-s in."""
+    if _cpu:
+        terminalreporter.section(f"busy CPU-s of the machine during each test ({CPU_ENV}=1)")
+        terminalreporter.write_line(f"{sum(_cpu.values()):8.1f}  all {len(_cpu)} tests")
+        for nodeid, cpu in sorted(_cpu.items(), key=lambda kv: -kv[1])[:25]:
+            terminalreporter.write_line(f"{cpu:8.1f}  {nodeid}")
     if not _timeline:
         return
     zero = min(span[0] for span in _timeline.values())

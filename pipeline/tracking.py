@@ -16,7 +16,10 @@ Runs in the experiment ``tracking.experiment``:
 Every run is tagged with the git commit, the DVC experiment name when DVC runs one
 (``$DVC_EXP_NAME``), and its key (``gat.run_key`` / ``gat.study_key``), so a run can be
 found from ``dvc exp show`` (results/train/SIZE/metrics.json holds ``mlflow_run_id``) and
-back. Logging goes through :class:`MlflowClient`: no call flips a run's status.
+back; and with the machine and packages of the process that created it
+(:func:`machine_tags`, the artifact ``environment.txt``): the same code and data give
+other numbers on another kind of CPU (docs/RESULTS.md), so a run says where it was made.
+Logging goes through :class:`MlflowClient`: no call flips a run's status.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ from pipeline.layout import LAYOUT, Layout
 
 ROLE, SIZE, RUN_KEY, STUDY_KEY = "gat.role", "gat.size", "gat.run_key", "gat.study_key"
 DVC_EXP_TAG, COMMIT_TAG = "dvc.exp_name", "mlflow.source.git.commit"
+ENVIRONMENT_ARTIFACT = "environment.txt"  # every installed distribution, `name==version`
+# The packages whose versions are tags of every run (the rest: ENVIRONMENT_ARTIFACT).
+TAGGED_PACKAGES = ("torch", "numpy", "ray", "mlflow", "diffusers", "torch-fidelity")
 
 
 class TrackingError(RuntimeError):
@@ -60,6 +66,42 @@ def source_tags(layout: Layout = LAYOUT) -> dict[str, str]:
     if os.environ.get("DVC_EXP_NAME"):
         tags[DVC_EXP_TAG] = os.environ["DVC_EXP_NAME"]
     return {k: v for k, v in tags.items() if v}
+
+
+def machine_tags() -> dict[str, str]:
+    """The machine and stack of this process: CPU model, the widest vector ISA torch's
+    kernels use here (``AVX512``, ``AVX2``...), CPU count, GPU, Python and the versions of
+    :data:`TAGGED_PACKAGES`, as ``gat.machine.*`` / ``gat.version.*`` tags."""
+    import platform
+    from importlib import metadata
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    tags = {"gat.machine.cpu": cpu, "gat.machine.cpus": str(os.cpu_count()),
+            "gat.machine.isa": torch.backends.cpu.get_cpu_capability(),
+            "gat.machine.gpu": (torch.cuda.get_device_name(0) if torch.cuda.is_available()
+                                else "none"),
+            "gat.version.python": platform.python_version()}
+    for name in TAGGED_PACKAGES:  # torch: its own string, which names its build (+cu130)
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            tags[f"gat.version.{name}"] = metadata.version(name)
+    tags["gat.version.torch"] = torch.__version__
+    return tags
+
+
+def installed_packages() -> str:
+    """Every distribution installed in this interpreter, ``name==version`` per line, sorted
+    (what ``pip freeze`` lists for a venv of released packages)."""
+    from importlib import metadata
+
+    found = {(d.metadata["Name"] or "").lower(): d.version for d in metadata.distributions()}
+    return "".join(f"{name}=={version}\n" for name, version in sorted(found.items()) if name)
 
 
 @dataclass
@@ -133,13 +175,15 @@ class Tracker:
         run_id = self.find(key_tags)
         if run_id is not None:
             return run_id
-        all_tags = {**source_tags(self.layout), **(tags or {}), **key_tags}
+        all_tags = {**source_tags(self.layout), **machine_tags(), **(tags or {}),
+                    **key_tags}
         if parent:
             all_tags["mlflow.parentRunId"] = parent
         run_id = self.client.create_run(self.experiment_id(), tags=all_tags,
                                         run_name=name).info.run_id
         if params:
             self.log_params(run_id, params)
+        self.client.log_text(run_id, installed_packages(), ENVIRONMENT_ARTIFACT)
         return run_id
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:

@@ -43,6 +43,35 @@ def test_one_run_per_key_nested_under_its_study(mlflow_uri, tmp_path):
     assert str(tmp_path) in client.get_run(a).info.artifact_uri
 
 
+def test_a_run_records_the_machine_and_the_packages_that_made_it(mlflow_uri):
+    """The same code and data give other numbers on another kind of CPU: every run names
+    the CPU, the vector ISA torch's kernels use, the GPU and the package versions."""
+    from importlib import metadata
+
+    import torch
+
+    params = _params(mlflow_uri)
+    tr = tracking.tracker(params)
+    run = tracking.training_run(tr, params, "GAT-T1/4", "k-env", "s", {})
+    client = MlflowClient(mlflow_uri)
+    tags = client.get_run(run).data.tags
+    assert tags["gat.machine.isa"] == torch.backends.cpu.get_cpu_capability()
+    assert tags["gat.machine.cpus"] == str(os.cpu_count()) and tags["gat.machine.cpu"]
+    assert tags["gat.machine.gpu"] == ("none" if not torch.cuda.is_available()
+                                       else torch.cuda.get_device_name(0))
+    assert tags["gat.version.torch"] == torch.__version__  # with its build: 2.14.1+cu130
+    assert tags["gat.version.numpy"] == metadata.version("numpy")
+    assert tags["gat.version.mlflow"] == metadata.version("mlflow")
+    path = client.download_artifacts(run, tracking.ENVIRONMENT_ARTIFACT)
+    listed = dict(line.split("==") for line in open(path).read().splitlines())
+    assert listed["torch"] == metadata.version("torch")
+    assert listed["pillow"] == metadata.version("pillow")
+    assert len(listed) > 50  # the whole environment, not only the tagged packages
+    # a run found again (resumed, another process) keeps what its creation recorded
+    assert tracking.training_run(tr, params, "GAT-T1/4", "k-env", "s", {}) == run
+    assert [a.path for a in client.list_artifacts(run)] == [tracking.ENVIRONMENT_ARTIFACT]
+
+
 def test_logging_never_flips_the_status(mlflow_uri):
     params = _params(mlflow_uri)
     tr = tracking.tracker(params)

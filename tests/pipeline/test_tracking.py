@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -63,7 +64,7 @@ def test_a_run_records_the_machine_and_the_packages_that_made_it(mlflow_uri):
     assert tags["gat.version.numpy"] == metadata.version("numpy")
     assert tags["gat.version.mlflow"] == metadata.version("mlflow")
     path = client.download_artifacts(run, tracking.ENVIRONMENT_ARTIFACT)
-    listed = dict(line.split("==") for line in open(path).read().splitlines())
+    listed = dict(line.split("==") for line in Path(path).read_text().splitlines())
     assert listed["torch"] == metadata.version("torch")
     assert listed["pillow"] == metadata.version("pillow")
     assert len(listed) > 50  # the whole environment, not only the tagged packages

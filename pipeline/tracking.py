@@ -25,6 +25,7 @@ Logging goes through :class:`MlflowClient`: no call flips a run's status.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import subprocess
 import time
@@ -39,8 +40,9 @@ from pipeline.layout import LAYOUT, Layout
 ROLE, SIZE, RUN_KEY, STUDY_KEY = "gat.role", "gat.size", "gat.run_key", "gat.study_key"
 DVC_EXP_TAG, COMMIT_TAG = "dvc.exp_name", "mlflow.source.git.commit"
 ENVIRONMENT_ARTIFACT = "environment.txt"  # every installed distribution, `name==version`
-# The packages whose versions are tags of every run (the rest: ENVIRONMENT_ARTIFACT).
-TAGGED_PACKAGES = ("torch", "numpy", "ray", "mlflow", "diffusers", "torch-fidelity")
+# The packages whose versions are tags of every run, besides torch (the rest:
+# ENVIRONMENT_ARTIFACT).
+TAGGED_PACKAGES = ("numpy", "ray", "mlflow", "diffusers", "torch-fidelity")
 
 
 class TrackingError(RuntimeError):
@@ -68,10 +70,11 @@ def source_tags(layout: Layout = LAYOUT) -> dict[str, str]:
     return {k: v for k, v in tags.items() if v}
 
 
+@functools.cache  # a process's machine and stack do not change: read once, not per run
 def machine_tags() -> dict[str, str]:
     """The machine and stack of this process: CPU model, the widest vector ISA torch's
-    kernels use here (``AVX512``, ``AVX2``...), CPU count, GPU, Python and the versions of
-    :data:`TAGGED_PACKAGES`, as ``gat.machine.*`` / ``gat.version.*`` tags."""
+    kernels use here (``AVX512``, ``AVX2``...), CPU count, GPU, Python, torch and the
+    versions of :data:`TAGGED_PACKAGES`, as ``gat.machine.*`` / ``gat.version.*`` tags."""
     import platform
     from importlib import metadata
 
@@ -87,14 +90,15 @@ def machine_tags() -> dict[str, str]:
             "gat.machine.isa": torch.backends.cpu.get_cpu_capability(),
             "gat.machine.gpu": (torch.cuda.get_device_name(0) if torch.cuda.is_available()
                                 else "none"),
-            "gat.version.python": platform.python_version()}
-    for name in TAGGED_PACKAGES:  # torch: its own string, which names its build (+cu130)
+            "gat.version.python": platform.python_version(),
+            "gat.version.torch": torch.__version__}  # names its build too: 2.14.1+cu130
+    for name in TAGGED_PACKAGES:
         with contextlib.suppress(metadata.PackageNotFoundError):
             tags[f"gat.version.{name}"] = metadata.version(name)
-    tags["gat.version.torch"] = torch.__version__
     return tags
 
 
+@functools.cache
 def installed_packages() -> str:
     """Every distribution installed in this interpreter, ``name==version`` per line, sorted
     (what ``pip freeze`` lists for a venv of released packages)."""

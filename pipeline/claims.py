@@ -199,7 +199,19 @@ def compare_paired(better: dict[int, float], worse: dict[int, float]) -> dict[st
     half = t95(len(diffs) - 1) * float(diffs.std(ddof=1)) / math.sqrt(len(diffs))
     found = HOLDS if mean - half > 0 else REVERSED if mean + half < 0 else HOLDS_ZERO
     return {**out, "verdict": found, "difference": mean, "low": mean - half,
-            "high": mean + half, "detectable": half}
+            "high": mean + half, "detectable": half,
+            "seeds_needed": seeds_needed(mean, float(diffs.std(ddof=1)))}
+
+
+def seeds_needed(mean: float, sd: float, most: int = 100) -> int | None:
+    """The fewest seeds whose 95% paired interval would exclude 0 if the per-seed
+    differences kept this ``mean`` and ``sd``: the smallest n with t95(n-1) sd / sqrt(n) <
+    |mean|; None beyond ``most`` (a mean of 0 is never called). A projection for planning
+    a suite, not a result: a sd from three seeds is itself uncertain by a factor of ~2."""
+    if sd == 0:
+        return 2 if mean else None
+    return next((n for n in range(2, most + 1)
+                 if t95(n - 1) * sd / math.sqrt(n) < abs(mean)), None)
 
 
 def verdict(results: list[str]) -> str:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import subprocess
+import sys
 
+import pandas as pd
 import pytest
 
 from gat.train import model_lr
@@ -49,6 +52,19 @@ def test_paired_verdict_sees_a_gap_the_variants_own_intervals_hide():
     assert (paired["low"], paired["high"]) == pytest.approx((2.0 - half, 2.0 + half))
     assert paired["detectable"] == pytest.approx(half)
     assert cl.compare_paired(worse, better)["verdict"] == cl.REVERSED
+    assert paired["seeds_needed"] == 3  # n=2: 12.706 x 0.5 / 1.414 = 4.49 > 2; n=3: 1.24
+
+
+@pytest.mark.parametrize("mean, sd, expected", [
+    (10.0, 5.0, 4),   # n=3: 4.303 x 5 / 1.732 = 12.4 > 10; n=4: 3.182 x 5 / 2 = 7.96
+    (-10.0, 5.0, 4),  # a reversal is called as soon
+    (5.0, 5.0, 7),    # n=6: 2.571 x 5 / 2.449 = 5.25 > 5; n=7: 2.447 x 5 / 2.646 = 4.62
+    (0.2, 6.2, None),  # MNG's exp < lin in the paired suite: beyond 100 seeds
+    (1.0, 0.0, 2),
+    (0.0, 0.0, None),
+])
+def test_seeds_needed_is_the_first_n_whose_interval_excludes_zero(mean, sd, expected):
+    assert cl.seeds_needed(mean, sd) == expected
 
 
 @pytest.mark.parametrize("better, worse, expected", [
@@ -104,3 +120,22 @@ def test_every_claim_names_variants_it_compares():
     patch = found["patch"]
     assert patch.comparisons == [("patch2", "patch4")]  # the smaller patch is expected better
     assert dataclasses.asdict(patch.variants[0])["size"].endswith("/2")
+
+
+def test_claims_power_projects_each_claims_seeds_from_its_runs(tmp_path):
+    """benchmarks/claims_power.py on a runs.csv as the claim stage writes it: REPA off
+    worse by 10, 5, 15 under seeds 0-2 (mean 10, sd 5): it holds at 4 seeds."""
+    (tmp_path / "repa").mkdir()
+    pd.DataFrame({"variant": ["on"] * 3 + ["off"] * 3, "seed": [0, 1, 2] * 2,
+                  "fd": [50.0, 40.0, 60.0, 60.0, 45.0, 75.0]}).to_csv(
+        tmp_path / "repa" / "runs.csv", index=False)
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "claims_power.py"),
+                           str(tmp_path), "--params", str(REPO / "params.yaml"),
+                           "--minutes-per-seed", "10"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    row = next(line.split() for line in lines if line.startswith("repa") and "<" in line)
+    assert row[1:4] == ["on", "<", "off"] and row[-4:] == ["10.0", "5.0", "12.4", "4"]
+    assert "repa         holds at 4 seeds: a suite of 4 seeds takes 40 min" in lines
+    assert any(line.startswith("mng") and "no runs" in line for line in lines)

@@ -10,10 +10,21 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
+pip=(.venv/bin/pip install -q --disable-pip-version-check)
+# --relock: resolve requirements.txt afresh, then write every installed distribution's
+# version to requirements.lock (its header kept); commit both.
+if [ "${1:-}" = "--relock" ]; then
+  "${pip[@]}" -r requirements.txt
+  { sed -n '/^#/p' requirements.lock
+    .venv/bin/pip freeze --exclude-editable --disable-pip-version-check; } > requirements.lock.tmp
+  mv requirements.lock.tmp requirements.lock
+fi
+# The direct pins (requirements.txt) installed under the whole stack's (requirements.lock).
 # -P: `gat` must import from the installed (editable) project, not from the current folder
 if ! .venv/bin/python -P -c "import gat, ray, dvc, mlflow, diffusers, torch_fidelity" \
-     2>/dev/null || ! cmp -s requirements.txt .venv/.requirements.installed; then
-  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
-  .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
-  cp requirements.txt .venv/.requirements.installed
+     2>/dev/null || ! cat requirements.txt requirements.lock \
+     | cmp -s - .venv/.requirements.installed; then
+  "${pip[@]}" -r requirements.txt -c requirements.lock
+  "${pip[@]}" --no-deps -e .
+  cat requirements.txt requirements.lock > .venv/.requirements.installed
 fi

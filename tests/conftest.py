@@ -231,7 +231,8 @@ def _tiny_study(work: Path, claims_copy: Path | None) -> Path:
     env[TRACE_ENV] = str(params_trace(work))
     params_trace(work).mkdir()
     marker = venv.parent / ".requirements.installed"
-    if marker.exists() and marker.read_text() != (work / "requirements.txt").read_text():
+    wanted = "".join((work / f).read_text() for f in ("requirements.txt", "requirements.lock"))
+    if marker.exists() and marker.read_text() != wanted:
         # setup.sh in the copy would reinstall into this venv, pointing it at the copy
         pytest.fail(f"{venv.parent} was set up for other requirements: run "
                     "`bash scripts/setup.sh`, then the tests again")

@@ -161,6 +161,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--d-size", default="",
+                        help="D's model if not --size's (train.d_size), e.g. GAT-T3/4")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override a TrainConfig field (repeatable)")
     parser.add_argument("--no-params", action="store_true",
@@ -197,7 +199,8 @@ def main() -> None:
     use_teacher = cfg.repa_weight > 0
     teacher_dim = read_manifest(teacher)["token_shape"][-1] if use_teacher else 1
     trainer = GATTrainer(args.size, manifest["latent_shape"][0], manifest["latent_shape"][-1],
-                         manifest["num_classes"], teacher_dim, cfg, "cpu", seed=args.seed)
+                         manifest["num_classes"], teacher_dim, cfg, "cpu", seed=args.seed,
+                         d_name=args.d_size or None)
     torch.manual_seed(args.seed)  # as pipeline/training/worker.py does before its loop
     loader = iter(make_train_loader(shards, args.batch, 0, 1, args.loader_workers, args.seed,
                                     args.shuffle_buffer, teacher if use_teacher else None))
@@ -231,7 +234,8 @@ def main() -> None:
             spread, coarse = latent_spread(trainer)
             torch.set_rng_state(rng)
             mean = {k: sum(m[k] for m in recent) / len(recent) for k in recent[-1]}
-            row = {"tag": args.tag, "size": args.size, "step": step, "batch": args.batch,
+            row = {"tag": args.tag, "size": args.size, "d_size": args.d_size or args.size,
+                   "step": step, "batch": args.batch,
                    "seed": args.seed, "config": changed, "consts": consts, "fd": res["fd"],
                    "precision": res["precision"], "recall": res["recall"],
                    "class_accuracy": res["class_accuracy"], "latent_spread": spread,

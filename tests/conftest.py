@@ -11,6 +11,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -114,22 +115,37 @@ def pytest_collection_modifyitems(session, config, items):
 
 
 def _start_studies(config, items) -> None:
-    """The tiny study, then its claims, built in a daemon thread (see above)."""
+    """The tiny study in a daemon thread; its claims in another, started as soon as the
+    tiny study's ladder and report are built (its sweep, last, then runs beside them)."""
     base = Path(tempfile.mkdtemp(prefix="gat-studies-"))
     claims = base / "claims" if any(i.nodeid.startswith(CLAIMS_TESTS) for i in items) else None
     _studies["tiny"], _studies["claims"] = Future(), Future()
 
-    def build() -> None:  # a daemon thread: an interrupted session does not wait for it
-        for name, make in (("tiny", lambda: _tiny_study(base / "study", claims)),
-                           ("claims", lambda: _claims_study(claims) if claims else None)):
-            _timeline[f"build {name} study"] = [time.monotonic()]
-            try:
-                _studies[name].set_result(make())
-            except BaseException as err:  # pytest.fail/skip too: raised where it is awaited
-                _studies[name].set_exception(err)
-            _timeline[f"build {name} study"].append(time.monotonic())
+    def build(name: str, make: Callable[[], object]) -> None:  # daemon threads: an
+        # interrupted session does not wait for them
+        _timeline[f"build {name} study"] = [time.monotonic()]
+        try:
+            _studies[name].set_result(make())
+        except BaseException as err:  # pytest.fail/skip too: raised where it is awaited
+            _studies[name].set_exception(err)
+        _timeline[f"build {name} study"].append(time.monotonic())
 
-    threading.Thread(target=build, name="studies", daemon=True).start()
+    claims_started = threading.Event()
+
+    def start_claims() -> None:
+        claims_started.set()
+        threading.Thread(target=build, args=("claims", lambda: _claims_study(claims)),
+                         name="claims study", daemon=True).start()
+
+    def build_tiny() -> None:
+        build("tiny", lambda: _tiny_study(base / "study", claims,
+                                          start_claims if claims else None))
+        if not claims:
+            _studies["claims"].set_result(None)
+        elif not claims_started.is_set():  # the tiny study failed before its ladder
+            _studies["claims"].set_exception(_studies["tiny"].exception())
+
+    threading.Thread(target=build_tiny, name="tiny study", daemon=True).start()
 
     def cleanup() -> None:
         from tests.multinode import kill_tree
@@ -211,10 +227,13 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float | None =
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-def _tiny_study(work: Path, claims_copy: Path | None) -> Path:
+def _tiny_study(work: Path, claims_copy: Path | None,
+                on_ladder: Callable[[], None] | None = None) -> Path:
     """A copy of the repo where the README's first command, ``bash scripts/repro.sh``, ran
     the tiny profile, sweep included, with the params keys every stage read traced into
-    ``params_trace(work)``; copied to ``claims_copy`` before any test can change it.
+    ``params_trace(work)``. It runs in two steps, ``repro.sh report`` (the ladder and its
+    report) and ``repro.sh`` (the sweep, which nothing else needs): between them the
+    study is copied to ``claims_copy`` and ``on_ladder`` called (the claims build starts).
 
     The copy's ``.venv`` links to the venv running the tests (set up by scripts/setup.sh, so
     the script's setup step finds it complete), and the venv is not on PATH: the script
@@ -239,14 +258,19 @@ def _tiny_study(work: Path, claims_copy: Path | None) -> Path:
     if marker.exists():  # a venv made by setup.sh
         (work / ".venv").symlink_to(venv.parent)
         env["PATH"] = ":".join(d for d in env["PATH"].split(":") if Path(d) != venv)
-        commands = [["git", "init", "-q"], ["bash", "scripts/repro.sh"]]
+        repro = ["bash", "scripts/repro.sh"]
+        commands = [["git", "init", "-q"], [*repro, "report"], repro]
     else:
-        commands = [["git", "init", "-q"], ["dvc", "init", "-q", "-f"], ["dvc", "repro"]]
+        repro = ["dvc", "repro"]
+        commands = [["git", "init", "-q"], ["dvc", "init", "-q", "-f"], [*repro, "report"],
+                    repro]
     for cmd in commands:
         result = _run(cmd, work, env)
         assert result.returncode == 0, f"{cmd}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
-    if claims_copy is not None:
-        copy_study(work, claims_copy / "study")
+        if cmd[-1] == "report" and claims_copy is not None:
+            copy_study(work, claims_copy / "study")
+            if on_ladder is not None:
+                on_ladder()
     if os.environ.get(STUDY_RECORD):  # what tests/study_diff.py compares (scripts/test.sh)
         record = Path(os.environ[STUDY_RECORD])
         shutil.copytree(work / "results", record / "results")

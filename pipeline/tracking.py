@@ -100,11 +100,16 @@ def machine_tags() -> dict[str, str]:
 
 @functools.cache
 def installed_packages() -> str:
-    """Every distribution installed in this interpreter, ``name==version`` per line, sorted
-    (what ``pip freeze`` lists for a venv of released packages)."""
+    """Every distribution installed in this interpreter's site-packages, ``name==version``
+    per line, sorted (what ``pip freeze`` lists for a venv of released packages). Only
+    site-packages: an imported setuptools puts its vendored copies (packaging, zipp, ...,
+    older versions) on ``sys.path``, where ``metadata.distributions()`` would find them too."""
+    import sysconfig
     from importlib import metadata
 
-    found = {(d.metadata["Name"] or "").lower(): d.version for d in metadata.distributions()}
+    paths = sorted({sysconfig.get_paths()[k] for k in ("purelib", "platlib")})
+    found = {(d.metadata["Name"] or "").lower(): d.version
+             for d in metadata.distributions(path=paths)}
     return "".join(f"{name}=={version}\n" for name, version in sorted(found.items()) if name)
 
 

@@ -8,8 +8,8 @@ installed at its locked version.
 from __future__ import annotations
 
 import re
-from importlib import metadata
 
+from pipeline.tracking import installed_packages
 from tests.helpers import REPO
 
 
@@ -32,9 +32,14 @@ def test_the_direct_pins_agree_with_the_lock():
 
 
 def test_the_venv_is_the_locked_stack():
+    """What MLflow runs record as their environment (``installed_packages``) is the lock,
+    also with setuptools imported (its vendored, older packaging and zipp then lie on
+    sys.path)."""
+    import setuptools  # noqa: F401
+
     lock = _pins(REPO / "requirements.lock")
-    installed = {re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(): d.version
-                 for d in metadata.distributions()}
+    installed = {re.sub(r"[-_.]+", "-", name).lower(): version for name, version in (
+        line.split("==") for line in installed_packages().splitlines())}
     differ = {name: (want, installed.get(name)) for name, want in lock.items()
               if installed.get(name) != want}
     assert not differ, (f"installed versions differ from requirements.lock (locked, "

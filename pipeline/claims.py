@@ -187,7 +187,7 @@ def compare_paired(better: dict[int, float], worse: dict[int, float]) -> dict[st
     With a diverged run among them the variants' own intervals decide (:func:`compare`)."""
     seeds = sorted(set(better) & set(worse))
     out: dict[str, Any] = {"seeds": len(seeds), "difference": None, "low": None,
-                           "high": None, "detectable": None}
+                           "high": None, "detectable": None, "seeds_needed": None}
     if any(not math.isfinite(better[s]) or not math.isfinite(worse[s]) for s in seeds):
         return {**out, "verdict": compare(Summary.of([better[s] for s in seeds]),
                                           Summary.of([worse[s] for s in seeds]))}

@@ -11,8 +11,8 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 pip=(.venv/bin/pip install -q --disable-pip-version-check)
-# --relock: resolve requirements.txt afresh, then write every installed distribution's
-# version to requirements.lock (its header kept); commit both.
+# --relock: install requirements.txt without the lock (a changed pin brings what it needs;
+# the rest stays), then write every installed version to requirements.lock (header kept).
 if [ "${1:-}" = "--relock" ]; then
   "${pip[@]}" -r requirements.txt
   { sed -n '/^#/p' requirements.lock

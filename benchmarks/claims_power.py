@@ -16,13 +16,12 @@ three seeds is itself uncertain by about a factor of two.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipeline.claims import claims, seeds_needed, t95
+from pipeline.claims import claims, compare_paired
 from pipeline.config import load_params
 
 
@@ -53,15 +52,18 @@ def main() -> None:
         fd = {v: dict(zip(g["seed"], g["fd"])) for v, g in runs.groupby("variant")}
         needs = []
         for better, worse in claim.comparisons:
-            seeds = sorted(set(fd[better]) & set(fd[worse]))
-            diffs = np.array([fd[worse][s] - fd[better][s] for s in seeds], dtype=float)
-            mean, sd = float(diffs.mean()), float(diffs.std(ddof=1))
-            half = t95(len(diffs) - 1) * sd / math.sqrt(len(diffs))
-            n = seeds_needed(mean, sd) if np.isfinite(diffs).all() else None
+            paired = compare_paired(fd[better], fd[worse])  # the claim stage's statistics
+            if paired["detectable"] is None:  # one seed, or a diverged run: no interval
+                print(f"{name:<12} {better + ' < ' + worse:<30} {paired['verdict']}")
+                needs.append((0.0, None))
+                continue
+            diffs = [fd[worse][s] - fd[better][s] for s in sorted(set(fd[better]) & set(fd[worse]))]
+            mean, n = paired["difference"], paired["seeds_needed"]
             needs.append((mean, n))
             shown = " / ".join(f"{d:+.1f}" for d in diffs)
             print(f"{name:<12} {better + ' < ' + worse:<30} {shown:<24} {mean:>6.1f} "
-                  f"{sd:>5.1f} {half:>5.1f} {n if n else '>100':>5}")
+                  f"{float(np.std(diffs, ddof=1)):>5.1f} {paired['detectable']:>5.1f} "
+                  f"{n if n else '>100':>5}")
         holds = (max(n for _, n in needs) if all(m > 0 and n for m, n in needs) else None)
         contradicted = min((n for m, n in needs if m < 0 and n), default=None)
         found[name] = (holds, contradicted)

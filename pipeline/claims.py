@@ -195,12 +195,11 @@ def compare_paired(better: dict[int, float], worse: dict[int, float]) -> dict[st
     if len(diffs) < 2:
         return {**out, "verdict": ONE_SEED,
                 "difference": float(diffs[0]) if len(diffs) else None}
-    mean = float(diffs.mean())
-    half = t95(len(diffs) - 1) * float(diffs.std(ddof=1)) / math.sqrt(len(diffs))
+    mean, sd = float(diffs.mean()), float(diffs.std(ddof=1))
+    half = t95(len(diffs) - 1) * sd / math.sqrt(len(diffs))
     found = HOLDS if mean - half > 0 else REVERSED if mean + half < 0 else HOLDS_ZERO
     return {**out, "verdict": found, "difference": mean, "low": mean - half,
-            "high": mean + half, "detectable": half,
-            "seeds_needed": seeds_needed(mean, float(diffs.std(ddof=1)))}
+            "high": mean + half, "detectable": half, "seeds_needed": seeds_needed(mean, sd)}
 
 
 def seeds_needed(mean: float, sd: float, most: int = 100) -> int | None:

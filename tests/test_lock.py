@@ -13,6 +13,11 @@ from pipeline.tracking import installed_packages
 from tests.helpers import REPO
 
 
+def _normal(name: str) -> str:
+    """A distribution's name as pip compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def _pins(path) -> dict[str, str]:
     """name (normalized) -> version of every ``name==version`` line (extras, comments
     dropped)."""
@@ -20,7 +25,7 @@ def _pins(path) -> dict[str, str]:
     for line in path.read_text().splitlines():
         match = re.match(r"^([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==([^\s#;]+)", line.strip())
         if match:
-            pins[re.sub(r"[-_.]+", "-", match[1]).lower()] = match[2]
+            pins[_normal(match[1])] = match[2]
     return pins
 
 
@@ -38,7 +43,7 @@ def test_the_venv_is_the_locked_stack():
     import setuptools  # noqa: F401
 
     lock = _pins(REPO / "requirements.lock")
-    installed = {re.sub(r"[-_.]+", "-", name).lower(): version for name, version in (
+    installed = {_normal(name): version for name, version in (
         line.split("==") for line in installed_packages().splitlines())}
     differ = {name: (want, installed.get(name)) for name, want in lock.items()
               if installed.get(name) != want}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from pipeline.layout import LAYOUT, Layout
 from pipeline.ray_utils import init_ray
 from pipeline.storage import StorePath
 from pipeline.training.job import TrainJob
+from pipeline.training.worker import trial_checkpoint
 
 METRIC = "fd"  # the proxy reported by training every runtime.fd_every steps
 # trials.csv's columns (one row per trial); a disabled sweep writes them with no rows, so
@@ -177,6 +179,8 @@ def run_sweep(params: Params, size: str, lrs: list[float] | None = None,
         )
     with tracking.process_uris_kept():  # the MLflow callback sets them process-wide
         table = _trials_table(tuner.fit(), size, params)
+    for job in jobs.values():  # what trials stopped at a report left (Tune holds a copy)
+        shutil.rmtree(trial_checkpoint(job.run_dir), ignore_errors=True)
     tr.set_status(sweep_run, "FINISHED")
     return table.assign(sweep_run=sweep_run)
 

@@ -34,14 +34,25 @@ def _count(n: float) -> str:
 
 
 def ladder(results: Path) -> str:
+    """The sizes, then the two floors. With several training seeds every measurement is
+    the seeds' mean, and the FD's column also gives their sd and each seed's value."""
     table = pd.read_csv(results / "scaling" / "scaling.csv")
     metric = table["metric"].iloc[0]
-    lines = [f"| images | G params | D params | G GFLOPs | {metric} | precision | recall | "
-             "class accuracy of samples | train images/s (whole run) |",
+    several = table["seeds"].max() > 1
+    runs = pd.read_csv(results / "scaling" / "runs.csv") if several else None
+    seed_ids = " / ".join(f"seed {s}" for s in sorted(runs["seed"].unique())) if several else ""
+    fd_head = f"{metric}, mean ± sd ({seed_ids})" if several else metric
+    mean = "mean " if several else ""
+    lines = [f"| images | G params | D params | G GFLOPs | {fd_head} | {mean}precision | "
+             f"{mean}recall | {mean}class accuracy of samples | train images/s (whole run) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
+        fd = f"{r['fd']:.2f}"
+        if several:
+            each = runs[runs["size"] == r["size"]].sort_values("seed")["fd"]
+            fd += f" ± {r['fd_std']:.2f} ({' / '.join(f'{v:.2f}' for v in each)})"
         lines.append(f"| {r['size']} | {_count(r['g_params'])} | {_count(r['d_params'])} | "
-                     f"{r['g_gflops']:.5f} | {r['fd']:.2f} | {r['precision']:.3f} | "
+                     f"{r['g_gflops']:.5f} | {fd} | {r['precision']:.3f} | "
                      f"{r['recall']:.3f} | {r['class_accuracy']:.3f} | "
                      f"{r['train_images_per_s']:.0f} |")
     floors_file = results / "data" / "floors.json"

@@ -19,6 +19,7 @@ reads one proxy per report, and Tune refuses a report without it.
 from __future__ import annotations
 
 import functools
+import hashlib
 import shutil
 import tempfile
 import time
@@ -286,10 +287,17 @@ class Worker:
         if not (save and self.rank == 0):
             self.session.report(scalars)
             return
-        folder = Path(tempfile.mkdtemp(prefix="gat-ckpt-"))  # Ray deletes it once uploaded
+        tune_trial = self.job.session == "tune"
+        # Ray Train deletes its folder once uploaded. A Tune trial's report never returns
+        # when ASHA stops the trial there, so its folder is one per trial, in the trial's
+        # directory, emptied before each report (the sweep removes what stopped trials left).
+        folder = (trial_checkpoint(self.job.run_dir) if tune_trial
+                  else Path(tempfile.mkdtemp(prefix="gat-ckpt-")))
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
         save_state(self.trainer, folder)
-        self._send(folder, scalars, "", wait=self.job.session == "tune")
-        if self.job.session == "tune":
+        self._send(folder, scalars, "", wait=tune_trial)
+        if tune_trial:
             shutil.rmtree(folder, ignore_errors=True)
 
     def _send(self, folder: Path, scalars: dict[str, float], suffix: str, wait: bool) -> None:
@@ -339,6 +347,15 @@ class Worker:
             path = Path(self.job.debug["record_dir"]) / f"{kind}_rank{self.rank}.txt"
             with open(path, "a" if append else "w") as f:
                 f.write(text if not append or text.endswith("\n") else text + "\n")
+
+
+def trial_checkpoint(run_dir: Path | StorePath) -> Path:
+    """Where a Tune trial writes the checkpoint of its current report: in its run folder,
+    or, where that is remote storage, a folder of the local temp dir named after it."""
+    if isinstance(run_dir, Path):
+        return run_dir / "report-checkpoint"
+    name = hashlib.sha256(str(run_dir).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"gat-trial-ckpt-{name}"
 
 
 def _until_ray_took_the_report(limit_s: float = 600.0) -> None:

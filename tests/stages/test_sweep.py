@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,6 +71,9 @@ def test_sweep_three_trials_asha_mlflow_and_transfer(tiny_study):
     assert (out / "transfer.png").stat().st_size > 1000
     # Tune's experiments live in the workspace's state, not in results/ (git) or DVC's cache.
     assert len(list((root / "outputs" / "tune").glob("lr_sweep-*"))) == 4
+    # ASHA stopped trials at a report (above): the checkpoint folder such a report leaves
+    # behind is the trial's own, and the sweep removed it (Tune keeps its copy).
+    assert not list((root / "outputs" / "tune").glob("*/trials/*/report-checkpoint"))
 
     # The same command again restores the finished Tune experiments: no trial reruns.
     again = subprocess.run([sys.executable, "-m", "stages.sweep"], cwd=root, env=dvc_env(),
@@ -97,9 +101,13 @@ def _sweep_root(tiny_study: Path, root: Path):
 @lane_test(needs_study=True)  # subprocesses only: it runs beside the others (tests/lane.py)
 def test_sweep_killed_then_same_command_restores(tmp_path):
     """SIGKILL the sweep while its second trial trains; the same command restores the Tune
-    experiment and every trial ends (in MLflow and trials.csv)."""
+    experiment and every trial ends (in MLflow and trials.csv). Trials that ASHA ends at a
+    report (stopped, or at its max_t) leave no checkpoint folder behind (before: one in
+    the temp dir per such report)."""
     root = tmp_path / "root"
     params, env = _sweep_root(lane.tiny_study(), root)
+    # a temp dir of this test's own (short: Ray's sockets live under it too)
+    env["TMPDIR"] = tempfile.mkdtemp(prefix="gs", dir="/tmp")
     cmd = [sys.executable, "-m", "stages.sweep"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -123,3 +131,7 @@ def test_sweep_killed_then_same_command_restores(tmp_path):
     finished = {float(r.data.params["lr_base"]) for r in client.search_runs(
         [exp.experiment_id], "tags.`gat.role` = 'trial' and attributes.status = 'FINISHED'")}
     assert finished == set(table["lr_base"])
+    left = [p.name for p in Path(env["TMPDIR"]).glob("gat-*")]
+    left += [str(p) for p in (root / "outputs" / "tune").glob("*/trials/*/report-checkpoint")]
+    shutil.rmtree(env["TMPDIR"], ignore_errors=True)
+    assert not left, f"checkpoint folders left behind by stopped trials: {left}"

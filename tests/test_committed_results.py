@@ -74,6 +74,19 @@ def test_readme_ladder_is_the_three_seed_run():
         "scripts/readme_tables.py --results docs/ladder_3seeds`")
 
 
+def test_metric_spread_needs_seeds_and_lists_every_size():
+    """The table after the ladder: one row per size of the three-seed run, none for the
+    committed one-seed study (nothing to spread)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import readme_tables
+
+    assert readme_tables.metric_spread(REPO / "results") is None
+    rows = readme_tables.metric_spread(LADDER_SEEDS).splitlines()[2:]
+    sizes = pd.read_csv(LADDER_SEEDS / "scaling" / "runs.csv")["size"].unique()
+    assert [r.split(" | ")[0].lstrip("| ") for r in rows] == list(sizes)
+    assert all(r.split(" | ")[1] == "3" and r.count(" ± ") == 3 for r in rows)
+
+
 def test_three_seed_run_extends_the_committed_study():
     """docs/ladder_3seeds is the committed study with study.train_seeds [0, 1, 2]: its seed
     0 rows are the committed results, value for value, and so are its data stages' and

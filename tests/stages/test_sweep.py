@@ -108,6 +108,13 @@ def test_sweep_killed_then_same_command_restores(tmp_path):
     params, env = _sweep_root(lane.tiny_study(), root)
     # a temp dir of this test's own (short: Ray's sockets live under it too)
     env["TMPDIR"] = tempfile.mkdtemp(prefix="gs", dir="/tmp")
+    try:
+        _kill_then_restore(root, params, env)
+    finally:  # also when an assertion fails on the way
+        shutil.rmtree(env["TMPDIR"], ignore_errors=True)
+
+
+def _kill_then_restore(root: Path, params, env: dict[str, str]) -> None:
     cmd = [sys.executable, "-m", "stages.sweep"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -133,5 +140,4 @@ def test_sweep_killed_then_same_command_restores(tmp_path):
     assert finished == set(table["lr_base"])
     left = [p.name for p in Path(env["TMPDIR"]).glob("gat-*")]
     left += [str(p) for p in (root / "outputs" / "tune").glob("*/trials/*/report-checkpoint")]
-    shutil.rmtree(env["TMPDIR"], ignore_errors=True)
     assert not left, f"checkpoint folders left behind by stopped trials: {left}"

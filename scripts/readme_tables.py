@@ -4,17 +4,19 @@
     python scripts/readme_tables.py --results DIR    # another study's results folder
     python scripts/readme_tables.py --release-study  # before/after the release's behaviours
     python scripts/readme_tables.py --spread         # the ladder's spread by source
+    python scripts/readme_tables.py --spread --spread-csv docs/spread_sources_earlier_build.csv
 
 Prints the ladder table (the sizes, then the two floors) from results/scaling/scaling.csv
 and results/data/floors.json, and, when results/scaling/runs.csv holds several training
-seeds, the per-seed table with mean ± sd. FD is FD-classifier (a CPU stand-in, not FID)
-for the embedded profile. ``--release-study`` prints the before/after table of issue 23
-from docs/release_fidelity_study.csv (one row per size: FD-classifier per training seed, mean
-± sd, recall and class accuracy means). ``--spread`` prints issue 24's table from
-docs/spread_sources.csv (scripts/spread_study.py): per size, the FD-classifier of each
-source's settings and their sd, then whether FD falls with size under every setting and
-the fitted exponent under each and under all together. tests/test_committed_results.py
-checks the README against all three.
+seeds, precision, recall and class accuracy as mean ± sd over them. FD is FD-classifier
+(a CPU stand-in, not FID) for the embedded profile. ``--release-study`` prints the
+before/after table of issue 23 from docs/release_fidelity_study.csv (one row per size:
+FD-classifier per training seed, mean ± sd, recall and class accuracy means). ``--spread``
+prints issue 24's table from docs/spread_sources.csv (scripts/spread_study.py;
+``--spread-csv``: another such csv, such as the earlier machine's build's): per size, the
+FD-classifier of each source's settings and their sd, then whether FD falls with size
+under every setting and the fitted exponent under each and under all together.
+tests/test_committed_results.py checks the README against all three.
 """
 
 from __future__ import annotations
@@ -182,10 +184,12 @@ def main() -> None:
     parser.add_argument("--release-study", action="store_true",
                         help=f"print the before/after table of {RELEASE_STUDY.name} only")
     parser.add_argument("--spread", action="store_true",
-                        help=f"print the spread-by-source table of {SPREAD.name} only")
+                        help="print the spread-by-source table of --spread-csv only")
+    parser.add_argument("--spread-csv", type=Path, default=SPREAD,
+                        help=f"the spread's rows (default: docs/{SPREAD.name})")
     args = parser.parse_args()
     if args.spread:
-        print(spread())
+        print(spread(args.spread_csv))
         return
     if args.release_study:
         print(release_study())

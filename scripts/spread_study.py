@@ -16,8 +16,9 @@ the committed study:
 - shard batching (``data.shard_size``): the same latents in other shards, hence other
   batches (encode, the teacher features and the trainings rerun; issue 16's change).
 
-The training seeds' rows now in the csv are issue 23's run of this code (``dvc exp run -S
-'study.train_seeds=[0,1,2]'``, docs/release_fidelity_study.csv's "after" rows), copied.
+The training seeds' rows now in the csv are docs/ladder_3seeds' seeds 1 and 2 (``dvc exp
+run -S 'study.train_seeds=[0,1,2]'`` on the committed study), copied; the earlier machine's
+build's rows are in docs/spread_sources_earlier_build.csv (``--csv`` writes elsewhere).
 A setting already in the csv is not run again (to resume, run the same command again).
 Each experiment is ``dvc exp run -S ...`` on this checkout: it stays in ``dvc exp show``.
 At the end the workspace is put back to the base (``git checkout``, ``dvc checkout``).

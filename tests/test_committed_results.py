@@ -123,11 +123,50 @@ def test_readme_tables_are_their_csvs(flag):
             f"`python scripts/readme_tables.py {flag}`")
 
 
-def test_spread_base_is_the_release_study():
-    """docs/spread_sources.csv and docs/release_fidelity_study.csv are one study, made on the
-    earlier machine (the committed study before 2026-12-07's rerun): the spread's base rows
-    are the release study's "after" seed 0 and its training-seed rows the other seeds."""
+SPREAD_EARLIER = REPO / "docs" / "spread_sources_earlier_build.csv"
+
+
+def test_earlier_spread_table_is_its_csv():
+    """docs/RESULTS.md keeps the earlier machine's spread table (issue 24's first run), as
+    ``readme_tables.py --spread --spread-csv docs/spread_sources_earlier_build.csv`` prints."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import readme_tables
+
+    table = readme_tables.spread(SPREAD_EARLIER).splitlines()
+    lines = (REPO / "docs" / "RESULTS.md").read_text().splitlines()
+    assert table[0] in lines
+    start = lines.index(table[0])
+    assert lines[start:start + len(table)] == table
+
+
+def test_spread_base_is_the_committed_study():
+    """docs/spread_sources.csv is this build's: its base rows are the committed results/ and
+    its training-seed rows are seeds 1 and 2 of docs/ladder_3seeds."""
     spread = pd.read_csv(REPO / "docs" / "spread_sources.csv")
+    base = spread[spread["source"] == "base"].set_index("size")
+    keys = {"fd_classifier": "fd", "precision": "precision", "recall": "recall",
+            "class_accuracy": "class_accuracy"}
+    for size, row in base.iterrows():
+        metrics = json.loads((REPO / "results" / "eval" / size / "seed0" / "metrics.json")
+                             .read_text())
+        for here, there in keys.items():
+            assert row[here] == pytest.approx(metrics[there], abs=1e-6), (size, here)
+    runs = pd.read_csv(LADDER_SEEDS / "scaling" / "runs.csv")
+    seeds = spread[spread["source"] == "training seed"]
+    assert len(seeds) == len(runs[runs["seed"] > 0])
+    for _, row in seeds.iterrows():
+        seed = int(row["setting"].split("=")[1].strip("[]"))
+        want = runs[(runs["size"] == row["size"]) & (runs["seed"] == seed)]
+        for here, there in keys.items():
+            assert row[here] == pytest.approx(want[there].item(), abs=1e-6), (row["size"], here)
+
+
+def test_earlier_spread_base_is_the_release_study():
+    """docs/spread_sources_earlier_build.csv and docs/release_fidelity_study.csv are one
+    study, made on the earlier machine (the committed study before 2026-12-07's rerun): the
+    spread's base rows are the release study's "after" seed 0 and its training-seed rows the
+    other seeds."""
+    spread = pd.read_csv(SPREAD_EARLIER)
     release = pd.read_csv(REPO / "docs" / "release_fidelity_study.csv")
     after = release[release["code"] == release["code"].unique()[1]]
     base = spread[spread["source"] == "base"].set_index("size")

@@ -96,8 +96,9 @@ def main() -> None:
     for key, (cpu, cmdline) in seen.items():
         used = cpu - before.get(key, (0.0, ""))[0]
         if used > 0.01:
-            cpu_of[kind(cmdline)] += used
-            count[kind(cmdline)] += 1
+            name = kind(cmdline)
+            cpu_of[name] += used
+            count[name] += 1
     total = sum(cpu_of.values())
     print(f"{total:.1f} CPU-s over {wall:.0f} s of wall time ({total / wall:.2f} cores busy)")
     for name, cpu in sorted(cpu_of.items(), key=lambda kv: -kv[1])[:40]:

@@ -58,28 +58,37 @@ def test_committed_study_is_not_stale():
 LADDER_SEEDS = REPO / "docs" / "ladder_3seeds"  # the ladder's three-seed run, results/ only
 
 
-def test_readme_ladder_is_the_three_seed_run():
-    """The README's ladder is ``python scripts/readme_tables.py --results
-    docs/ladder_3seeds`` (the sizes, then the floors)."""
+def _readme_tables():
+    """scripts/readme_tables.py, imported."""
     sys.path.insert(0, str(REPO / "scripts"))
     import readme_tables
 
-    table = readme_tables.ladder(LADDER_SEEDS).splitlines()
-    assert table[0].startswith(README_LADDER)
-    lines = (REPO / "README.md").read_text().splitlines()
-    assert table[0] in lines, "README.md: no ladder table of scripts/readme_tables.py"
-    start = lines.index(table[0])
-    assert lines[start:start + len(table)] == table, (
-        "README.md: the ladder differs from docs/ladder_3seeds: paste `python "
-        "scripts/readme_tables.py --results docs/ladder_3seeds`")
+    return readme_tables
+
+
+def _assert_page_shows(page: str, table: str, command: str) -> None:
+    """``page`` (from the repo root) holds ``table`` line for line, as ``command`` prints it."""
+    rows = table.splitlines()
+    lines = (REPO / page).read_text().splitlines()
+    assert rows[0] in lines, f"{page}: no table of `{command}`"
+    start = lines.index(rows[0])
+    assert lines[start:start + len(rows)] == rows, (
+        f"{page}: the table differs from what `{command}` prints: paste its output")
+
+
+def test_readme_ladder_is_the_three_seed_run():
+    """The README's ladder is ``python scripts/readme_tables.py --results
+    docs/ladder_3seeds`` (the sizes, then the floors)."""
+    table = _readme_tables().ladder(LADDER_SEEDS)
+    assert table.startswith(README_LADDER)
+    _assert_page_shows("README.md", table,
+                       "python scripts/readme_tables.py --results docs/ladder_3seeds")
 
 
 def test_metric_spread_needs_seeds_and_lists_every_size():
     """The table after the ladder: one row per size of the three-seed run, none for the
     committed one-seed study (nothing to spread)."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    import readme_tables
-
+    readme_tables = _readme_tables()
     assert readme_tables.metric_spread(REPO / "results") is None
     rows = readme_tables.metric_spread(LADDER_SEEDS).splitlines()[2:]
     sizes = pd.read_csv(LADDER_SEEDS / "scaling" / "runs.csv")["size"].unique()
@@ -109,18 +118,10 @@ def test_readme_tables_are_their_csvs(flag):
     """The README's and docs/RESULTS.md's before/after table (issue 23) and spread table
     (issue 24) are what ``python scripts/readme_tables.py FLAG`` prints from the committed
     csv."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    import readme_tables
-
-    table = (readme_tables.release_study() if flag == "--release-study"
-             else readme_tables.spread()).splitlines()
+    readme_tables = _readme_tables()
+    table = readme_tables.release_study() if flag == "--release-study" else readme_tables.spread()
     for page in ("README.md", "docs/RESULTS.md"):
-        lines = (REPO / page).read_text().splitlines()
-        start = lines.index(table[0]) if table[0] in lines else -1
-        assert start >= 0, f"{page}: no table of `python scripts/readme_tables.py {flag}`"
-        assert lines[start:start + len(table)] == table, (
-            f"{page}: the table differs from its csv: paste "
-            f"`python scripts/readme_tables.py {flag}`")
+        _assert_page_shows(page, table, f"python scripts/readme_tables.py {flag}")
 
 
 SPREAD_EARLIER = REPO / "docs" / "spread_sources_earlier_build.csv"
@@ -129,14 +130,9 @@ SPREAD_EARLIER = REPO / "docs" / "spread_sources_earlier_build.csv"
 def test_earlier_spread_table_is_its_csv():
     """docs/RESULTS.md keeps the earlier machine's spread table (issue 24's first run), as
     ``readme_tables.py --spread --spread-csv docs/spread_sources_earlier_build.csv`` prints."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    import readme_tables
-
-    table = readme_tables.spread(SPREAD_EARLIER).splitlines()
-    lines = (REPO / "docs" / "RESULTS.md").read_text().splitlines()
-    assert table[0] in lines
-    start = lines.index(table[0])
-    assert lines[start:start + len(table)] == table
+    _assert_page_shows("docs/RESULTS.md", _readme_tables().spread(SPREAD_EARLIER),
+                       "python scripts/readme_tables.py --spread --spread-csv "
+                       "docs/spread_sources_earlier_build.csv")
 
 
 def test_spread_base_is_the_committed_study():

@@ -161,8 +161,14 @@ def evaluator(source: str = "train", classifier: str | None = None,
         raise ValueError(f"evaluator.source {source!r}: expected 'train' or 'inception'")
     where = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     layers = [o for o in outputs if o]
-    ext = create_feature_extractor(name, layers, cuda=False, verbose=False,
-                                   feature_extractor_weights_path=weights).to(where)
+    # Building the network draws its initial weights (then overwritten by the checkpoint)
+    # from torch's global RNG. A training worker's first FD proxy builds it mid-run, and
+    # those draws would shift the run's noise from then on: runtime.fd_every would change
+    # the trained model, and a process that had the extractor cached (a reused Tune trial
+    # actor) would train differently from a fresh one. So the caller's RNG is left as found.
+    with torch.random.fork_rng(devices=[]):
+        ext = create_feature_extractor(name, layers, cuda=False, verbose=False,
+                                       feature_extractor_weights_path=weights).to(where)
     return Evaluator(ext, metric_name(source), outputs, where, class_logits=source == "train")
 
 

@@ -142,6 +142,25 @@ def test_extractor_is_registered_with_torch_fidelity(clf_dir):
         ext(torch.zeros(1, 3, 32, 32))
 
 
+def test_building_the_extractor_leaves_the_global_rng_as_it_found_it(clf_dir):
+    """A training worker builds the extractor at its first FD proxy, mid-run: the draws of
+    the network's initial weights must not shift the run's noise (runtime.fd_every would
+    change the trained model, and a process with the extractor cached would train apart
+    from a fresh one)."""
+    fidelity.evaluator.cache_clear()
+    torch.manual_seed(0)
+    fidelity.evaluator("train", clf_dir)
+    after_build = torch.rand(4)
+    torch.manual_seed(0)
+    assert torch.equal(after_build, torch.rand(4))
+    # the draws it would have taken (the check above can fail): the same network, unforked
+    torch.manual_seed(0)
+    create_feature_extractor(fidelity.CLASSIFIER_EXTRACTOR, ["features"], cuda=False,
+                             feature_extractor_weights_path=clf_dir)
+    assert not torch.equal(after_build, torch.rand(4))
+    fidelity.evaluator.cache_clear()
+
+
 def test_names_fid_and_fd_classifier_apart():
     assert fidelity.metric_name("inception") == "FID"
     assert fidelity.metric_name("train") == "FD-classifier"

@@ -42,7 +42,7 @@ os.environ.setdefault("GAT_RAY_DASHBOARD", "0")
 # Train's actors carry a runtime_env, so none of them takes one: 50 idle workers, 56 CPU-s
 # in a full run) and Ray Train's preemption watcher (one per training run, 26 and 40 CPU-s;
 # no test drains a node). A Ray start and three trivial Ray Train runs, alternated twice:
-# 42.5 / 42.2 CPU-s with them, 39.7 / 38.8 without.
+# 42.5 / 42.2 CPU-s with them, 39.7 / 38.8 without (benchmarks/ray_train_overhead.py).
 os.environ.setdefault("RAY_enable_worker_prestart", "0")
 os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")

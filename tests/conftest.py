@@ -39,10 +39,9 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # Ray dozens of times on 2 cores (tests/pipeline/test_cluster.py tests the default, on).
 os.environ.setdefault("GAT_RAY_DASHBOARD", "0")
 # Processes the suite starts and never uses: the workers Ray prestarts at each start (Ray
-# Train's actors carry a runtime_env, so none of them takes one: 50 idle workers, 56 CPU-s
-# in a full run) and Ray Train's preemption watcher (one per training run, 26 and 40 CPU-s;
-# no test drains a node). A Ray start and three trivial Ray Train runs, alternated twice:
-# 42.5 / 42.2 CPU-s with them, 39.7 / 38.8 without (benchmarks/ray_train_overhead.py).
+# Train's actors carry a runtime_env, so none of them takes one) and Ray Train's preemption
+# watcher (one per training run; no test drains a node). Measured: docs/TESTS.md and
+# benchmarks/ray_train_overhead.py.
 os.environ.setdefault("RAY_enable_worker_prestart", "0")
 os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")

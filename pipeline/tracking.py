@@ -28,6 +28,7 @@ import contextlib
 import functools
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ ENVIRONMENT_ARTIFACT = "environment.txt"  # every installed distribution, `name=
 # The packages whose versions are tags of every run, besides torch (the rest:
 # ENVIRONMENT_ARTIFACT).
 TAGGED_PACKAGES = ("numpy", "ray", "mlflow", "diffusers", "torch-fidelity")
+_FIND_OR_CREATE = threading.Lock()  # Tracker.find_or_create: no run created twice
 
 
 class TrackingError(RuntimeError):
@@ -180,7 +182,13 @@ class Tracker:
     def find_or_create(self, key_tags: dict[str, str], name: str, parent: str | None = None,
                        params: dict[str, Any] | None = None,
                        tags: dict[str, str] | None = None) -> str:
-        """The run with ``key_tags``, or a new one (``params`` logged once, at creation)."""
+        """The run with ``key_tags``, or a new one (``params`` logged once, at creation).
+        One thread of a process at a time: a claim's runs side by side share a study run."""
+        with _FIND_OR_CREATE:
+            return self._find_or_create(key_tags, name, parent, params, tags)
+
+    def _find_or_create(self, key_tags: dict[str, str], name: str, parent: str | None,
+                        params: dict[str, Any] | None, tags: dict[str, str] | None) -> str:
         run_id = self.find(key_tags)
         if run_id is not None:
             return run_id

@@ -3,15 +3,15 @@
     python -m stages.claim mng        # mng | repa | lr_transfer | g_vs_d | patch
 
 Every variant of the claim (pipeline/claims.py) trains under every seed of claims.seeds
-for claims.iterations steps, through the train stage's own code: a configuration trained
-before (by another claim, or the ladder) resumes finished instead of training again. Each
-is evaluated like the ladder (evaluate.*, against data/reference) and logged to its
-training run's MLflow run. Writes results/claims/<NAME>/: runs.csv (one row per variant
-and seed), summary.json (per variant the seeds' mean FD with its 95% interval, the
-paper's number where it gives one, and the verdict of each comparison and of the claim:
-holds, reversed, or inconclusive) and <NAME>.png; for mng also analysis/ (the block
-analyses of MNG exp vs none, first seed: Figs. 4a, 4b, 6b, 9). To resume after a kill, run
-the same command again.
+for claims.iterations steps, through the train stage's own code, runtime.concurrent_runs
+at a time: a configuration trained before (by another claim, or the ladder) resumes
+finished instead of training again. Each is evaluated like the ladder (evaluate.*, against
+data/reference) and logged to its training run's MLflow run. Writes
+results/claims/<NAME>/: runs.csv (one row per variant and seed), summary.json (per variant
+the seeds' mean FD with its 95% interval, the paper's number where it gives one, and the
+verdict of each comparison and of the claim: holds, reversed, or inconclusive) and
+<NAME>.png; for mng also analysis/ (the block analyses of MNG exp vs none, first seed:
+Figs. 4a, 4b, 6b, 9). To resume after a kill, run the same command again.
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ from pipeline.stage import stage_main
 
 def run(params: Params, args: argparse.Namespace) -> None:
     claim = cl.claims(params)[args.name]
-    rows = [cl.run_variant(params, claim, variant, seed)
-            for variant in claim.variants for seed in params.claims.seeds]
+    rows = cl.run_variants(params, claim)
     summary = cl.summarize(claim, rows)
     out = LAYOUT.claims / claim.name
     with atomic_path(out / "runs.csv") as tmp:

@@ -351,6 +351,9 @@ class RuntimeParams(Traced):
     trial_cpus: float = 1.0  # one sweep trial = one training process with these resources
     trial_gpus: float = 0.0
     concurrent_trials: int = 1  # sweep trials side by side
+    # A claim's trainings side by side (claim@NAME stages), each run's workers on
+    # cpus_per_worker / concurrent_runs CPUs: small models use 2 threads poorly
+    concurrent_runs: int = 1
     # Where the Ray workers' run state and data live (README: "More than one machine"):
     placement: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     autoscale: bool = False  # the cluster grows on demand (Ray's autoscaler): ask it for the
@@ -370,7 +373,7 @@ class RuntimeParams(Traced):
         positive(self, where, "workers", "cpus_per_worker", "grad_accum", "checkpoint_every",
                  "bucket_mb", "log_every", "sample_seeds", "fd_samples", "encode_batch",
                  "trial_cpus",
-                 "concurrent_trials", "collective_timeout_s")
+                 "concurrent_trials", "concurrent_runs", "collective_timeout_s")
         for key in ("loader_workers", "max_failures", "sample_every", "fd_every",
                     "trial_gpus"):
             if getattr(self, key) < 0:

@@ -4,6 +4,9 @@ trains its variants through the train stage's code, evaluates them, judges, and 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -14,7 +17,7 @@ from pipeline import claims as cl
 from pipeline.config import load_params
 from pipeline.config.trace import read_traces
 from tests import declarations as decl
-from tests.helpers import FASHION
+from tests.helpers import FASHION, copy_study, dvc_env
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not FASHION.exists(), reason="needs dataset-fashion-mnist")]
@@ -100,3 +103,31 @@ def test_claim_stages_declare_what_they_read(study):
     assert not decl.unread_keys(stages["claim@mng"], together, params)
     assert not decl.unread_keys(stages["report"], reads["report"], params)
     assert (work / "results/claims/mng/analysis/contributions.png").exists()
+
+
+def test_runs_side_by_side_train_once_and_as_alone(study, tmp_path):
+    """The tiny profile trains a claim's runs two at a time (runtime.concurrent_runs: 2):
+    they overlap in time. Four variants that coincide (lr transfer with small = large) and
+    whose run is gone train once, and give the row the ladder's run gave."""
+    work, _, _ = study
+    mng = pd.read_csv(work / "results/claims/mng/runs.csv").set_index("variant")
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    lin, none = (client.get_run(mng.loc[v, "mlflow_run_id"]).info for v in ("lin", "none"))
+    assert max(lin.start_time, none.start_time) < min(lin.end_time, none.end_time)
+
+    copy = tmp_path / "study"
+    copy_study(work, copy)
+    base = mng.loc["exp"]
+    shutil.rmtree(copy / "outputs/checkpoints" / base["size"] / base["run_key"])
+    params = yaml.safe_load((copy / "params.yaml").read_text())
+    assert params["runtime"]["concurrent_runs"] == 2
+    params["claims"]["large"] = params["claims"]["small"] = base["size"]
+    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    done = subprocess.run([sys.executable, "-m", "stages.claim", "lr_transfer"], cwd=copy,
+                          env=dvc_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count(f"training {base['size']} seed 0") == 1, done.stdout
+    rows = pd.read_csv(copy / "results/claims/lr_transfer/runs.csv")
+    assert (rows["run_key"] == base["run_key"]).all() and len(rows) == 4
+    for column in ("fd", "precision", "recall", "class_accuracy", "mlflow_run_id"):
+        assert (rows[column] == base[column]).all(), column  # to the bit

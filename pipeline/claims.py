@@ -258,6 +258,7 @@ def run_variants(params: Params, claim: Claim, layout: Layout = LAYOUT
     at_once = min(params.runtime.concurrent_runs, len(pairs))
     if at_once == 1:
         return [run_variant(params, claim, v, s, layout) for v, s in pairs]
+    import ray
     import torch
 
     from pipeline.identity import run_identity
@@ -270,15 +271,21 @@ def run_variants(params: Params, claim: Claim, layout: Layout = LAYOUT
     keys = [run_identity(variant_params(shared, v), v.size, s, layout).key for v, s in pairs]
     first = [i for i, key in enumerate(keys) if keys.index(key) == i]
     init_ray()  # once, before the threads (each run would start it)
+    # diffusers resolves its top-level names on first use, and not thread-safely: two runs'
+    # evaluations importing the tokenizer's class at once failed with ImportError (seen in
+    # the tests' claims build). Resolve it here, before the threads.
+    from diffusers import AutoencoderKL  # noqa: F401
     rows: dict[int, dict[str, Any]] = {}
-    with ThreadPoolExecutor(at_once, thread_name_prefix="claim-run") as pool:
+    pool = ThreadPoolExecutor(at_once, thread_name_prefix="claim-run")
+    try:
         futures = {i: pool.submit(run_variant, shared, claim, *pairs[i], layout)
                    for i in first}
-        try:
-            rows.update((i, f.result()) for i, f in futures.items())
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)  # the running ones finish
-            raise
+        rows.update((i, f.result()) for i, f in futures.items())
+    except BaseException:  # a run failed, or Ctrl-C: start no other, and stop those going
+        pool.shutdown(wait=False, cancel_futures=True)  # (Ray Train's own Ctrl-C handler
+        ray.shutdown()  # is the main thread's only); their last checkpoints stay for a rerun
+        raise
+    pool.shutdown()
     for i, pair in enumerate(pairs):  # a key met before: trained by now, published here
         if i not in rows:
             rows[i] = run_variant(shared, claim, *pair, layout)

@@ -115,6 +115,7 @@ def pytest_collection_modifyitems(session, config, items):
     if FASHION.exists() and any(_needs_tiny_study(i) for i in items):
         _start_studies(config, items)
     lane.tiny_study = lambda: _study("tiny")
+    lane.claims_study = lambda: _study("claims")
     # GAT_TEST_LANE=0: each lane test runs its scenario in place, one after another (to
     # measure each test's CPU alone: GAT_TEST_CPU above).
     if lane_tests and os.environ.get("GAT_TEST_LANE", "1") != "0":

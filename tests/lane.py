@@ -7,7 +7,10 @@ them and report their outcome, traceback and all.
     def test_something(work: Path):   # work: a fresh folder of its own
         ...                           # the test's body, assertions as usual
 
-The scenarios run one after another, those that need no study first. Run alone (the lane
+``lane_test(needs_claims=True)``: the scenario awaits ``lane.claims_study()`` (the tiny
+study with every claim run; only in tests/stages/test_claims.py, whose tests start that
+build). The scenarios run one after another, those that need no study first, those that
+need the claims last. Run alone (the lane
 was not started: ``pytest --collect-only`` then a call, a debugger), the test runs its
 scenario in place.
 """
@@ -31,7 +34,13 @@ def tiny_study() -> Path:
     raise RuntimeError("tests/conftest.py sets lane.tiny_study")
 
 
-def lane_test(needs_study: bool = False) -> Callable[[Scenario], Callable[[], None]]:
+def claims_study() -> tuple[Path, Path, str]:
+    """The claims study, awaited (set by tests/conftest.py, as :func:`tiny_study`)."""
+    raise RuntimeError("tests/conftest.py sets lane.claims_study")
+
+
+def lane_test(needs_study: bool = False, needs_claims: bool = False
+              ) -> Callable[[Scenario], Callable[[], None]]:
     def wrap(scenario: Scenario) -> Callable[[], None]:
         def test() -> None:
             future = _futures.get(scenario)
@@ -41,7 +50,8 @@ def lane_test(needs_study: bool = False) -> Callable[[Scenario], Callable[[], No
             future.result()
 
         test.lane_scenario = scenario  # type: ignore[attr-defined]
-        test.lane_needs_study = needs_study  # type: ignore[attr-defined]
+        test.lane_needs_study = needs_study or needs_claims  # type: ignore[attr-defined]
+        test.lane_needs_claims = needs_claims  # type: ignore[attr-defined]
         test.__doc__ = scenario.__doc__
         return test
     return wrap
@@ -67,9 +77,9 @@ def _resolve_lazy_names() -> None:
 
 def start(tests: list[Callable]) -> None:
     """Run the scenarios of these lane tests in a daemon thread, those that need no study
-    first."""
+    first, those that need the claims last."""
     _resolve_lazy_names()
-    ordered = sorted(tests, key=lambda t: t.lane_needs_study)
+    ordered = sorted(tests, key=lambda t: (t.lane_needs_study, t.lane_needs_claims))
     futures = [(t.lane_scenario, Future()) for t in ordered]
     for scenario, future in futures:
         _futures[scenario] = future

@@ -17,7 +17,9 @@ from pipeline import claims as cl
 from pipeline.config import load_params
 from pipeline.config.trace import read_traces
 from tests import declarations as decl
+from tests import lane
 from tests.helpers import FASHION, copy_study, dvc_env
+from tests.lane import lane_test
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not FASHION.exists(), reason="needs dataset-fashion-mnist")]
@@ -105,11 +107,12 @@ def test_claim_stages_declare_what_they_read(study):
     assert (work / "results/claims/mng/analysis/contributions.png").exists()
 
 
-def test_runs_side_by_side_train_once_and_as_alone(study, tmp_path):
+@lane_test(needs_claims=True)  # subprocesses only: it runs in the lane (tests/lane.py)
+def test_runs_side_by_side_train_once_and_as_alone(tmp_path):
     """The tiny profile trains a claim's runs two at a time (runtime.concurrent_runs: 2):
     they overlap in time. Four variants that coincide (lr transfer with small = large) and
     whose run is gone train once, and give the row the ladder's run gave."""
-    work, _, _ = study
+    work, _, _ = lane.claims_study()
     mng = pd.read_csv(work / "results/claims/mng/runs.csv").set_index("variant")
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     lin, none = (client.get_run(mng.loc[v, "mlflow_run_id"]).info for v in ("lin", "none"))

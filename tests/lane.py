@@ -10,9 +10,8 @@ them and report their outcome, traceback and all.
 ``lane_test(needs_claims=True)``: the scenario awaits ``lane.claims_study()`` (the tiny
 study with every claim run; only in tests/stages/test_claims.py, whose tests start that
 build). The scenarios run one after another, those that need no study first, those that
-need the claims last. Run alone (the lane
-was not started: ``pytest --collect-only`` then a call, a debugger), the test runs its
-scenario in place.
+need the claims last. Run alone (the lane was not started: ``pytest --collect-only`` then
+a call, a debugger), the test runs its scenario in place.
 """
 
 from __future__ import annotations
